@@ -1,0 +1,483 @@
+"""The backbone adapter contract (DESIGN.md section 3).
+
+Explainers, prompting and fine-tuners talk to a :class:`BackboneAdapter`, never to module paths
+of timm or Hugging Face models. One subclass per model family knows those internals.
+
+Attention capture does not rely on the model's own attention code path: it hooks the q/k
+projections of the chosen layers and recomputes ``q kᵀ · scale`` (+ relative position bias for
+Swin) from their outputs. The maps therefore exist whether the model runs fused
+(``scaled_dot_product_attention``) or eager attention, they stay in the autograd graph, and the
+rest of the network keeps its fast path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .errors import InputSizeError, UnsupportedMethodError
+
+Family = Literal["vit", "swin", "cnn"]
+AttentionKind = Literal["probs", "logits"]
+
+
+@dataclass(frozen=True)
+class TokenGeometry:
+    """Token layout of a columnar ViT for one input size.
+
+    Attributes:
+        num_prefix_tokens: CLS + register + distillation tokens before the patch tokens.
+        grid: patch grid ``(h, w)`` for the input size.
+        patch_size: ``(ph, pw)`` in pixels.
+    """
+
+    num_prefix_tokens: int
+    grid: tuple[int, int]
+    patch_size: tuple[int, int]
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix_tokens + self.num_patches
+
+
+@dataclass(frozen=True)
+class WindowGeometry:
+    """Window layout of one Swin block for one input size.
+
+    Attributes:
+        grid: token grid ``(H, W)`` of the stage (before padding).
+        window: window size ``(wh, ww)``.
+        shift: cyclic shift ``(sh, sw)`` applied before partitioning (0 for W-MSA blocks).
+        stage: index of the stage the block belongs to.
+    """
+
+    grid: tuple[int, int]
+    window: tuple[int, int]
+    shift: tuple[int, int]
+    stage: int
+
+    @property
+    def padded_grid(self) -> tuple[int, int]:
+        return (
+            math.ceil(self.grid[0] / self.window[0]) * self.window[0],
+            math.ceil(self.grid[1] / self.window[1]) * self.window[1],
+        )
+
+    @property
+    def num_windows(self) -> int:
+        ph, pw = self.padded_grid
+        return (ph // self.window[0]) * (pw // self.window[1])
+
+
+@dataclass
+class AttentionSite:
+    """How to recompute one layer's attention logits from hooked projection outputs.
+
+    Attributes:
+        modules: the modules whose outputs are needed, in the order ``split`` expects them
+            (one fused ``qkv`` linear, or separate ``q`` and ``k`` linears).
+        split: maps those outputs to ``(q, k)``, each ``(B', heads, N, head_dim)``.
+        scale: multiplier of ``q kᵀ``.
+        bias: optional callable returning an additive ``(1, heads, N, N)`` bias (Swin's
+            relative position bias), evaluated at capture time so it follows training.
+    """
+
+    modules: Sequence[nn.Module]
+    split: Callable[[Sequence[Tensor]], tuple[Tensor, Tensor]]
+    scale: float
+    bias: Callable[[], Tensor] | None = None
+
+    def logits(self, outputs: Sequence[Tensor]) -> Tensor:
+        """Pre-softmax attention logits ``(B', heads, N, N)``."""
+        q, k = self.split(outputs)
+        logits = (q * self.scale) @ k.transpose(-2, -1)
+        if self.bias is not None:
+            logits = logits + self.bias().to(logits.dtype)
+        return logits
+
+
+@dataclass
+class AttentionRecord:
+    """Attention maps of the most recent forward pass inside :meth:`capture_attention`.
+
+    Index it like a list: ``record[i]`` is the map of the i-th requested layer, shape
+    ``(B, heads, N, N)`` for columnar ViTs and ``(B, windows, heads, n, n)`` for Swin.
+    """
+
+    layers: list[int]
+    kind: AttentionKind
+    maps: list[Tensor | None] = field(default_factory=list)
+
+    def __getitem__(self, index: int) -> Tensor:
+        value = self.maps[index]
+        if value is None:
+            raise RuntimeError(
+                f"no attention was recorded for layer {self.layers[index]}: run a forward pass "
+                "of the adapter (e.g. adapter.logits(x)) inside the capture_attention block"
+            )
+        return value
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return (self[i] for i in range(len(self.maps)))
+
+
+@dataclass
+class BlockInput:
+    """The input tokens of one block, made a leaf that requires grad (see ``track_block_input``).
+
+    ``tokens`` is ``(B, N, D)`` for ViTs, ``(B, H, W, C)`` or ``(B, H*W, C)`` for Swin, as the
+    block receives it.
+    """
+
+    tokens: Tensor | None = None
+
+
+def _remove_all(handles: list[Any]) -> None:
+    for handle in handles:
+        handle.remove()
+    handles.clear()
+
+
+class BackboneAdapter(nn.Module):
+    """Uniform view of one pretrained vision model.
+
+    Subclasses set ``family`` and implement the abstract hooks below. The wrapped model lives in
+    ``self.model`` and keeps its own state dict layout, so checkpoints and peft injection work on
+    it directly.
+
+    Attributes:
+        family: ``"vit"`` (columnar transformer), ``"swin"`` (windowed pyramid) or ``"cnn"``.
+        name: the spec the model was loaded from.
+        data_config: preprocessing of the pretrained weights: ``input_size (3, H, W)``, ``mean``,
+            ``std``, ``crop_pct``, ``interpolation``.
+    """
+
+    family: Family = "vit"
+
+    def __init__(self, model: nn.Module, name: str = "", data_config: dict | None = None):
+        super().__init__()
+        self.model = model
+        self.name = name or type(model).__name__
+        self.data_config = data_config or default_data_config(224)
+
+    # ----------------------------------------------------------------- forward API
+    def forward(self, x: Tensor) -> Tensor:
+        return self.logits(x)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Class scores ``(B, num_classes)`` for images ``x`` of shape ``(B, 3, H, W)``."""
+        return self.head_from_tokens(self.tokens(x))
+
+    def features(self, x: Tensor) -> Tensor:
+        """Pooled features ``(B, D)``: what the classification head sees."""
+        return self.pool(self.tokens(x))
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """Final normalised tokens (``(B, N, D)`` ViT, ``(B, H, W, C)`` Swin, ``(B, C, H, W)`` CNN)."""
+        raise NotImplementedError
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """Pooled features ``(B, D)`` from the output of :meth:`tokens`."""
+        raise NotImplementedError
+
+    def head_from_tokens(self, tokens: Tensor) -> Tensor:
+        return self.head(self.pool(tokens))
+
+    # ----------------------------------------------------------------- structure as data
+    @property
+    def head(self) -> nn.Module:
+        """The classification head (``nn.Identity`` when the model has none)."""
+        return self.model.get_submodule(self.head_name) if self.head_name else nn.Identity()
+
+    @property
+    def head_name(self) -> str:
+        """Dotted path of the classification head inside ``self.model`` ('' when there is none)."""
+        raise NotImplementedError
+
+    def set_head(self, head: nn.Module) -> None:
+        """Replace the classification head, e.g. by one initialised from a support set."""
+        if not self.head_name:
+            raise UnsupportedMethodError(
+                f"{self.name} has no classification head to replace; load it with "
+                "load_backbone(spec, num_classes=K) to create one"
+            )
+        parent_name, _, child = self.head_name.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        setattr(parent, child, head)
+
+    @property
+    def num_features(self) -> int:
+        """Dimension D of :meth:`features`."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        head = self.head
+        return head.out_features if isinstance(head, nn.Linear) else 0
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """Transformer blocks in execution order (all stages flattened for Swin)."""
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def input_module(self) -> nn.Module:
+        """The module that receives the images first (patch embedding); hooked to see each forward."""
+        raise NotImplementedError
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """Default Grad-CAM target: the last block's first norm (ViT, Swin), last conv stage (CNN)."""
+        raise NotImplementedError
+
+    @property
+    def lora_targets(self) -> list[str]:
+        """Leaf module names peft's ``target_modules`` should match (attention qkv and output)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- geometry
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 0
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise :class:`InputSizeError` when ``x`` is not ``(B, 3, H, W)`` with H, W fitting."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise InputSizeError(
+                f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}; "
+                "use focusvit.data.load_images / adapter.preprocess to build a batch"
+            )
+        multiple = self.size_multiple
+        h, w = x.shape[-2:]
+        if h % multiple[0] or w % multiple[1]:
+            fit = (
+                max(multiple[0], round(h / multiple[0]) * multiple[0]),
+                max(multiple[1], round(w / multiple[1]) * multiple[1]),
+            )
+            raise InputSizeError(
+                f"input size {h}x{w} does not fit {self.name}: height and width must be multiples "
+                f"of {multiple[0]}x{multiple[1]}; resize or crop to e.g. {fit[0]}x{fit[1]}"
+            )
+
+    @property
+    def size_multiple(self) -> tuple[int, int]:
+        """Input height/width must be multiples of this."""
+        return self.patch_size
+
+    def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """Patch grid ``(h, w)`` for an input of ``image_size`` ``(H, W)`` pixels."""
+        ph, pw = self.patch_size
+        return image_size[0] // ph, image_size[1] // pw
+
+    def geometry(self, image_size: tuple[int, int]) -> TokenGeometry:
+        return TokenGeometry(self.num_prefix_tokens, self.grid_size(image_size), self.patch_size)
+
+    def tokens_to_grid(self, tokens: Tensor, image_size: tuple[int, int]) -> Tensor:
+        """Patch tokens ``(B, N_total, D)`` -> feature map ``(B, D, h, w)`` (prefix tokens dropped)."""
+        h, w = self.grid_size(image_size)
+        patches = tokens[:, self.num_prefix_tokens :]
+        if patches.shape[1] != h * w:
+            raise InputSizeError(
+                f"{patches.shape[1]} patch tokens do not fill a {h}x{w} grid for input "
+                f"{image_size}; pass the image size the tokens were computed at"
+            )
+        return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], h, w)
+
+    # ----------------------------------------------------------------- attention
+    def attention_sites(self) -> list[AttentionSite]:
+        """One :class:`AttentionSite` per block (resolved now, so peft-injected layers count)."""
+        raise UnsupportedMethodError(
+            f"{self.name} ({self.family}) has no attention layers; use the 'cam' or 'gradcam' "
+            "explainers on CNNs"
+        )
+
+    def _reshape_attention(self, logits: Tensor, batch_size: int) -> Tensor:
+        """Hook output ``(B', heads, N, N)`` -> the public layout of the family."""
+        return logits
+
+    def _normalise_layers(self, layers: int | Sequence[int] | None) -> list[int]:
+        n = self.num_layers
+        if layers is None:
+            return list(range(n))
+        if isinstance(layers, int):
+            layers = [layers]
+        out = []
+        for layer in layers:
+            if not -n <= layer < n:
+                raise IndexError(
+                    f"layer {layer} out of range: {self.name} has {n} blocks (0..{n - 1})"
+                )
+            out.append(layer % n)
+        return out
+
+    @contextmanager
+    def capture_attention(
+        self, layers: int | Sequence[int] | None = None, kind: AttentionKind = "probs"
+    ) -> Iterator[AttentionRecord]:
+        """Record attention of the chosen blocks during forwards run inside the block.
+
+        Args:
+            layers: block indices (negative allowed), default all blocks.
+            kind: ``"probs"`` (softmax over keys) or ``"logits"`` (``q kᵀ · scale`` + relative
+                position bias; Swin's shift masks are not included).
+
+        Yields:
+            :class:`AttentionRecord` whose i-th map has shape ``(B, heads, N, N)`` (ViT) or
+            ``(B, windows, heads, n, n)`` (Swin), from the most recent forward, in the
+            autograd graph. Hooks are removed on exit, also when the forward raises.
+        """
+        if kind not in ("probs", "logits"):
+            raise ValueError(f"kind must be 'probs' or 'logits', got {kind!r}")
+        indices = self._normalise_layers(layers)
+        sites = self.attention_sites()
+        record = AttentionRecord(layers=indices, kind=kind, maps=[None] * len(indices))
+        handles: list[Any] = []
+        state: dict[str, int] = {"batch": 0}
+
+        def on_model_input(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = args[0] if args else next(iter(kwargs.values()))
+            state["batch"] = int(x.shape[0])
+            record.maps[:] = [None] * len(indices)
+
+        handles.append(
+            self.input_module.register_forward_pre_hook(on_model_input, with_kwargs=True)
+        )
+        for slot, layer in enumerate(indices):
+            handles.extend(self._hook_site(sites[layer], slot, record, state, kind))
+        try:
+            yield record
+        finally:
+            _remove_all(handles)
+
+    def _hook_site(
+        self, site: AttentionSite, slot: int, record: AttentionRecord, state: dict, kind: str
+    ) -> list[Any]:
+        outputs: list[Tensor | None] = [None] * len(site.modules)
+
+        def make_hook(position: int) -> Callable:
+            def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+                outputs[position] = output
+                if all(o is not None for o in outputs):
+                    logits = site.logits(outputs)  # type: ignore[arg-type]
+                    outputs[:] = [None] * len(outputs)
+                    value = logits.softmax(dim=-1) if kind == "probs" else logits
+                    record.maps[slot] = self._reshape_attention(value, state["batch"])
+
+            return hook
+
+        return [m.register_forward_hook(make_hook(i)) for i, m in enumerate(site.modules)]
+
+    # ----------------------------------------------------------------- gradients and modes
+    @contextmanager
+    def track_block_input(self, block: int = -1) -> Iterator[BlockInput]:
+        """Make the input of ``block`` a leaf tensor that requires grad.
+
+        Everything before the block is cut from the graph, so ``torch.autograd.grad(score,
+        record.tokens)`` only crosses the head and the blocks from ``block`` on (DESIGN.md
+        section 10). Use it together with :meth:`frozen` for the cheapest gradient.
+        """
+        index = self._normalise_layers(block)[0]
+        record = BlockInput()
+
+        def pre_hook(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            if args:
+                leaf = args[0].detach().requires_grad_(True)
+                args = (leaf, *args[1:])
+            else:
+                key = next(iter(kwargs))
+                leaf = kwargs[key].detach().requires_grad_(True)
+                kwargs = {**kwargs, key: leaf}
+            record.tokens = leaf
+            return args, kwargs
+
+        handle = self.blocks[index].register_forward_pre_hook(pre_hook, with_kwargs=True)
+        try:
+            yield record
+        finally:
+            handle.remove()
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Temporarily set ``requires_grad=False`` on every parameter; restored on exit."""
+        params = list(self.model.parameters())
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in zip(params, flags, strict=True):
+                p.requires_grad_(flag)
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Temporarily put the model in eval mode; every module's training flag is restored."""
+        modes = {m: m.training for m in self.modules()}
+        self.eval()
+        try:
+            yield
+        finally:
+            for module, mode in modes.items():
+                module.train(mode)
+
+    # ----------------------------------------------------------------- preprocessing
+    def preprocess(
+        self, images: Sequence[Any], size: tuple[int, int] | int | None = None
+    ) -> Tensor:
+        """PIL images / arrays / paths -> normalised batch ``(B, 3, H, W)`` using ``data_config``."""
+        from focusvit.data.images import to_batch
+
+        return to_batch(images, self.data_config, size=size)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, family={self.family!r}"
+
+
+def default_data_config(size: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> dict:
+    """ImageNet-style preprocessing at ``size`` px with the 1.15× resize-then-crop protocol."""
+    return {
+        "input_size": (3, size, size),
+        "mean": tuple(mean),
+        "std": tuple(std),
+        "crop_pct": 1 / 1.15,
+        "interpolation": "bicubic",
+    }
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """``(B, N, heads*d)`` -> ``(B, heads, N, d)``."""
+    b, n, _ = x.shape
+    return x.reshape(b, n, num_heads, -1).transpose(1, 2)
+
+
+def to_tuple2(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    return (int(value[0]), int(value[1]))
+
+
+def parameter_device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")

@@ -1,0 +1,111 @@
+"""Adapter for timm convolutional networks (ResNet, EfficientNet, ConvNeXt, ...): used by CAM,
+Grad-CAM and the CNN baselines. CNNs have no attention: ``capture_attention`` raises."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .base import BackboneAdapter
+from .errors import UnsupportedFamilyError
+
+
+def is_timm_cnn(model: nn.Module) -> bool:
+    """A timm model with ``forward_features``/``forward_head`` built from convolutions."""
+    return (
+        hasattr(model, "forward_features")
+        and hasattr(model, "forward_head")
+        and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    )
+
+
+class TimmCNNAdapter(BackboneAdapter):
+    """timm CNN. ``tokens`` is the last feature map ``(B, C, h, w)`` before global pooling."""
+
+    family = "cnn"
+
+    def __init__(self, model: nn.Module, name: str = "", data_config: dict | None = None):
+        if not is_timm_cnn(model):
+            raise UnsupportedFamilyError(f"{type(model).__name__} is not a timm CNN")
+        super().__init__(model, name, data_config)
+        self._gradcam_layer_name: str | None = None
+
+    def tokens(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return self.model.forward_features(x)
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        return self.model.forward_head(tokens, pre_logits=True)
+
+    def head_from_tokens(self, tokens: Tensor) -> Tensor:
+        return self.model.forward_head(tokens)
+
+    @property
+    def head_name(self) -> str:
+        classifier = self.model.get_classifier()
+        if not isinstance(classifier, nn.Linear):
+            return ""
+        for name, module in self.model.named_modules():
+            if module is classifier:
+                return name
+        return ""
+
+    @property
+    def num_features(self) -> int:
+        return int(self.model.num_features)
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        stages = getattr(self.model, "blocks", None) or getattr(self.model, "stages", None)
+        return list(stages) if stages is not None else []
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """The module whose output is the final feature map (found once by tracing a forward)."""
+        if self._gradcam_layer_name is None:
+            self._gradcam_layer_name = self._trace_feature_layer()
+        return self.model.get_submodule(self._gradcam_layer_name)
+
+    def _trace_feature_layer(self) -> str:
+        outputs: list[tuple[str, Tensor]] = []
+        handles = [
+            m.register_forward_hook(lambda _m, _i, o, n=name: outputs.append((n, o)))
+            for name, m in self.model.named_modules()
+            if name
+        ]
+        try:
+            size = self.data_config["input_size"][-2:]
+            with torch.no_grad(), self.evaluating():
+                reference = self.model.forward_features(torch.zeros(1, 3, *size))
+        finally:
+            for h in handles:
+                h.remove()
+        for name, output in reversed(outputs):
+            if isinstance(output, Tensor) and output.shape == reference.shape:
+                if torch.equal(output, reference):
+                    return name
+        raise UnsupportedFamilyError(f"could not locate the feature layer of {self.name}")
+
+    @property
+    def lora_targets(self) -> list[str]:
+        return []
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        info = getattr(self.model, "feature_info", None)
+        reduction = info[-1]["reduction"] if info else 32
+        return reduction, reduction
+
+    @property
+    def size_multiple(self) -> tuple[int, int]:
+        return (1, 1)
+
+    def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        ph, pw = self.patch_size
+        return math.ceil(image_size[0] / ph), math.ceil(image_size[1] / pw)
+
+    def tokens_to_grid(self, tokens: Tensor, image_size: tuple[int, int]) -> Tensor:
+        """Feature maps are already grids: ``(B, C, h, w)`` is returned as is."""
+        return tokens

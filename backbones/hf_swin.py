@@ -1,0 +1,89 @@
+"""Adapter for Hugging Face Swin (``SwinModel`` / ``SwinForImageClassification``)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .base import AttentionSite, BackboneAdapter, to_tuple2
+from .errors import UnsupportedFamilyError
+from .hf_vit import hf_attention_projections, qk_site
+from .timm_swin import SwinAdapterMixin
+
+
+def is_hf_swin(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) == "swin"
+
+
+def _relative_bias(attn: nn.Module):
+    """Callable returning the ``(1, heads, n, n)`` relative position bias of an HF Swin attention."""
+    if callable(getattr(attn, "relative_position_bias", None)):
+        return attn.relative_position_bias
+    inner = getattr(attn, "self", attn)  # transformers 4.x layout
+
+    def bias() -> Tensor:
+        table = inner.relative_position_bias_table[inner.relative_position_index.view(-1)]
+        n = inner.relative_position_index.shape[0]
+        return table.view(n, n, -1).permute(2, 0, 1).contiguous().unsqueeze(0)
+
+    return bias
+
+
+class HFSwinAdapter(SwinAdapterMixin, BackboneAdapter):
+    """HF Swin. Tokens are ``(B, H*W, C)``; attention from the separate q/k projections plus the
+    relative position bias (the shifted-window mask is not part of the logits)."""
+
+    def __init__(self, model: nn.Module, name: str = "", data_config: dict | None = None):
+        if not is_hf_swin(model):
+            raise UnsupportedFamilyError(f"{type(model).__name__} is not an HF Swin model")
+        super().__init__(model, name, data_config)
+
+    @property
+    def base(self) -> nn.Module:
+        base = getattr(self.model, "base_model", self.model)
+        return base if base is not None else self.model
+
+    def tokens(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return self.base(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        return tokens.mean(dim=1)
+
+    @property
+    def head_name(self) -> str:
+        return (
+            "classifier" if isinstance(getattr(self.model, "classifier", None), nn.Linear) else ""
+        )
+
+    @property
+    def num_features(self) -> int:
+        return int(self.base.num_features)
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        return [block for stage in self.base.encoder.layers for block in stage.blocks]
+
+    def stage_of_block(self) -> list[int]:
+        return [i for i, stage in enumerate(self.base.encoder.layers) for _ in stage.blocks]
+
+    def _block_window(self, block: nn.Module) -> tuple[tuple[int, int], tuple[int, int]]:
+        return to_tuple2(int(block.window_size)), to_tuple2(int(block.shift_size))
+
+    @property
+    def input_module(self) -> nn.Module:
+        return self.base.embeddings
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        return self.blocks[-1].layernorm_before
+
+    @property
+    def lora_targets(self) -> list[str]:
+        return hf_attention_projections(self.blocks[0].attention)[2]
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return to_tuple2(self.model.config.patch_size)
+
+    def attention_sites(self) -> list[AttentionSite]:
+        return [qk_site(b.attention, bias=_relative_bias(b.attention)) for b in self.blocks]

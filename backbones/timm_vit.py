@@ -1,0 +1,110 @@
+"""Adapter for timm's columnar vision transformers (ViT, DeiT incl. distilled, DINO, DINOv2 with
+register tokens): ``timm.models.vision_transformer.VisionTransformer`` and subclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from .base import AttentionSite, BackboneAdapter, split_heads, to_tuple2
+from .errors import InputSizeError, UnsupportedFamilyError
+
+
+def is_timm_vit(model: nn.Module) -> bool:
+    return (
+        hasattr(model, "blocks")
+        and hasattr(model, "patch_embed")
+        and hasattr(model, "num_prefix_tokens")
+        and hasattr(model, "forward_features")
+        and all(hasattr(b, "attn") for b in model.blocks)
+    )
+
+
+class TimmViTAdapter(BackboneAdapter):
+    """timm ViT family. Attention is recomputed from each block's fused ``qkv`` projection."""
+
+    family = "vit"
+
+    def __init__(self, model: nn.Module, name: str = "", data_config: dict | None = None):
+        if not is_timm_vit(model):
+            raise UnsupportedFamilyError(f"{type(model).__name__} is not a timm ViT")
+        super().__init__(model, name, data_config)
+
+    # forward
+    def tokens(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return self.model.forward_features(x)
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        return self.model.forward_head(tokens, pre_logits=True)
+
+    def head_from_tokens(self, tokens: Tensor) -> Tensor:
+        return self.model.forward_head(tokens)
+
+    def check_input(self, x: Tensor) -> None:
+        super().check_input(x)
+        if not getattr(self.model, "dynamic_img_size", False):
+            expected = tuple(self.model.patch_embed.img_size)
+            if tuple(x.shape[-2:]) != expected:
+                raise InputSizeError(
+                    f"{self.name} was built for {expected[0]}x{expected[1]} inputs and got "
+                    f"{x.shape[-2]}x{x.shape[-1]}; load it with load_backbone (which enables "
+                    "dynamic_img_size) or timm.create_model(..., dynamic_img_size=True)"
+                )
+
+    # structure
+    @property
+    def head_name(self) -> str:
+        return "head" if isinstance(getattr(self.model, "head", None), nn.Linear) else ""
+
+    @property
+    def num_features(self) -> int:
+        return int(self.model.num_features)
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.blocks)
+
+    @property
+    def input_module(self) -> nn.Module:
+        return self.model.patch_embed
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        return self.model.blocks[-1].norm1
+
+    @property
+    def lora_targets(self) -> list[str]:
+        return ["qkv", "proj"]
+
+    # geometry
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return to_tuple2(self.model.patch_embed.patch_size)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.model.num_prefix_tokens)
+
+    # attention
+    def attention_sites(self) -> list[AttentionSite]:
+        return [self._site(block.attn) for block in self.model.blocks]
+
+    @staticmethod
+    def _site(attn: nn.Module) -> AttentionSite:
+        if not hasattr(attn, "qkv"):
+            raise UnsupportedFamilyError(
+                f"timm attention {type(attn).__name__} has no fused qkv projection; "
+                "focusvit supports timm ViT blocks built on timm.layers.Attention"
+            )
+        heads = attn.num_heads
+
+        def split(outputs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+            qkv = outputs[0]
+            dim = qkv.shape[-1] // 3
+            q = split_heads(qkv[..., :dim], heads)
+            k = split_heads(qkv[..., dim : 2 * dim], heads)
+            return attn.q_norm(q), attn.k_norm(k)
+
+        return AttentionSite(modules=[attn.qkv], split=split, scale=float(attn.scale))

@@ -1,0 +1,1 @@
+"""focusvit.configs."""

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny randomly initialised models of every family (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from focusvit.backbones import adapt
+from focusvit.backbones.tiny import TINY_MODELS, build_tiny
+
+TRANSFORMER_MODELS = [name for name in TINY_MODELS if name != "timm-cnn"]
+VIT_MODELS = [name for name in TRANSFORMER_MODELS if "swin" not in name]
+SWIN_MODELS = [name for name in TRANSFORMER_MODELS if "swin" in name]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def tiny_adapter(name: str, num_classes: int = 5):
+    return adapt(build_tiny(name, num_classes=num_classes), name=f"tiny:{name}")
+
+
+def input_for(adapter, batch: int = 2, size=None) -> torch.Tensor:
+    h, w = size or adapter.data_config["input_size"][1:]
+    return torch.randn(batch, 3, h, w)

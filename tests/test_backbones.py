@@ -1,0 +1,412 @@
+"""Backbone adapter contract (DESIGN.md section 3) on tiny models of every family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import SWIN_MODELS, TRANSFORMER_MODELS, VIT_MODELS, input_for, tiny_adapter
+from convert import timm_swin_to_hf, timm_vit_to_hf
+from focusvit.backbones import (
+    InputSizeError,
+    UnknownModelError,
+    UnsupportedFamilyError,
+    UnsupportedMethodError,
+)
+from focusvit.backbones.tiny import build_tiny
+from torch import nn
+
+import focusvit
+
+
+def all_hooks(module: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in module.modules()
+    )
+
+
+def set_eager(adapter) -> None:
+    """Switch a model to its explicit (non-fused) attention path."""
+    if hasattr(adapter.model, "config"):
+        adapter.model.set_attn_implementation("eager")
+    else:
+        for m in adapter.model.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = False
+
+
+# ----------------------------------------------------------------------------- capture
+@pytest.mark.parametrize("name", TRANSFORMER_MODELS)
+def test_capture_probs_shapes_and_rows_sum_to_one(name):
+    adapter = tiny_adapter(name)
+    x = input_for(adapter, batch=3)
+    with torch.no_grad(), adapter.capture_attention(kind="probs") as att:
+        adapter.logits(x)
+    assert len(att) == adapter.num_layers
+    for layer, probs in enumerate(att):
+        if adapter.family == "vit":
+            n = adapter.geometry(tuple(x.shape[-2:])).num_tokens
+            heads = (
+                adapter.blocks[layer].attention.num_attention_heads
+                if name.startswith("hf")
+                else adapter.blocks[layer].attn.num_heads
+            )
+            assert probs.shape == (3, heads, n, n)
+        else:
+            geo = adapter.window_geometry(tuple(x.shape[-2:]))[layer]
+            n = geo.window[0] * geo.window[1]
+            assert probs.shape[0] == 3 and probs.shape[1] == geo.num_windows
+            assert probs.shape[-2:] == (n, n)
+        torch.testing.assert_close(probs.sum(-1), torch.ones_like(probs.sum(-1)))
+
+
+@pytest.mark.parametrize("name", TRANSFORMER_MODELS)
+def test_logits_softmax_equals_probs(name):
+    adapter = tiny_adapter(name)
+    x = input_for(adapter)
+    with torch.no_grad(), adapter.capture_attention(layers=[0, -1], kind="logits") as logits:
+        adapter.logits(x)
+    with torch.no_grad(), adapter.capture_attention(layers=[0, -1], kind="probs") as probs:
+        adapter.logits(x)
+    assert len(logits) == 2
+    for lg, pr in zip(logits, probs, strict=True):
+        assert not torch.allclose(lg.sum(-1), torch.ones_like(lg.sum(-1)))
+        torch.testing.assert_close(lg.softmax(-1), pr)
+
+
+@pytest.mark.parametrize("name", TRANSFORMER_MODELS)
+def test_fused_and_eager_paths_capture_identical_maps(name):
+    fused = tiny_adapter(name)
+    eager = tiny_adapter(name)
+    set_eager(eager)
+    x = input_for(fused)
+    with torch.no_grad():
+        with fused.capture_attention() as a_fused:
+            out_fused = fused.logits(x)
+        with eager.capture_attention() as a_eager:
+            out_eager = eager.logits(x)
+    torch.testing.assert_close(out_fused, out_eager, atol=1e-5, rtol=1e-5)
+    for f, e in zip(a_fused, a_eager, strict=True):
+        torch.testing.assert_close(f, e, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["timm-vit", "timm-vit-reg", "timm-deit-distilled", "timm-swin"])
+def test_capture_matches_timm_eager_softmax(name):
+    """Reference: the probabilities timm's own eager path feeds to attn_drop."""
+    adapter = tiny_adapter(name)
+    set_eager(adapter)
+    reference: list[torch.Tensor] = []
+    blocks = [b for b in adapter.blocks if not any(getattr(b, "shift_size", (0,)))]
+    handles = [
+        b.attn.attn_drop.register_forward_hook(lambda m, i, o: reference.append(i[0]))
+        for b in blocks
+    ]
+    x = input_for(adapter)
+    with torch.no_grad(), adapter.capture_attention() as att:
+        adapter.logits(x)
+    for h in handles:
+        h.remove()
+    indices = [i for i, b in enumerate(adapter.blocks) if b in blocks]
+    assert reference and len(reference) == len(indices)
+    for i, ref in zip(indices, reference, strict=True):
+        torch.testing.assert_close(att[i].reshape(ref.shape), ref)
+
+
+@pytest.mark.parametrize("name", ["hf-vit", "hf-dinov2"])
+def test_capture_matches_hf_output_attentions(name):
+    adapter = tiny_adapter(name)
+    set_eager(adapter)
+    x = input_for(adapter)
+    with torch.no_grad(), adapter.capture_attention() as att:
+        adapter.logits(x)
+        reference = adapter.model(pixel_values=x, output_attentions=True).attentions
+    assert len(reference) == adapter.num_layers
+    for ours, ref in zip(att, reference, strict=True):
+        torch.testing.assert_close(ours, ref)
+
+
+def test_hf_swin_capture_matches_output_attentions():
+    """HF reports the last block of each stage (a shifted one): add its shift mask to our logits."""
+    adapter = tiny_adapter("hf-swin")
+    set_eager(adapter)
+    x = input_for(adapter)
+    with torch.no_grad(), adapter.capture_attention(kind="logits") as att:
+        adapter.logits(x)
+        reference = adapter.model(pixel_values=x, output_attentions=True).attentions
+    geometry = adapter.window_geometry(tuple(x.shape[-2:]))
+    last_of_stage = [
+        i
+        for i, g in enumerate(geometry)
+        if i + 1 == len(geometry) or geometry[i + 1].stage != g.stage
+    ]
+    assert len(reference) == len(last_of_stage) == 2
+    for index, ref in zip(last_of_stage, reference, strict=True):
+        geo, block = geometry[index], adapter.blocks[index]
+        assert geo.shift != (0, 0)
+        mask = block.get_attn_mask(*geo.padded_grid, dtype=x.dtype, device=x.device)
+        probs = (att[index] + mask[None, :, None]).softmax(-1)
+        torch.testing.assert_close(probs.flatten(0, 1), ref)
+
+
+def test_capture_records_chosen_layers_only_and_latest_forward():
+    adapter = tiny_adapter("timm-vit")
+    x1, x2 = input_for(adapter, batch=1), input_for(adapter, batch=4)
+    with torch.no_grad(), adapter.capture_attention(layers=-1) as att:
+        adapter.logits(x1)
+        adapter.logits(x2)
+    assert len(att) == 1 and att[0].shape[0] == 4
+    with pytest.raises(IndexError, match="out of range"), adapter.capture_attention(layers=7):
+        pass
+
+
+def test_record_read_before_forward_says_what_to_do():
+    adapter = tiny_adapter("timm-vit")
+    with adapter.capture_attention(layers=0) as att, pytest.raises(RuntimeError, match="forward"):
+        att[0]
+
+
+# ----------------------------------------------------------------------------- hooks and flags
+@pytest.mark.parametrize("name", TRANSFORMER_MODELS)
+def test_hooks_removed_and_flags_restored_also_after_exception(name):
+    adapter = tiny_adapter(name)
+    adapter.train()
+    before = all_hooks(adapter)
+    flags = [(m, getattr(m, "fused_attn", None)) for m in adapter.modules()]
+    x = input_for(adapter)
+    with adapter.capture_attention(), adapter.track_block_input(-1):
+        adapter.logits(x)
+    assert all_hooks(adapter) == before
+    with pytest.raises(ZeroDivisionError):
+        with adapter.capture_attention(), adapter.track_block_input(-1), adapter.frozen():
+            adapter.logits(x)
+            raise ZeroDivisionError
+    assert all_hooks(adapter) == before
+    assert all(getattr(m, "fused_attn", None) == f for m, f in flags)
+    assert all(p.requires_grad for p in adapter.parameters())
+    assert all(m.training for m in adapter.modules())
+
+
+def test_evaluating_restores_mixed_training_flags():
+    adapter = tiny_adapter("timm-vit")
+    adapter.train()
+    adapter.model.blocks[0].eval()
+    with adapter.evaluating():
+        assert not any(m.training for m in adapter.modules())
+    assert not adapter.model.blocks[0].training
+    assert adapter.model.blocks[1].training and adapter.training
+
+
+# ----------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("name", TRANSFORMER_MODELS)
+def test_gradients_flow_through_captured_attention(name):
+    adapter = tiny_adapter(name)
+    x = input_for(adapter)
+    with adapter.capture_attention(layers=-1, kind="logits") as att:
+        adapter.logits(x)
+    att[0][..., 0].sum().backward()
+    site = adapter.attention_sites()[-1]
+    grads = [p.grad for m in site.modules for p in m.parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", ["timm-vit", "hf-vit", "timm-swin", "hf-swin"])
+def test_track_block_input_gives_the_full_graph_gradient_and_cuts_earlier_blocks(name):
+    adapter = tiny_adapter(name)
+    x = input_for(adapter)
+    inputs: list[torch.Tensor] = []
+
+    def keep(_m, args, kwargs):
+        tensor = args[0] if args else next(iter(kwargs.values()))
+        tensor.retain_grad()
+        inputs.append(tensor)
+
+    handle = adapter.blocks[-1].register_forward_pre_hook(keep, with_kwargs=True)
+    adapter.logits(x)[:, 1].sum().backward()
+    handle.remove()
+    full = inputs[0].grad
+    adapter.zero_grad()
+    with adapter.frozen(), adapter.track_block_input(-1) as block_input:
+        score = adapter.logits(x)[:, 1].sum()
+        (grad,) = torch.autograd.grad(score, block_input.tokens)
+    torch.testing.assert_close(grad, full)
+    assert all(p.grad is None for p in adapter.blocks[0].parameters())
+
+
+# ----------------------------------------------------------------------------- timm vs HF
+def test_timm_and_hf_vit_with_same_weights_agree():
+    timm_adapter = tiny_adapter("timm-vit")
+    hf_adapter = tiny_adapter("hf-vit")
+    hf_adapter.model.load_state_dict(timm_vit_to_hf(timm_adapter.model.state_dict()), strict=True)
+    x = input_for(timm_adapter)
+    with torch.no_grad():
+        with timm_adapter.capture_attention(layers=-1) as a_timm:
+            out_timm = timm_adapter.logits(x)
+        with hf_adapter.capture_attention(layers=-1) as a_hf:
+            out_hf = hf_adapter.logits(x)
+        torch.testing.assert_close(
+            timm_adapter.features(x), hf_adapter.features(x), atol=1e-5, rtol=1e-4
+        )
+    torch.testing.assert_close(out_timm, out_hf, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a_timm[0], a_hf[0], atol=1e-6, rtol=1e-4)
+    for size in [(32, 32), (24, 40)]:
+        assert timm_adapter.grid_size(size) == hf_adapter.grid_size(size)
+        assert timm_adapter.geometry(size) == hf_adapter.geometry(size)
+
+
+def test_timm_and_hf_swin_with_same_weights_agree():
+    timm_adapter = tiny_adapter("timm-swin")
+    hf_adapter = tiny_adapter("hf-swin")
+    hf_adapter.model.load_state_dict(timm_swin_to_hf(timm_adapter.model.state_dict()), strict=True)
+    x = input_for(timm_adapter)
+    with torch.no_grad():
+        with timm_adapter.capture_attention(kind="logits") as a_timm:
+            out_timm = timm_adapter.logits(x)
+        with hf_adapter.capture_attention(kind="logits") as a_hf:
+            out_hf = hf_adapter.logits(x)
+    torch.testing.assert_close(out_timm, out_hf, atol=1e-5, rtol=1e-4)
+    for t, h in zip(a_timm, a_hf, strict=True):
+        torch.testing.assert_close(t, h, atol=1e-5, rtol=1e-4)
+    size = tuple(x.shape[-2:])
+    assert timm_adapter.grid_size(size) == hf_adapter.grid_size(size) == (8, 8)
+    assert timm_adapter.window_geometry(size) == hf_adapter.window_geometry(size)
+
+
+# ----------------------------------------------------------------------------- geometry
+@pytest.mark.parametrize("name", VIT_MODELS)
+def test_non_square_input_grid_and_tokens_to_grid(name):
+    adapter = tiny_adapter(name)
+    ph, pw = adapter.patch_size
+    size = (3 * ph, 5 * pw)
+    x = input_for(adapter, size=size)
+    with torch.no_grad():
+        tokens = adapter.tokens(x)
+    geometry = adapter.geometry(size)
+    assert geometry.grid == (3, 5)
+    assert tokens.shape[1] == geometry.num_tokens
+    grid = adapter.tokens_to_grid(tokens, size)
+    assert grid.shape == (2, tokens.shape[-1], 3, 5)
+    p = adapter.num_prefix_tokens
+    torch.testing.assert_close(grid[:, :, 1, 4], tokens[:, p + 1 * 5 + 4])
+    torch.testing.assert_close(grid[:, :, 2, 0], tokens[:, p + 2 * 5])
+
+
+def test_prefix_token_counts():
+    assert tiny_adapter("timm-vit").num_prefix_tokens == 1
+    assert tiny_adapter("timm-vit-reg").num_prefix_tokens == 3
+    assert tiny_adapter("timm-deit-distilled").num_prefix_tokens == 2
+    assert tiny_adapter("hf-dinov2").num_prefix_tokens == 1
+
+
+@pytest.mark.parametrize("name", SWIN_MODELS)
+def test_swin_window_geometry(name):
+    adapter = tiny_adapter(name)
+    geometry = adapter.window_geometry((64, 64))
+    assert [g.stage for g in geometry] == [0, 0, 1, 1]
+    assert [g.shift for g in geometry] == [(0, 0), (2, 2), (0, 0), (2, 2)]
+    assert geometry[0].num_windows == 16 and geometry[2].num_windows == 4
+    tokens = adapter.tokens(input_for(adapter))
+    assert adapter.tokens_to_grid(tokens, (64, 64)).shape == (2, 32, 8, 8)
+
+
+@pytest.mark.parametrize("name", [*TRANSFORMER_MODELS, "timm-cnn"])
+def test_structure_as_data(name):
+    adapter = tiny_adapter(name)
+    assert isinstance(adapter.gradcam_layer, nn.Module)
+    assert adapter.num_classes == 5
+    assert isinstance(adapter.head, nn.Linear) or name == "timm-deit-distilled"
+    names = {n.rsplit(".", 1)[-1] for n, _ in adapter.model.named_modules()}
+    assert set(adapter.lora_targets) <= names
+    assert adapter.features(input_for(adapter)).shape == (2, adapter.num_features)
+
+
+def test_cnn_gradcam_layer_is_the_final_feature_map():
+    adapter = tiny_adapter("timm-cnn")
+    x = input_for(adapter, batch=1, size=(64, 64))
+    out = []
+    handle = adapter.gradcam_layer.register_forward_hook(lambda m, i, o: out.append(o))
+    with torch.no_grad():
+        tokens = adapter.tokens(x)
+    handle.remove()
+    torch.testing.assert_close(out[-1], tokens)
+    assert adapter.grid_size((64, 64)) == tuple(tokens.shape[-2:])
+    with pytest.raises(UnsupportedMethodError, match="cam"), adapter.capture_attention():
+        pass
+
+
+# ----------------------------------------------------------------------------- loading and errors
+def test_load_backbone_timm_and_hf_by_spec_without_downloads(tmp_path):
+    adapter = focusvit.load_backbone(
+        "timm:vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, depth=1
+    )
+    assert adapter.family == "vit" and adapter.num_classes == 3
+    assert adapter.logits(torch.randn(1, 3, 48, 32)).shape == (1, 3)  # dynamic size enabled
+    swin = focusvit.load_backbone(
+        "timm:swin_tiny_patch4_window7_224",
+        pretrained=False,
+        num_classes=2,
+        depths=(2, 2),
+        num_heads=(3, 6),
+        embed_dim=48,
+    )
+    assert swin.family == "swin" and swin.logits(torch.randn(1, 3, 224, 224)).shape == (1, 2)
+    build_tiny("hf-vit").save_pretrained(tmp_path / "hfvit")
+    hf = focusvit.load_backbone(f"hf:{tmp_path / 'hfvit'}")
+    assert hf.family == "vit" and hf.num_classes == 5
+    hf_dir = focusvit.load_backbone(tmp_path / "hfvit", num_classes=3)
+    assert hf_dir.num_classes == 3
+
+
+def test_save_and_load_backbone_roundtrip(tmp_path):
+    adapter = focusvit.load_backbone("tiny:timm-vit", num_classes=4)
+    path = focusvit.save_backbone(
+        adapter, tmp_path / "model.safetensors", {"spec": "tiny:timm-vit", "num_classes": 4}
+    )
+    loaded = focusvit.load_backbone(path)
+    x = input_for(adapter)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.logits(x), adapter.logits(x))
+    assert loaded.data_config["input_size"] == adapter.data_config["input_size"]
+
+
+def test_unknown_model_errors_name_the_fix(tmp_path):
+    with pytest.raises(UnknownModelError, match="timm:NAME"):
+        focusvit.load_backbone("not-a-model-anywhere")
+    with pytest.raises(UnknownModelError, match="similar names"):
+        focusvit.load_backbone("timm:vit_smal_patch16_224")
+    with pytest.raises(UnknownModelError, match="available"):
+        focusvit.load_backbone("tiny:nope")
+    bogus = tmp_path / "weights.pt"
+    bogus.write_bytes(b"x")
+    with pytest.raises(UnknownModelError, match="safetensors"):
+        focusvit.load_backbone(bogus)
+
+
+def test_unsupported_family_lists_supported_ones():
+    with pytest.raises(UnsupportedFamilyError) as error:
+        focusvit.adapt(nn.Sequential(nn.Linear(3, 3)))
+    for family in focusvit.supported_families():
+        assert family in str(error.value)
+
+
+@pytest.mark.parametrize("name", TRANSFORMER_MODELS)
+def test_input_not_fitting_patch_size_is_rejected_with_fix(name):
+    adapter = tiny_adapter(name)
+    h, w = adapter.data_config["input_size"][1:]
+    with pytest.raises(InputSizeError, match="multiples"):
+        adapter.logits(torch.randn(1, 3, h + 1, w))
+    with pytest.raises(InputSizeError, match=r"\(B, 3, H, W\)"):
+        adapter.logits(torch.randn(1, 1, h, w))
+
+
+def test_peft_wrapped_model_is_unwrapped():
+    from peft import LoraConfig, get_peft_model
+
+    model = build_tiny("timm-vit")
+    adapter = tiny_adapter("timm-vit")
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=adapter.lora_targets))
+    wrapped = focusvit.adapt(peft_model)
+    x = input_for(wrapped)
+    with torch.no_grad(), wrapped.capture_attention(layers=-1) as att:
+        out = wrapped.logits(x)
+    torch.testing.assert_close(out, adapter.logits(x).detach())  # LoRA B starts at zero
+    assert att[0].shape[0] == 2
