@@ -83,9 +83,9 @@ class TimmCNNAdapter(BackboneAdapter):
             for h in handles:
                 h.remove()
         for name, output in reversed(outputs):
-            if isinstance(output, Tensor) and output.shape == reference.shape:
-                if torch.equal(output, reference):
-                    return name
+            same_shape = isinstance(output, Tensor) and output.shape == reference.shape
+            if same_shape and torch.equal(output, reference):
+                return name
         raise UnsupportedFamilyError(f"could not locate the feature layer of {self.name}")
 
     @property

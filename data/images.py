@@ -100,7 +100,7 @@ def transform_image(
     crop_pct = float(data_config.get("crop_pct") or 1.0)
     interp = _interpolation(str(data_config.get("interpolation", "bicubic")))
     if out_h == out_w:
-        resized = TF.resize(image, int(round(out_h / crop_pct)), interpolation=interp)
+        resized = TF.resize(image, round(out_h / crop_pct), interpolation=interp)
     else:
         scale = max(out_h / image.height, out_w / image.width) / crop_pct
         new = (max(out_h, round(image.height * scale)), max(out_w, round(image.width * scale)))

@@ -176,10 +176,14 @@ def test_hooks_removed_and_flags_restored_also_after_exception(name):
     with adapter.capture_attention(), adapter.track_block_input(-1):
         adapter.logits(x)
     assert all_hooks(adapter) == before
-    with pytest.raises(ZeroDivisionError):
-        with adapter.capture_attention(), adapter.track_block_input(-1), adapter.frozen():
-            adapter.logits(x)
-            raise ZeroDivisionError
+    with (
+        pytest.raises(ZeroDivisionError),
+        adapter.capture_attention(),
+        adapter.track_block_input(-1),
+        adapter.frozen(),
+    ):
+        adapter.logits(x)
+        raise ZeroDivisionError
     assert all_hooks(adapter) == before
     assert all(getattr(m, "fused_attn", None) == f for m, f in flags)
     assert all(p.requires_grad for p in adapter.parameters())
