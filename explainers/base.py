@@ -1,0 +1,140 @@
+"""Shared base of the explainers: the :class:`Explanation` result, the method registry and the
+``explain`` entry point (one call shape for every method, in the spirit of captum's
+``attribute(inputs, target=...)``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from focusvit.backbones import BackboneAdapter, UnsupportedMethodError
+
+Target = int | Tensor | Callable[[Tensor], Tensor] | None
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Patch scores of one method on a batch of images.
+
+    Attributes:
+        scores: ``(B, h, w)`` patch-grid scores (higher = more evidence), float, finite.
+        method: registered name of the explainer.
+        params: the explainer's hyper-parameters.
+        image_size: ``(H, W)`` of the input batch.
+        targets: ``(B,)`` class indices explained (``-1`` when the target was a callable).
+    """
+
+    scores: Tensor
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    image_size: tuple[int, int] = (0, 0)
+    targets: Tensor | None = None
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return int(self.scores.shape[-2]), int(self.scores.shape[-1])
+
+    def maps(self, mode: str = "bilinear") -> Tensor:
+        """Pixel-resolution maps ``(B, H, W)``, each normalised to [0, 1]."""
+        up = F.interpolate(self.scores[:, None].float(), size=self.image_size, mode=mode)
+        return normalise_per_image(up[:, 0])
+
+    def flat(self) -> Tensor:
+        """Scores as ``(B, h*w)`` in row-major patch order (the order of patch tokens)."""
+        return self.scores.flatten(1)
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def normalise_per_image(maps: Tensor) -> Tensor:
+    """Min-max normalise each ``(B, ...)`` map to [0, 1]; constant maps become 0."""
+    flat = maps.flatten(1)
+    low = flat.min(dim=1, keepdim=True).values
+    high = flat.max(dim=1, keepdim=True).values
+    out = (flat - low) / (high - low).clamp_min(1e-12)
+    return out.view_as(maps)
+
+
+class Explainer:
+    """Base of one explanation method. Subclasses set ``name``, ``families`` and implement
+    :meth:`scores`. Instances hold the method's hyper-parameters."""
+
+    name: ClassVar[str] = ""
+    families: ClassVar[tuple[str, ...]] = ("vit", "swin", "cnn")
+    needs_target: ClassVar[bool] = False
+
+    def __init__(self, **params: Any):
+        self.params = params
+
+    def check(self, backbone: BackboneAdapter) -> None:
+        if backbone.family not in self.families:
+            usable = [n for n, cls in EXPLAINERS.items() if backbone.family in cls.families]
+            raise UnsupportedMethodError(
+                f"explainer {self.name!r} does not apply to {backbone.family} models like "
+                f"{backbone.name}; use one of: {', '.join(usable)}"
+            )
+
+    def scores(self, backbone: BackboneAdapter, images: Tensor, target: Target) -> tuple[Tensor, Tensor]:
+        """Return ``(scores (B, h, w), targets (B,))``."""
+        raise NotImplementedError
+
+    def __call__(self, backbone: BackboneAdapter, images: Tensor, target: Target = None) -> Explanation:
+        self.check(backbone)
+        scores, targets = self.scores(backbone, images, target)
+        scores = torch.nan_to_num(scores.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+        return Explanation(
+            scores=scores,
+            method=self.name,
+            params=dict(self.params),
+            image_size=(int(images.shape[-2]), int(images.shape[-1])),
+            targets=None if targets is None else targets.detach(),
+        )
+
+
+EXPLAINERS: dict[str, type[Explainer]] = {}
+
+
+def register_explainer(cls: type[Explainer]) -> type[Explainer]:
+    """Class decorator adding an explainer to the registry under ``cls.name``."""
+    EXPLAINERS[cls.name] = cls
+    return cls
+
+
+def resolve_targets(logits: Tensor, target: Target) -> tuple[Tensor, Tensor]:
+    """The explained scores ``s (B,)`` and their class indices ``(B,)`` (-1 for callables).
+
+    ``target`` may be None (predicted class), an int, a ``(B,)`` tensor of classes, or a
+    callable mapping logits ``(B, C)`` to scores ``(B,)`` (e.g. similarity to a prototype).
+    """
+    batch, num_classes = logits.shape
+    if callable(target) and not isinstance(target, Tensor):
+        scores = target(logits)
+        if scores.shape != (batch,):
+            raise ValueError(
+                f"a callable target must map logits {tuple(logits.shape)} to scores of shape "
+                f"({batch},), got {tuple(scores.shape)}"
+            )
+        return scores, torch.full((batch,), -1, dtype=torch.long, device=logits.device)
+    if target is None:
+        classes = logits.argmax(dim=1)
+    elif isinstance(target, int):
+        classes = torch.full((batch,), target, dtype=torch.long, device=logits.device)
+    else:
+        classes = torch.as_tensor(target, device=logits.device).long().reshape(-1)
+        if classes.numel() == 1:
+            classes = classes.expand(batch)
+        if classes.shape != (batch,):
+            raise ValueError(f"target has {classes.numel()} entries for a batch of {batch} images")
+    if (classes < 0).any() or (classes >= num_classes).any():
+        raise ValueError(
+            f"target classes {classes.tolist()} out of range for a head with {num_classes} "
+            f"classes (valid: 0..{num_classes - 1}); load the backbone with num_classes or pass "
+            "a callable target on the features"
+        )
+    return logits.gather(1, classes[:, None])[:, 0], classes
