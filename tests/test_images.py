@@ -35,7 +35,7 @@ def test_grayscale_and_rgba_become_rgb(photo_dir):
 def test_corrupt_file_is_named(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    with pytest.raises(ImageReadError, match="broken.jpg"):
+    with pytest.raises(ImageReadError, match=r"broken\.jpg"):
         read_image(bad)
     with pytest.raises(ImageReadError, match="does not exist"):
         read_image(tmp_path / "missing.png")
