@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from focusvit.backbones.errors import ImageReadError, InputSizeError
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
+
+from focusvit.backbones.errors import ImageReadError, InputSizeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 

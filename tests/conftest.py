@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from focusvit.backbones import adapt
 from focusvit.backbones.tiny import TINY_MODELS, build_tiny
 

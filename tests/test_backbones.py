@@ -6,6 +6,9 @@ import pytest
 import torch
 from conftest import SWIN_MODELS, TRANSFORMER_MODELS, VIT_MODELS, input_for, tiny_adapter
 from convert import timm_swin_to_hf, timm_vit_to_hf
+from torch import nn
+
+import focusvit
 from focusvit.backbones import (
     InputSizeError,
     UnknownModelError,
@@ -13,9 +16,6 @@ from focusvit.backbones import (
     UnsupportedMethodError,
 )
 from focusvit.backbones.tiny import build_tiny
-from torch import nn
-
-import focusvit
 
 
 def all_hooks(module: nn.Module) -> int:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from focusvit.backbones import ImageReadError, default_data_config
-from focusvit.data.images import denormalise, list_images, read_image, to_batch
 from PIL import Image
 
 import focusvit
+from focusvit.backbones import ImageReadError, default_data_config
+from focusvit.data.images import denormalise, list_images, read_image, to_batch
 
 
 @pytest.fixture
