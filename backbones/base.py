@@ -25,6 +25,9 @@ from .errors import InputSizeError, UnsupportedMethodError
 
 Family = Literal["vit", "swin", "cnn"]
 AttentionKind = Literal["probs", "logits"]
+#: ``reduce(layer, maps)`` for :meth:`BackboneAdapter.capture_attention`: per-chunk attention
+#: maps -> a batch-first tensor (or tuple of them).
+AttentionReducer = Callable[[int, Tensor], "Tensor | tuple[Tensor, ...]"]
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,30 @@ class BackboneAdapter(nn.Module):
         """Leaf module names peft's ``target_modules`` should match (attention qkv and output)."""
         raise NotImplementedError
 
+    @property
+    def ssf_targets(self) -> list[str]:
+        """Modules whose outputs SSF scales and shifts (DESIGN.md section 6), as data.
+
+        Full dotted names inside ``self.model`` (matched exactly, not as suffixes: suffixes like
+        ``norm`` are ambiguous in timm, where ``patch_embed.norm`` or ``attn.norm`` may exist),
+        in execution order: patch embedding, then per block the first norm, the q/k/v (or fused
+        qkv) projections, the attention output projection, the second norm, both MLP linears,
+        then the final norm. ``[]`` when SSF does not apply to the family (CNNs).
+        """
+        return []
+
+    @property
+    def embed_dim(self) -> int:
+        """Width D of the tokens that flow through the blocks of a columnar ViT.
+
+        Differs from :attr:`num_features` when the pooled feature concatenates tokens (Dinov2's
+        CLS + mean, DeiT's CLS + distillation token). Used by VPT for its prompt tokens.
+        """
+        raise UnsupportedMethodError(
+            f"{self.name} ({self.family}) has no single token width; embed_dim applies to "
+            "columnar ViTs only"
+        )
+
     # ----------------------------------------------------------------- geometry
     @property
     def patch_size(self) -> tuple[int, int]:
@@ -333,7 +360,11 @@ class BackboneAdapter(nn.Module):
 
     @contextmanager
     def capture_attention(
-        self, layers: int | Sequence[int] | None = None, kind: AttentionKind = "probs"
+        self,
+        layers: int | Sequence[int] | None = None,
+        kind: AttentionKind = "probs",
+        reduce: AttentionReducer | None = None,
+        chunk: int = 4,
     ) -> Iterator[AttentionRecord]:
         """Record attention of the chosen blocks during forwards run inside the block.
 
@@ -341,14 +372,26 @@ class BackboneAdapter(nn.Module):
             layers: block indices (negative allowed), default all blocks.
             kind: ``"probs"`` (softmax over keys) or ``"logits"`` (``q kᵀ · scale`` + relative
                 position bias; Swin's shift masks are not included).
+            reduce: optional ``reduce(layer, maps) -> Tensor | tuple[Tensor, ...]`` applied, under
+                ``torch.no_grad``, to the detached maps of ``chunk`` images at a time as soon as
+                the block has computed them; the record then holds the per-layer results
+                concatenated along dim 0 instead of the full maps. Each result must keep the
+                batch as its first dim. The full ``(B, heads, N, N)`` map of a layer is never
+                materialised, which keeps the work in cache (explainers that only need a fused
+                map run ~10% faster on CPU) and the memory at ``chunk`` images' worth. Not in the
+                autograd graph.
+            chunk: images per ``reduce`` call (only used with ``reduce``).
 
         Yields:
             :class:`AttentionRecord` whose i-th map has shape ``(B, heads, N, N)`` (ViT) or
             ``(B, windows, heads, n, n)`` (Swin), from the most recent forward, in the
-            autograd graph. Hooks are removed on exit, also when the forward raises.
+            autograd graph (or the ``reduce`` results). Hooks are removed on exit, also when
+            the forward raises.
         """
         if kind not in ("probs", "logits"):
             raise ValueError(f"kind must be 'probs' or 'logits', got {kind!r}")
+        if reduce is not None and (not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(f"chunk={chunk!r} must be a positive int (images per reduce call)")
         indices = self._normalise_layers(layers)
         sites = self.attention_sites()
         record = AttentionRecord(layers=indices, kind=kind, maps=[None] * len(indices))
@@ -364,25 +407,54 @@ class BackboneAdapter(nn.Module):
             self.input_module.register_forward_pre_hook(on_model_input, with_kwargs=True)
         )
         for slot, layer in enumerate(indices):
-            handles.extend(self._hook_site(sites[layer], slot, record, state, kind))
+            handles.extend(
+                self._hook_site(sites[layer], slot, record, state, kind, reduce, chunk)
+            )
         try:
             yield record
         finally:
             _remove_all(handles)
 
     def _hook_site(
-        self, site: AttentionSite, slot: int, record: AttentionRecord, state: dict, kind: str
+        self,
+        site: AttentionSite,
+        slot: int,
+        record: AttentionRecord,
+        state: dict,
+        kind: str,
+        reduce: AttentionReducer | None = None,
+        chunk: int = 4,
     ) -> list[Any]:
         outputs: list[Tensor | None] = [None] * len(site.modules)
+        layer = record.layers[slot]
+
+        def maps_of(parts: Sequence[Tensor], batch: int) -> Tensor:
+            logits = site.logits(parts)
+            value = logits.softmax(dim=-1) if kind == "probs" else logits
+            return self._reshape_attention(value, batch)
+
+        def reduced(parts: Sequence[Tensor], batch: int) -> Tensor | tuple[Tensor, ...]:
+            rows_per_image = parts[0].shape[0] // max(batch, 1)  # Swin: windows per image
+            pieces = []
+            with torch.no_grad():
+                for start in range(0, batch, chunk):
+                    stop = min(start + chunk, batch)
+                    sliced = [p.detach()[start * rows_per_image : stop * rows_per_image] for p in parts]
+                    pieces.append(reduce(layer, maps_of(sliced, stop - start)))
+            if isinstance(pieces[0], tuple):
+                return tuple(torch.cat(group) for group in zip(*pieces, strict=True))
+            return torch.cat(pieces)
 
         def make_hook(position: int) -> Callable:
             def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
                 outputs[position] = output
                 if all(o is not None for o in outputs):
-                    logits = site.logits(outputs)  # type: ignore[arg-type]
+                    parts = list(outputs)
                     outputs[:] = [None] * len(outputs)
-                    value = logits.softmax(dim=-1) if kind == "probs" else logits
-                    record.maps[slot] = self._reshape_attention(value, state["batch"])
+                    if reduce is None:
+                        record.maps[slot] = maps_of(parts, state["batch"])  # type: ignore[arg-type]
+                    else:
+                        record.maps[slot] = reduced(parts, state["batch"])  # type: ignore[arg-type]
 
             return hook
 
@@ -463,6 +535,30 @@ def default_data_config(size: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224
         "crop_pct": 1 / 1.15,
         "interpolation": "bicubic",
     }
+
+
+def submodule_names(
+    root: nn.Module, owners: Sequence[nn.Module], parts: Sequence[str]
+) -> list[str]:
+    """Dotted names inside ``root`` of ``owner.part`` for each owner and each part, in order.
+
+    Parts an owner lacks, and ``nn.Identity`` placeholders, are skipped, so one list of parts can
+    name alternatives across library versions (e.g. transformers 4.x ``attention.attention.query``
+    next to 5.x ``attention.q_proj``).
+    """
+    names = {id(m): n for n, m in root.named_modules(remove_duplicate=False)}
+    out = []
+    for owner in owners:
+        prefix = names[id(owner)]
+        for part in parts:
+            try:
+                module = owner.get_submodule(part)
+            except AttributeError:
+                continue
+            if isinstance(module, nn.Identity):
+                continue
+            out.append(f"{prefix}.{part}" if prefix else part)
+    return out
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:

@@ -93,6 +93,11 @@ class TimmCNNAdapter(BackboneAdapter):
         return []
 
     @property
+    def ssf_targets(self) -> list[str]:
+        """SSF is defined for transformer blocks; CNNs have no SSF sites."""
+        return []
+
+    @property
     def patch_size(self) -> tuple[int, int]:
         info = getattr(self.model, "feature_info", None)
         reduction = info[-1]["reduction"] if info else 32

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import AttentionSite, BackboneAdapter, to_tuple2
+from .base import AttentionSite, BackboneAdapter, submodule_names, to_tuple2
 from .errors import UnsupportedFamilyError
-from .hf_vit import hf_attention_projections, qk_site
+from .hf_vit import HF_SSF_BLOCK_PARTS, hf_attention_projections, qk_site
 from .timm_swin import SwinAdapterMixin
 
 
@@ -80,6 +80,20 @@ class HFSwinAdapter(SwinAdapterMixin, BackboneAdapter):
     @property
     def lora_targets(self) -> list[str]:
         return hf_attention_projections(self.blocks[0].attention)[2]
+
+    @property
+    def ssf_targets(self) -> list[str]:
+        # After the embedding norm, like timm's Swin ``patch_embed`` (projection + norm); the
+        # bare ``patch_embeddings`` (which returns a tuple) when there is no norm.
+        m = self.model
+        embed = submodule_names(m, [self.base], ["embeddings.norm"]) or submodule_names(
+            m, [self.base], ["embeddings.patch_embeddings"]
+        )
+        return (
+            embed
+            + submodule_names(m, self.blocks, HF_SSF_BLOCK_PARTS)
+            + submodule_names(m, [self.base], ["layernorm"])
+        )
 
     @property
     def patch_size(self) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import AttentionSite, BackboneAdapter, split_heads, to_tuple2
+from .base import AttentionSite, BackboneAdapter, split_heads, submodule_names, to_tuple2
 from .errors import UnsupportedFamilyError
 
 
@@ -56,6 +56,32 @@ def find_layer_list(model: nn.Module) -> nn.ModuleList:
         if isinstance(module, nn.ModuleList) and len(module) and hasattr(module[0], "attention"):
             return module
     raise UnsupportedFamilyError(f"found no transformer layer list in {type(model).__name__}")
+
+
+# SSF sites inside one HF layer, in execution order; names of transformers 5.x and 4.x are both
+# listed (a layer has only one of them). ViT/DeiT call the norms layernorm_before/_after,
+# Dinov2 and Swin norm1/norm2 or layernorm_before/_after.
+HF_SSF_BLOCK_PARTS = (
+    "layernorm_before",
+    "norm1",
+    "attention.q_proj",
+    "attention.k_proj",
+    "attention.v_proj",
+    "attention.attention.query",
+    "attention.attention.key",
+    "attention.attention.value",
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.o_proj",
+    "attention.output.dense",
+    "layernorm_after",
+    "norm2",
+    "mlp.fc1",
+    "mlp.fc2",
+    "intermediate.dense",
+    "output.dense",
+)
 
 
 def _base_model(model: nn.Module) -> nn.Module:
@@ -149,6 +175,20 @@ class HFViTAdapter(BackboneAdapter):
     @property
     def lora_targets(self) -> list[str]:
         return hf_attention_projections(self.blocks[0].attention)[2]
+
+    @property
+    def ssf_targets(self) -> list[str]:
+        # ``patch_embeddings`` returns the (B, N, D) patch tokens before CLS / position embedding.
+        m = self.model
+        return (
+            submodule_names(m, [self.base], ["embeddings.patch_embeddings"])
+            + submodule_names(m, self.blocks, HF_SSF_BLOCK_PARTS)
+            + submodule_names(m, [self.base], ["layernorm"])
+        )
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.config.hidden_size)
 
     # geometry
     @property

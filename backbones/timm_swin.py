@@ -6,7 +6,14 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .base import AttentionSite, BackboneAdapter, WindowGeometry, split_heads, to_tuple2
+from .base import (
+    AttentionSite,
+    BackboneAdapter,
+    WindowGeometry,
+    split_heads,
+    submodule_names,
+    to_tuple2,
+)
 from .errors import InputSizeError, UnsupportedFamilyError
 
 
@@ -136,6 +143,18 @@ class TimmSwinAdapter(SwinAdapterMixin, BackboneAdapter):
     @property
     def lora_targets(self) -> list[str]:
         return ["qkv", "proj"]
+
+    SSF_BLOCK_PARTS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+
+    @property
+    def ssf_targets(self) -> list[str]:
+        # timm's Swin ``patch_embed`` ends with its norm and returns (B, h, w, C) tokens.
+        m = self.model
+        return (
+            submodule_names(m, [m], ["patch_embed"])
+            + submodule_names(m, self.blocks, self.SSF_BLOCK_PARTS)
+            + submodule_names(m, [m], ["norm"])
+        )
 
     @property
     def patch_size(self) -> tuple[int, int]:

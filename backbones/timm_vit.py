@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .base import AttentionSite, BackboneAdapter, split_heads, to_tuple2
+from .base import AttentionSite, BackboneAdapter, split_heads, submodule_names, to_tuple2
 from .errors import InputSizeError, UnsupportedFamilyError
 
 
@@ -77,6 +77,23 @@ class TimmViTAdapter(BackboneAdapter):
     @property
     def lora_targets(self) -> list[str]:
         return ["qkv", "proj"]
+
+    SSF_BLOCK_PARTS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+
+    @property
+    def ssf_targets(self) -> list[str]:
+        # ``patch_embed`` itself (not ``patch_embed.proj``): its output is the token tensor
+        # (B, N, D) or (B, h, w, D) after flattening and the optional norm.
+        m = self.model
+        return (
+            submodule_names(m, [m], ["patch_embed"])
+            + submodule_names(m, self.blocks, self.SSF_BLOCK_PARTS)
+            + submodule_names(m, [m], ["norm", "fc_norm"])
+        )
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.embed_dim)
 
     # geometry
     @property

@@ -1,0 +1,337 @@
+"""Position prompts from patch scores (DESIGN.md section 4, step 7).
+
+FORT ("Focus Your Attention when Few-Shot Classification", Wang, Jie, Deng, NeurIPS 2023) marks
+the class-related entity of each support image by the patches with the highest explainer scores:
+
+- the **top-P** patches (official: P = 14 of 196 for /16 at 224, about 7%), or
+- the **smallest set covering a mass fraction** (e.g. 0.95) of the scores.
+
+The **target** ``t (B, N)`` over the N patch tokens, which the attention-enhancement loss pulls
+the attention towards, is multi-hot (1 on the chosen patches) or importance-weighted (the scores
+of the chosen patches rescaled to sum to P; the official choice).
+
+Conventions shared by every function here:
+
+- patch order is row-major over the ``(h, w)`` grid, the order of the patch tokens;
+- ranking is a stable descending sort, so ties go to the lower patch index (deterministic);
+- for mass coverage the scores are made non-negative by clamping at 0 and normalised per image;
+  an image whose scores are all <= 0 is treated as uniform.
+
+Everything is a pure tensor function: no model, no gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from focusvit.explainers.base import Explanation
+
+Weighting = Literal["importance", "multi_hot"]
+
+#: Slack on cumulative mass comparisons (computed in float64), so that e.g. 19 of 20 uniform
+#: patches count as covering 0.95 despite rounding.
+MASS_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class PositionPrompt:
+    """Position prompts of a batch of images.
+
+    Attributes:
+        mask: ``(B, h, w)`` bool, the chosen patches.
+        target: ``(B, N)`` float with ``N = h * w`` in row-major order; zero outside the chosen
+            patches, summing to the number of chosen patches per image.
+        indices: per image, a 1-D long tensor of the chosen patch indices (row-major), sorted by
+            descending score. All the same length for top-P; varying for mass coverage.
+        grid: patch grid ``(h, w)``.
+        image_size: ``(H, W)`` of the images the scores came from (``(0, 0)`` if unknown).
+        method: name of the explainer whose scores made the prompt.
+        weighting: ``"importance"`` or ``"multi_hot"``.
+    """
+
+    mask: Tensor
+    target: Tensor
+    indices: tuple[Tensor, ...]
+    grid: tuple[int, int]
+    image_size: tuple[int, int] = (0, 0)
+    method: str = ""
+    weighting: str = "importance"
+
+    @property
+    def counts(self) -> Tensor:
+        """Number of chosen patches per image, ``(B,)`` long."""
+        return self.mask.flatten(1).sum(dim=1)
+
+    def pixel_mask(self, size: tuple[int, int] | None = None) -> Tensor:
+        """The mask at pixel resolution ``(B, H, W)`` bool (nearest upsampling)."""
+        size = size or self.image_size
+        if not size or min(size) <= 0:
+            raise ValueError(
+                "this prompt has no image_size; pass size=(H, W) to pixel_mask(size=...)"
+            )
+        return upsample_mask(self.mask, size)
+
+    def __len__(self) -> int:
+        return int(self.mask.shape[0])
+
+
+# ----------------------------------------------------------------------------- shape helpers
+def as_batch_scores(scores: Tensor, name: str = "scores") -> Tensor:
+    """``(h, w)`` or ``(B, h, w)`` -> ``(B, h, w)`` (a single map behaves as B=1)."""
+    if not isinstance(scores, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
+    if scores.ndim == 2:
+        return scores[None]
+    if scores.ndim != 3:
+        raise ValueError(
+            f"{name} must have shape (B, h, w) or (h, w) on the patch grid, got "
+            f"{tuple(scores.shape)}; reshape flat (B, N) scores with .view(B, h, w)"
+        )
+    return scores
+
+
+def as_flat_scores(scores: Tensor, name: str = "scores") -> Tensor:
+    """``(N,)``, ``(B, N)`` or ``(B, h, w)`` -> ``(B, N)`` in row-major patch order."""
+    if not isinstance(scores, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
+    if scores.ndim == 1:
+        return scores[None]
+    if scores.ndim == 2:
+        return scores
+    if scores.ndim == 3:
+        return scores.flatten(1)
+    raise ValueError(
+        f"{name} must have shape (B, N) or (B, h, w), got {tuple(scores.shape)}; "
+        "drop extra dimensions (e.g. average over heads) first"
+    )
+
+
+def resolve_top_p(top_p: int | float, num_patches: int) -> int:
+    """Number of patches to choose: an int P, or a float fraction -> ``round(fraction · N)``.
+
+    Raises:
+        ValueError: P outside ``1..N`` or a fraction outside ``(0, 1]``.
+    """
+    if isinstance(top_p, bool) or not isinstance(top_p, int | float):
+        raise ValueError(f"top_p must be an int count or a float fraction, got {top_p!r}")
+    if isinstance(top_p, float):
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(
+                f"a float top_p is a fraction of the {num_patches} patches and must lie in "
+                f"(0, 1], got {top_p}; pass an int for a patch count"
+            )
+        count = max(1, round(top_p * num_patches))
+    else:
+        count = top_p
+    if not 1 <= count <= num_patches:
+        raise ValueError(
+            f"top_p={top_p} asks for {count} patches but the grid has {num_patches}; "
+            f"choose 1..{num_patches} (official FORT: 14 of 196, about 0.07)"
+        )
+    return int(count)
+
+
+# ----------------------------------------------------------------------------- selection
+def rank_patches(scores: Tensor) -> Tensor:
+    """Patch indices ``(B, N)`` by descending score; ties go to the lower index (stable)."""
+    return torch.sort(as_flat_scores(scores), dim=1, descending=True, stable=True).indices
+
+
+def top_p_mask(scores: Tensor, top_p: int | float) -> Tensor:
+    """The top-P patches of each image as a ``(B, N)`` bool mask.
+
+    Args:
+        scores: ``(B, N)`` or ``(B, h, w)`` patch scores.
+        top_p: int count P or float fraction of N (see :func:`resolve_top_p`).
+    """
+    flat = as_flat_scores(scores)
+    count = resolve_top_p(top_p, flat.shape[1])
+    order = rank_patches(flat)[:, :count]
+    return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
+
+
+def mass_distribution(scores: Tensor) -> Tensor:
+    """Non-negative normalised masses ``(B, N)`` float64 from scores ``(B, N)``.
+
+    Negative scores are clamped to 0; an image with no positive score gets a uniform mass.
+    """
+    flat = as_flat_scores(scores).double().clamp_min(0.0)
+    flat = torch.nan_to_num(flat, nan=0.0, posinf=0.0)
+    total = flat.sum(dim=1, keepdim=True)
+    uniform = torch.full_like(flat, 1.0 / flat.shape[1])
+    return torch.where(total > 0, flat / total.clamp_min(1e-300), uniform)
+
+
+def check_fraction(fraction: float, name: str = "fraction") -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+        raise ValueError(f"{name} must be a float in (0, 1], got {fraction!r}")
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"{name} must lie in (0, 1] (e.g. 0.95), got {fraction}")
+    return float(fraction)
+
+
+def coverage_counts(scores: Tensor, fraction: float = 0.95) -> Tensor:
+    """Size of the smallest patch set holding ``fraction`` of each image's mass, ``(B,)`` long.
+
+    Sort descending, cumulative mass / total, first index reaching ``fraction``, plus one. Scores
+    are made non-negative and normalised as in :func:`mass_distribution`.
+    """
+    fraction = check_fraction(fraction)
+    mass = mass_distribution(scores)
+    ordered = torch.sort(mass, dim=1, descending=True, stable=True).values
+    reached = ordered.cumsum(dim=1) >= fraction - MASS_TOLERANCE
+    first = reached.double().argmax(dim=1)  # first True (the last entry always reaches)
+    return (first + 1).clamp_max(mass.shape[1]).long()
+
+
+def coverage_mask(scores: Tensor, fraction: float = 0.95) -> Tensor:
+    """The smallest set of highest-scoring patches covering ``fraction`` of the mass, ``(B, N)``.
+
+    Among sets of that size, ties go to the lower patch index (same ranking as top-P).
+    """
+    flat = as_flat_scores(scores)
+    counts = coverage_counts(flat, fraction)
+    order = rank_patches(flat)
+    rank = torch.arange(flat.shape[1], device=flat.device)[None]
+    keep = rank < counts[:, None].to(flat.device)
+    return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, keep)
+
+
+# ----------------------------------------------------------------------------- targets
+def multi_hot_targets(mask: Tensor) -> Tensor:
+    """Multi-hot targets ``(B, N)`` float from a ``(B, N)`` or ``(B, h, w)`` bool mask."""
+    return as_flat_scores(mask).float()
+
+
+def importance_targets(scores: Tensor, mask: Tensor) -> Tensor:
+    """Importance-weighted targets ``(B, N)`` (FORT's official choice).
+
+    Inside the chosen set the scores are rescaled to sum to the set size P, zero outside:
+    ``t_i = P · s_i / Σ_{j∈set} s_j``. Scores are clamped at 0 first; an image whose chosen
+    scores sum to 0 falls back to multi-hot.
+
+    Args:
+        scores: ``(B, N)`` or ``(B, h, w)`` patch scores.
+        mask: the chosen patches, same shape as ``scores``, bool.
+    """
+    flat = as_flat_scores(scores).float()
+    chosen = as_flat_scores(mask, "mask").bool()
+    if chosen.shape != flat.shape:
+        raise ValueError(
+            f"mask {tuple(chosen.shape)} and scores {tuple(flat.shape)} must describe the same "
+            "patches; build the mask from these scores"
+        )
+    inside = torch.where(chosen, flat.clamp_min(0.0), torch.zeros_like(flat))
+    size = chosen.sum(dim=1, keepdim=True).float()
+    total = inside.sum(dim=1, keepdim=True)
+    weighted = inside * size / total.clamp_min(1e-30)
+    return torch.where(total > 0, weighted, chosen.float())
+
+
+# ----------------------------------------------------------------------------- prompts
+def make_prompts(
+    explanation: Explanation | Tensor,
+    top_p: int | float = 14,
+    coverage: float | None = None,
+    weighting: Weighting = "importance",
+    image_size: tuple[int, int] | None = None,
+    method: str | None = None,
+) -> PositionPrompt:
+    """Position prompts from an explanation's patch scores (FORT, Wang et al., NeurIPS 2023).
+
+    Args:
+        explanation: an :class:`~focusvit.explainers.Explanation` (scores ``(B, h, w)``), or a
+            scores tensor ``(B, h, w)`` / ``(h, w)`` (a single map behaves as B=1).
+        top_p: int P or float fraction of the N patches (``round(fraction · N)``); official 14.
+        coverage: when given, choose instead the smallest set covering this fraction of the
+            (clamped non-negative, normalised) score mass; ``top_p`` is then ignored.
+        weighting: ``"importance"`` (scores in the set rescaled to sum to its size) or
+            ``"multi_hot"``.
+        image_size: ``(H, W)`` for a raw tensor (taken from the explanation otherwise).
+        method: source method name for a raw tensor.
+
+    Returns:
+        :class:`PositionPrompt` with ``mask (B, h, w)`` and ``target (B, h*w)``.
+    """
+    if isinstance(explanation, Tensor):
+        scores = as_batch_scores(explanation)
+        size = tuple(image_size) if image_size else (0, 0)
+        name = method or ""
+    elif hasattr(explanation, "scores"):
+        scores = as_batch_scores(explanation.scores)
+        size = tuple(image_size or explanation.image_size)
+        name = method or explanation.method
+    else:
+        raise ValueError(
+            "make_prompts expects an Explanation or a (B, h, w) scores tensor, got "
+            f"{type(explanation).__name__}"
+        )
+    if weighting not in ("importance", "multi_hot"):
+        raise ValueError(f"weighting must be 'importance' or 'multi_hot', got {weighting!r}")
+    scores = scores.detach()
+    batch, h, w = scores.shape
+    flat = scores.reshape(batch, h * w)
+    chosen = coverage_mask(flat, coverage) if coverage is not None else top_p_mask(flat, top_p)
+    target = importance_targets(flat, chosen) if weighting == "importance" else chosen.float()
+    order = rank_patches(flat)
+    counts = chosen.sum(dim=1).tolist()
+    indices = tuple(order[i, : counts[i]].clone() for i in range(batch))
+    return PositionPrompt(
+        mask=chosen.view(batch, h, w),
+        target=target,
+        indices=indices,
+        grid=(h, w),
+        image_size=(int(size[0]), int(size[1])),
+        method=name,
+        weighting=weighting,
+    )
+
+
+# ----------------------------------------------------------------------------- upsampling
+def _check_size(size: tuple[int, int] | int) -> tuple[int, int]:
+    if isinstance(size, int):
+        size = (size, size)
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"size must be (H, W) with positive entries, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def upsample_scores(scores: Tensor, size: tuple[int, int] | int) -> Tensor:
+    """Patch scores ``(B, h, w)`` or ``(h, w)`` -> pixel maps ``(B, H, W)`` (bilinear)."""
+    batch = as_batch_scores(scores)
+    up = F.interpolate(
+        batch[:, None].float(), size=_check_size(size), mode="bilinear", align_corners=False
+    )
+    return up[:, 0]
+
+
+def upsample_mask(mask: Tensor, size: tuple[int, int] | int) -> Tensor:
+    """Patch mask ``(B, h, w)`` or ``(h, w)`` -> pixel mask ``(B, H, W)`` bool (nearest).
+
+    With ``H = k·h`` every patch becomes an exact ``k × k`` pixel block.
+    """
+    batch = as_batch_scores(mask, "mask")
+    up = F.interpolate(batch[:, None].float(), size=_check_size(size), mode="nearest")
+    return up[:, 0] > 0.5
+
+
+def patch_area_fraction(pixel_mask: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Share of each patch's pixels inside a pixel mask: ``(B, H, W)`` -> ``(B, h, w)`` in [0, 1].
+
+    Area pooling; exact block averages when H, W are multiples of h, w (adaptive pooling
+    otherwise).
+    """
+    batch = as_batch_scores(pixel_mask, "pixel_mask").float()[:, None]
+    h, w = grid
+    height, width = batch.shape[-2:]
+    if height % h == 0 and width % w == 0:
+        pooled = F.avg_pool2d(batch, kernel_size=(height // h, width // w))
+    else:
+        pooled = F.adaptive_avg_pool2d(batch, (h, w))
+    return pooled[:, 0]
