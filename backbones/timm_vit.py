@@ -30,6 +30,21 @@ class TimmViTAdapter(BackboneAdapter):
         if not is_timm_vit(model):
             raise UnsupportedFamilyError(f"{type(model).__name__} is not a timm ViT")
         super().__init__(model, name, data_config)
+        # DeiT distilled: the pretrained (head, head_dist) pair, so set_head can restore it
+        self._head_pairs: dict[int, tuple[nn.Module, nn.Module]] = {}
+        if getattr(model, "head_dist", None) is not None:
+            self._head_pairs[id(model.head)] = (model.head, model.head_dist)
+
+    def set_head(self, head: nn.Module) -> None:
+        """Replace the head. DeiT distilled models average ``head(cls)`` and
+        ``head_dist(dist)``; a new head is used for both tokens (so the logits are
+        ``head((cls + dist) / 2)``, the head applied to the pooled feature), and putting the
+        pretrained head back restores the pretrained distillation head with it."""
+        super().set_head(head)
+        if getattr(self.model, "head_dist", None) is None:
+            return
+        pair = self._head_pairs.get(id(head))
+        self.model.head_dist = pair[1] if pair is not None and pair[0] is head else head
 
     # forward
     def tokens(self, x: Tensor) -> Tensor:

@@ -1,1 +1,24 @@
-"""focusvit.data."""
+"""focusvit.data: images, few-shot datasets (folders, tensors, synthetic scenes) and episodes."""
+
+from .datasets import FewShotDataset, ImageFolderDataset, TensorDataset, read_split
+from .episodes import Episode, EpisodeError, check_episode_spec, sample_episode, sample_episodes
+from .images import load_images, read_image, sample_photos
+from .synthetic import SceneConfig, SyntheticScenes, class_splits
+
+__all__ = [
+    "Episode",
+    "EpisodeError",
+    "FewShotDataset",
+    "ImageFolderDataset",
+    "SceneConfig",
+    "SyntheticScenes",
+    "TensorDataset",
+    "check_episode_spec",
+    "class_splits",
+    "load_images",
+    "read_image",
+    "read_split",
+    "sample_episode",
+    "sample_episodes",
+    "sample_photos",
+]

@@ -15,12 +15,25 @@ from .base import (
 )
 from .cam import CAMExplainer
 from .gradcam import GradCAMExplainer
+from .metrics import (
+    CausalCurve,
+    attention_mass,
+    causal_curve,
+    cls_attention,
+    coverage_count,
+    deletion,
+    insertion,
+    mean_and_ci,
+    pointing_game,
+    prompt_precision,
+)
 from .rollout import RolloutExplainer, RolloutSVDExplainer, svd_gradient_term
 
 __all__ = [
     "EXPLAINERS",
     "AttentionExplainer",
     "CAMExplainer",
+    "CausalCurve",
     "Explainer",
     "Explanation",
     "GradCAMExplainer",
@@ -28,9 +41,18 @@ __all__ = [
     "RolloutSVDExplainer",
     "Target",
     "as_batch",
+    "attention_mass",
+    "causal_curve",
+    "cls_attention",
+    "coverage_count",
+    "deletion",
     "explain",
+    "insertion",
     "make_explainer",
+    "mean_and_ci",
     "normalise_per_image",
+    "pointing_game",
+    "prompt_precision",
     "register_explainer",
     "resolve_targets",
     "svd_gradient_term",

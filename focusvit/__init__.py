@@ -5,10 +5,12 @@ Quick start::
 
     import focusvit
     backbone = focusvit.load_backbone("offline:dinov2-s14-imgfocus")
-    batch = backbone.preprocess(["cat.jpg"])
-    with backbone.capture_attention(layers=-1) as attention:
-        backbone.logits(batch)
-    attention[0].shape  # (1, heads, N, N)
+    batch = backbone.preprocess(["cat.jpg", "dog.jpg"])
+    explanation = focusvit.explain(backbone, batch, method="rollout_svd")  # scores (B, h, w)
+    prompts = focusvit.make_prompts(explanation, top_p=14)                 # mask (B, h, w)
+    scenes = focusvit.SyntheticScenes("novel")
+    result = focusvit.evaluate(backbone, scenes, method="lora+fort", n_way=5, k_shot=1)
+    print(result)  # lora+fort: mean ± 95% interval
 """
 
 from focusvit.backbones import (
@@ -19,18 +21,71 @@ from focusvit.backbones import (
     save_backbone,
     supported_families,
 )
-from focusvit.data.images import load_images, sample_photos
+from focusvit.data import (
+    ImageFolderDataset,
+    SyntheticScenes,
+    TensorDataset,
+    load_images,
+    sample_episodes,
+    sample_photos,
+)
+from focusvit.explainers import (
+    Explanation,
+    attention_mass,
+    coverage_count,
+    deletion,
+    explain,
+    insertion,
+    pointing_game,
+    prompt_precision,
+)
+from focusvit.finetune import (
+    FortConfig,
+    applicable_tuners,
+    apply_tuner,
+    evaluate,
+    fit_task,
+)
+from focusvit.prompting import (
+    PositionPrompt,
+    make_prompts,
+    plot_explanation,
+    save_overlay_grid,
+    swin_window_prompts,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackboneAdapter",
+    "Explanation",
     "FocusVitError",
+    "FortConfig",
+    "ImageFolderDataset",
+    "PositionPrompt",
+    "SyntheticScenes",
+    "TensorDataset",
     "__version__",
     "adapt",
+    "applicable_tuners",
+    "apply_tuner",
+    "attention_mass",
+    "coverage_count",
+    "deletion",
+    "evaluate",
+    "explain",
+    "fit_task",
+    "insertion",
     "load_backbone",
     "load_images",
+    "make_prompts",
+    "plot_explanation",
+    "pointing_game",
+    "prompt_precision",
+    "sample_episodes",
     "sample_photos",
     "save_backbone",
+    "save_overlay_grid",
     "supported_families",
+    "swin_window_prompts",
 ]

@@ -1,0 +1,296 @@
+"""Per-task fine-tuning with position prompts (FORT, Wang, Jie, Deng, NeurIPS 2023).
+
+``fit_task`` adapts a backbone to one few-shot task:
+
+1. support features -> a head initialised from the support set (prototype / ridge / logistic);
+2. position prompts of the support images, computed once with that head and kept fixed
+   (columnar ViT: an explainer's patch scores -> top-P targets; Swin: per-window top-P);
+3. a tuner (linear, full, LoRA, VPT, SSF) with a fresh copy of its parameters;
+4. ``steps`` optimiser steps on the whole support set with
+   ``CE(head(f(x)), y) + α · attention-enhancement loss``;
+5. on exit, the backbone is restored bit-identically (tuner removed, head and flags restored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from focusvit.backbones import BackboneAdapter, UnsupportedMethodError
+
+from .heads import init_head
+from .losses import FortConfig, swin_attention_loss, vit_attention_loss
+from .recipes import Recipe, recipe_for
+from .tuners import apply_tuner, make_tuner
+
+
+@dataclass
+class TaskModel:
+    """The backbone tuned to one task (valid inside the ``fit_task`` block).
+
+    Attributes:
+        backbone: the adapted backbone (its head is the task head).
+        losses: per step ``{"ce": float, "attn": float, "total": float}``.
+        prompt_targets: ``(K, N)`` ViT prompt targets or per-stage Swin window targets.
+        parameter_counts: ``{"trainable": int, "total": int}``.
+    """
+
+    backbone: BackboneAdapter
+    recipe: Recipe
+    fort: FortConfig | None
+    losses: list[dict[str, float]] = field(default_factory=list)
+    prompt_targets: Tensor | list[Tensor] | None = None
+    parameter_counts: dict[str, int] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def logits(self, images: Tensor, batch_size: int = 64) -> Tensor:
+        """Task logits ``(Q, N_way)``, batched, in eval mode."""
+        with self.backbone.evaluating(), _autocast(images.device):
+            return torch.cat(
+                [self.backbone.logits(chunk).float() for chunk in images.split(batch_size)]
+            )
+
+    def predict(self, images: Tensor, batch_size: int = 64) -> Tensor:
+        return self.logits(images, batch_size).argmax(dim=1)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _optimizer(recipe: Recipe, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+        )
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; use 'adamw' or 'sgd'")
+
+
+@torch.no_grad()
+def support_features(backbone: BackboneAdapter, images: Tensor, batch_size: int = 64) -> Tensor:
+    """Pooled features ``(M, D)`` in eval mode."""
+    with backbone.evaluating(), _autocast(images.device):
+        return torch.cat([backbone.features(chunk).float() for chunk in images.split(batch_size)])
+
+
+def make_prompt_targets(
+    backbone: BackboneAdapter, images: Tensor, labels: Tensor, fort: FortConfig
+) -> Tensor | list[Tensor]:
+    """Position prompts of the support set, computed once before fine-tuning (fixed afterwards).
+
+    Returns:
+        columnar ViT: ``(K, N)`` targets over patch tokens; Swin: per stage ``(K, windows, n)``.
+    """
+    if backbone.family == "swin":
+        from focusvit.prompting import swin_window_prompts
+
+        return swin_window_prompts(backbone, images, top_p=fort.top_p).targets
+    if backbone.family != "vit":
+        raise UnsupportedMethodError(
+            f"the attention-enhancement loss needs a transformer; {backbone.name} is a "
+            f"{backbone.family}: set fort alpha=0"
+        )
+    from focusvit.explainers import explain
+    from focusvit.prompting import make_prompts
+
+    explanation = explain(backbone, images, method=fort.explainer, target=labels)
+    return make_prompts(explanation, top_p=fort.top_p, weighting=fort.weighting).target
+
+
+def _attention_loss(
+    backbone: BackboneAdapter, fort: FortConfig, record, targets, extra_tokens: int
+) -> Tensor:
+    if backbone.family == "swin":
+        return swin_attention_loss(list(record), targets, tau=fort.tau)
+    return vit_attention_loss(
+        list(record), targets, backbone.num_prefix_tokens, fort.tau, fort.query_rows, extra_tokens
+    )
+
+
+def _loss_layers(backbone: BackboneAdapter, fort: FortConfig) -> list[int]:
+    if backbone.family == "swin":
+        from focusvit.prompting.swin import last_block_of_each_stage
+
+        return last_block_of_each_stage(backbone)
+    return fort.layer_indices(backbone.num_layers)
+
+
+def resolve_fort(
+    backbone: BackboneAdapter, tuner: str, fort: FortConfig | bool | None
+) -> FortConfig | None:
+    """``True`` -> the recipe's α, τ, P; ``None``/``False`` -> no attention loss."""
+    if fort is None or fort is False:
+        return None
+    if fort is True:
+        recipe = recipe_for(backbone.family, tuner)
+        if recipe.alpha <= 0:
+            raise ValueError(
+                f"the {tuner} recipe has no attention loss; pass FortConfig(alpha=..., tau=...) explicitly"
+            )
+        return FortConfig(alpha=recipe.alpha, tau=recipe.tau, top_p=recipe.top_p)
+    return fort if fort.enabled else None
+
+
+@contextmanager
+def fit_task(
+    backbone: BackboneAdapter,
+    images: Tensor,
+    labels: Tensor,
+    tuner: str = "lora",
+    fort: FortConfig | bool | None = None,
+    head_init: str = "logistic",
+    tuner_options: dict | None = None,
+    **recipe_overrides,
+) -> Iterator[TaskModel]:
+    """Fine-tune ``backbone`` on one support set; the tuned model is valid inside the block.
+
+    Args:
+        backbone: any adapter (weights are restored bit-identically on exit, also on error).
+        images: ``(M, 3, H, W)`` preprocessed support images; labels ``(M,)`` in ``0..N-1``.
+        tuner: ``linear``, ``full``, ``lora``, ``vpt`` or ``ssf``.
+        fort: a :class:`FortConfig`, ``True`` for the recipe's α/τ/P, or None (plain baseline).
+        head_init: ``prototype``, ``ridge`` or ``logistic``.
+        tuner_options: extra options of the tuner config (e.g. ``{"rank": 8}`` for LoRA).
+        recipe_overrides: ``lr``, ``steps``, ``optimizer``, ``weight_decay``, ``momentum``.
+
+    Example::
+
+        with fit_task(backbone, xs, ys, tuner="lora", fort=True) as task:
+            accuracy = (task.predict(xq) == yq).float().mean()
+    """
+    recipe = recipe_for(backbone.family, tuner).override(**recipe_overrides)
+    fort_config = resolve_fort(backbone, tuner, fort)
+    labels = labels.to(images.device)
+    head = init_head(support_features(backbone, images), labels, method=head_init)
+    original_head = backbone.head if backbone.head_name else None
+    modes = {m: m.training for m in backbone.modules()}
+    targets = None
+    _swap_head(backbone, head)
+    try:
+        if fort_config is not None:
+            targets = make_prompt_targets(backbone, images, labels, fort_config)
+        config = make_tuner(tuner, **(tuner_options or {}))
+        with apply_tuner(backbone, config) as tuned:
+            task = TaskModel(
+                backbone,
+                recipe,
+                fort_config,
+                prompt_targets=targets,
+                parameter_counts=tuned.parameter_counts(),
+            )
+            _train(task, tuned, images, labels)
+            yield task
+    finally:
+        _restore_head(backbone, original_head)
+        for module, mode in modes.items():
+            module.train(mode)
+
+
+def _swap_head(backbone: BackboneAdapter, head: torch.nn.Module) -> None:
+    if backbone.head_name:
+        backbone.set_head(head)
+        return
+    reset = getattr(backbone.model, "reset_classifier", None)
+    if callable(reset):  # timm model loaded with num_classes=0
+        reset(head.out_features)
+        backbone.set_head(head)
+        return
+    raise UnsupportedMethodError(
+        f"{backbone.name} has no classification head slot; load it with load_backbone(spec, "
+        "num_classes=N) so fit_task can place the support-set head"
+    )
+
+
+def _restore_head(backbone: BackboneAdapter, original: torch.nn.Module | None) -> None:
+    if original is not None:
+        backbone.set_head(original)
+    else:
+        reset = getattr(backbone.model, "reset_classifier", None)
+        if callable(reset):
+            reset(0)
+
+
+def _train(task: TaskModel, tuned, images: Tensor, labels: Tensor) -> None:
+    backbone, recipe, fort = task.backbone, task.recipe, task.fort
+    params = list(tuned.trainable_parameters())
+    optimizer = _optimizer(recipe, params)
+    if tuned.config.name == "linear" and fort is None:
+        _train_head_on_features(task, optimizer, support_features(backbone, images), labels)
+        return
+    backbone.train()
+    layers = _loss_layers(backbone, fort) if fort is not None else []
+    extra = int(getattr(tuned, "extra_prefix_tokens", 0))
+    for _ in range(recipe.steps):
+        task.losses.append(
+            training_step(
+                backbone, optimizer, images, labels, fort, task.prompt_targets, layers, extra
+            )
+        )
+    backbone.eval()
+
+
+def training_step(
+    backbone: BackboneAdapter,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    labels: Tensor,
+    fort: FortConfig | None = None,
+    prompt_targets: Tensor | list[Tensor] | None = None,
+    layers: list[int] | None = None,
+    extra_tokens: int = 0,
+) -> dict[str, float]:
+    """One optimiser step on the support set: ``CE + α · attention loss`` (DESIGN.md section 5).
+
+    Args:
+        images: ``(M, 3, H, W)`` support batch; labels ``(M,)``.
+        fort: attention-loss settings, or None for plain cross-entropy.
+        prompt_targets: the fixed prompts (``(M, N)`` ViT, per-stage window targets for Swin).
+        layers: blocks whose attention logits the loss reads (only these compute explicit
+            attention; default :func:`_loss_layers`).
+        extra_tokens: tokens a tuner inserts after the prefix tokens (VPT).
+
+    Returns:
+        ``{"ce", "attn", "total"}`` as floats.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if fort is not None and layers is None:
+        layers = _loss_layers(backbone, fort)
+    capture = backbone.capture_attention(layers=layers, kind="logits") if fort else nullcontext()
+    with capture as record, _autocast(images.device):
+        logits = backbone.logits(images).float()
+        ce = F.cross_entropy(logits, labels)
+        attn = (
+            _attention_loss(backbone, fort, record, prompt_targets, extra_tokens).float()
+            if fort is not None
+            else ce.new_zeros(())
+        )
+    total = ce + (fort.alpha if fort is not None else 0.0) * attn
+    total.backward()
+    optimizer.step()
+    return {"ce": float(ce.detach()), "attn": float(attn.detach()), "total": float(total.detach())}
+
+
+def _train_head_on_features(
+    task: TaskModel, optimizer: torch.optim.Optimizer, features: Tensor, labels: Tensor
+) -> None:
+    """Linear probe: the backbone is frozen, so its eval-mode features ``(M, D)`` are computed
+    once and only the head runs at every step (the same updates as a full forward per step)."""
+    head = task.backbone.head
+    head.train()
+    for _ in range(task.recipe.steps):
+        optimizer.zero_grad(set_to_none=True)
+        ce = F.cross_entropy(head(features).float(), labels)
+        ce.backward()
+        optimizer.step()
+        loss = float(ce.detach())
+        task.losses.append({"ce": loss, "attn": 0.0, "total": loss})
+    head.eval()
