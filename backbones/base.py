@@ -407,9 +407,7 @@ class BackboneAdapter(nn.Module):
             self.input_module.register_forward_pre_hook(on_model_input, with_kwargs=True)
         )
         for slot, layer in enumerate(indices):
-            handles.extend(
-                self._hook_site(sites[layer], slot, record, state, kind, reduce, chunk)
-            )
+            handles.extend(self._hook_site(sites[layer], slot, record, state, kind, reduce, chunk))
         try:
             yield record
         finally:
@@ -439,7 +437,9 @@ class BackboneAdapter(nn.Module):
             with torch.no_grad():
                 for start in range(0, batch, chunk):
                     stop = min(start + chunk, batch)
-                    sliced = [p.detach()[start * rows_per_image : stop * rows_per_image] for p in parts]
+                    sliced = [
+                        p.detach()[start * rows_per_image : stop * rows_per_image] for p in parts
+                    ]
                     pieces.append(reduce(layer, maps_of(sliced, stop - start)))
             if isinstance(pieces[0], tuple):
                 return tuple(torch.cat(group) for group in zip(*pieces, strict=True))

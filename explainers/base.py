@@ -80,11 +80,15 @@ class Explainer:
                 f"{backbone.name}; use one of: {', '.join(usable)}"
             )
 
-    def scores(self, backbone: BackboneAdapter, images: Tensor, target: Target) -> tuple[Tensor, Tensor]:
+    def scores(
+        self, backbone: BackboneAdapter, images: Tensor, target: Target
+    ) -> tuple[Tensor, Tensor]:
         """Return ``(scores (B, h, w), targets (B,))``."""
         raise NotImplementedError
 
-    def __call__(self, backbone: BackboneAdapter, images: Tensor, target: Target = None) -> Explanation:
+    def __call__(
+        self, backbone: BackboneAdapter, images: Tensor, target: Target = None
+    ) -> Explanation:
         self.check(backbone)
         scores, targets = self.scores(backbone, images, target)
         scores = torch.nan_to_num(scores.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)

@@ -1,0 +1,157 @@
+"""Multi-process episodic evaluation with ``torch.distributed`` (``torchrun``, ``accelerate
+launch``, or any launcher that sets ``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR``).
+
+Episode ids are dealt round-robin (rank ``r`` of ``W`` gets ``r, r + W, ...``); every rank runs
+``focusvit.evaluate(..., episode_ids=its ids)`` and streams to its own shard file (resumable);
+the records are gathered with ``all_gather_object`` and rank 0 writes one JSONL sorted by
+episode, byte-identical to the file of a single-process run (which is written by the same
+:func:`write_records`). gloo on CPU, nccl on CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+def shard(ids: Sequence[int], rank: int, world_size: int) -> list[int]:
+    """The episode ids of ``rank``: ``ids[rank::world_size]``."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    return list(ids)[rank::world_size]
+
+
+def read_records(path: str | Path, method: str | None = None) -> list[dict]:
+    """Complete JSONL records of ``path`` (cut lines skipped), optionally of one method."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if method is None or record.get("method") == method:
+            records.append(record)
+    return records
+
+
+def merge_records(groups: Iterable[Iterable[dict]]) -> list[dict]:
+    """One record per episode (first seen wins), sorted by episode id."""
+    merged: dict[int, dict] = {}
+    for group in groups:
+        for record in group:
+            merged.setdefault(int(record["episode"]), record)
+    return [merged[k] for k in sorted(merged)]
+
+
+def write_records(path: str | Path, records: Iterable[dict]) -> None:
+    """The canonical per-method JSONL: one ``json.dumps`` line per episode, sorted."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in merge_records([records])))
+    tmp.replace(path)
+
+
+def seed_shard(merged: Path, shard_path: Path, ids: Sequence[int], method: str) -> None:
+    """Copy finished episodes of ``ids`` from a merged file into a shard file, so a
+    multi-process run resumes what any earlier run (single- or multi-process) finished."""
+    wanted = set(ids)
+    have = {int(r["episode"]) for r in read_records(shard_path, method)}
+    missing = [
+        r
+        for r in read_records(merged, method)
+        if int(r["episode"]) in wanted and int(r["episode"]) not in have
+    ]
+    if missing:
+        shard_path.parent.mkdir(parents=True, exist_ok=True)
+        existing = read_records(shard_path)
+        write_records_unsorted(shard_path, existing + missing)
+
+
+def write_records_unsorted(path: Path, records: Iterable[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@dataclass
+class DistContext:
+    """Rank, world size and backend of this process (world size 1 without a launcher)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls, device: str | None = None) -> DistContext:
+        """Join the process group a launcher set up (``WORLD_SIZE`` > 1), else single process."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        backend = "nccl" if use_cuda else "gloo"
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        owns = False
+        if not dist.is_initialized():
+            if use_cuda:
+                torch.cuda.set_device(local_rank)
+            dist.init_process_group(backend=backend)
+            owns = True
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, backend, owns)
+
+    def device(self, requested: str | None) -> str | None:
+        """The device of this rank: ``cuda:LOCAL_RANK`` for CUDA runs."""
+        if self.distributed and self.backend == "nccl":
+            return f"cuda:{self.local_rank}"
+        return requested
+
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def gather(self, obj) -> list:
+        """Every rank's ``obj``, in rank order (on every rank)."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        gathered: list = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.owns_group = False

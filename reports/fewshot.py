@@ -1,0 +1,324 @@
+"""Few-shot reports: accuracy table with 95% intervals, attention focus before and after
+fine-tuning (FORT's 95%-coverage patch counts and the attention mass on the position prompts),
+support / query attention maps before and after, the config and the software versions.
+
+:func:`attention_focus` re-runs ``fit_task`` on a few episodes (seeded as in
+``focusvit.evaluate``, so the tuned model is the one evaluated) and reads the last-layer CLS
+attention of the pretrained and of the tuned backbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from focusvit.backbones import BackboneAdapter
+from focusvit.data.episodes import sample_episode
+from focusvit.explainers import attention_mass, cls_attention, coverage_count, explain, mean_and_ci
+from focusvit.finetune import SOLVERS, fit_task, parse_method, support_features
+from focusvit.finetune.evaluate import episode_tensors
+from focusvit.prompting import make_prompts, plot_explanation
+
+from . import html as H
+
+
+def _patch_attention(backbone: BackboneAdapter, images: Tensor, grid: tuple[int, int]) -> Tensor:
+    """CLS attention ``(B, h, w)``; extra tokens of a tuner (VPT prompts) are dropped."""
+    attention = torch.cat([cls_attention(backbone, chunk).cpu() for chunk in images.split(32)])
+    patches = grid[0] * grid[1]
+    if attention.shape[1] != patches:  # VPT inserts its tokens before the patches
+        attention = attention[:, -patches:]
+        attention = attention / attention.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return attention.view(-1, *grid)
+
+
+def episode_prompts(backbone: BackboneAdapter, support: Tensor, labels: Tensor, fort) -> Tensor:
+    """Position-prompt masks ``(K, h, w)`` of the support images, the same for every method.
+
+    The explainer's target is the cosine similarity of each image's features to its class
+    prototype (the backbone has no task head outside ``fit_task``).
+    """
+    features = F.normalize(support_features(backbone, support), dim=1)
+    prototypes = torch.stack(
+        [features[labels == c].mean(dim=0) for c in range(int(labels.max()) + 1)]
+    )
+    prototypes = F.normalize(prototypes, dim=1)[labels]
+
+    def target(logits: Tensor) -> Tensor:
+        if logits.shape[1] != prototypes.shape[1]:
+            return logits.max(dim=1).values
+        return (F.normalize(logits.float(), dim=1) * prototypes.to(logits.device)).sum(dim=1)
+
+    explanation = explain(backbone, support, method=fort.explainer, target=target)
+    return make_prompts(explanation, top_p=fort.top_p).mask.cpu()
+
+
+def attention_focus(
+    backbone: BackboneAdapter,
+    dataset,
+    methods: Mapping[str, Mapping[str, Any]],
+    episode_index: int,
+    episodes,
+    fort,
+    coverage: float = 0.95,
+    max_queries: int = 5,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Attention focus of one episode before and after fine-tuning with each method.
+
+    Args:
+        methods: method name (``lora``, ``lora+fort``, ...) -> its ``fit_task`` options
+            (``fort``, ``tuner_options``, ``lr``, ``steps``, ``head_init``, ...); frozen-feature
+            solvers are skipped (their attention is the pretrained one).
+        episodes: an :class:`~focusvit.runconfig.EpisodeSpec` (n_way, k_shot, n_query, seed).
+        fort: the :class:`~focusvit.FortConfig` whose explainer and ``top_p`` make the prompts.
+
+    Returns a dict with ``grid``, ``support`` / ``query`` images in [0, 1] (the first
+    ``max_queries`` queries), ``prompts`` ``(K, h, w)``, ``maps`` ``{"pretrained" | method:
+    {"support": (K, h, w), "query": (q, h, w)}}`` and ``numbers`` ``{stage: {metric: value}}``
+    (mean 95%-coverage count on support and query images, mean attention mass on the prompts,
+    and the episode accuracy of each method).
+    """
+    from focusvit.data.images import denormalise
+
+    if backbone.family != "vit" or backbone.num_prefix_tokens < 1:
+        raise ValueError(
+            f"attention focus reads the CLS attention of a columnar ViT; {backbone.name} is a "
+            f"{backbone.family} model"
+        )
+    episode = sample_episode(
+        dataset.labels,
+        episode_index,
+        episodes.n_way,
+        episodes.k_shot,
+        episodes.n_query,
+        episodes.seed,
+    )
+    support, s_labels, query, q_labels = episode_tensors(dataset, episode, backbone, device)
+    grid = backbone.grid_size(tuple(support.shape[-2:]))
+    prompts = episode_prompts(backbone, support, s_labels, fort)
+
+    def measure(model: BackboneAdapter) -> tuple[dict[str, Tensor], dict[str, float]]:
+        maps = {
+            "support": _patch_attention(model, support, grid),
+            "query": _patch_attention(model, query, grid),
+        }
+        numbers = {
+            f"support_coverage_{round(coverage * 100)}": float(
+                coverage_count(maps["support"], coverage).float().mean()
+            ),
+            f"query_coverage_{round(coverage * 100)}": float(
+                coverage_count(maps["query"], coverage).float().mean()
+            ),
+            "support_mass_on_prompt": float(attention_mass(maps["support"], prompts).mean()),
+        }
+        maps["query"] = maps["query"][:max_queries]
+        return maps, numbers
+
+    maps, numbers = {}, {}
+    maps["pretrained"], numbers["pretrained"] = measure(backbone)
+    for method, options in methods.items():
+        name, _ = parse_method(method)
+        if name in SOLVERS:
+            continue  # frozen features: the attention is the pretrained one
+        torch.manual_seed(episodes.seed * 100003 + episode_index)  # as focusvit.evaluate
+        with fit_task(backbone, support, s_labels, tuner=name, **options) as task:
+            maps[method], numbers[method] = measure(task.backbone)
+            numbers[method]["accuracy"] = float(
+                (task.predict(query).cpu() == q_labels.cpu()).float().mean()
+            )
+    return {
+        "episode": episode_index,
+        "grid": grid,
+        "support": denormalise(support.cpu(), backbone.data_config),
+        "query": denormalise(query[:max_queries].cpu(), backbone.data_config),
+        "prompts": prompts,
+        "maps": maps,
+        "numbers": numbers,
+    }
+
+
+def focus_figure(focus: Mapping[str, Any]):
+    """Rows: support images then queries; columns: the image, pretrained attention, then the
+    attention after each method. Prompt patches are outlined on the support rows."""
+    from matplotlib.figure import Figure
+
+    stages = list(focus["maps"])
+    images = [("support", i, img) for i, img in enumerate(focus["support"])] + [
+        ("query", i, img) for i, img in enumerate(focus["query"])
+    ]
+    cols = 1 + len(stages)
+    fig = Figure(figsize=(2.2 * cols, 2.2 * len(images)))
+    axes = fig.subplots(len(images), cols, squeeze=False)
+    for row, (kind, index, image) in enumerate(images):
+        axes[row, 0].imshow(image.permute(1, 2, 0).numpy())
+        axes[row, 0].set_axis_off()
+        axes[row, 0].set_title(f"{kind} {index}", fontsize=8)
+        for col, stage in enumerate(stages, start=1):
+            prompt = focus["prompts"][index] if kind == "support" else None
+            plot_explanation(
+                image,
+                focus["maps"][stage][kind][index],
+                prompt,
+                ax=axes[row, col],
+                title=(f"{stage}" if row == 0 else None),
+            )
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_figure(rows: Sequence[Mapping[str, Any]]):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.2 + 1.1 * len(rows), 3.2))
+    ax = fig.add_subplot()
+    names = [r["method"] for r in rows]
+    means = [100 * r["mean"] for r in rows]
+    errors = [0.0 if r["ci95"] != r["ci95"] else 100 * r["ci95"] for r in rows]
+    ax.bar(names, means, yerr=errors, capsize=4, color="#4c78a8")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per method: mean, 95% interval, episodes, trainable parameters, final loss."""
+    rows = []
+    for method, result in results.items():
+        losses = [r.get("final_loss") for r in result.records if r.get("final_loss")]
+        mean_loss = (
+            sum(float(loss["total"]) for loss in losses) / len(losses) if losses else float("nan")
+        )
+        trainable = next((r.get("trainable") for r in result.records if r.get("trainable")), None)
+        rows.append(
+            {
+                "method": method,
+                "episodes": len(result.accuracies),
+                "mean": result.mean,
+                "ci95": result.ci95,
+                "trainable": trainable,
+                "final_loss": mean_loss,
+            }
+        )
+    return rows
+
+
+def focus_rows(focus_runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± 95% interval of each focus number per stage over the analysed episodes."""
+    stages: dict[str, dict[str, list[float]]] = {}
+    for focus in focus_runs:
+        for stage, numbers in focus["numbers"].items():
+            for metric, value in numbers.items():
+                stages.setdefault(stage, {}).setdefault(metric, []).append(value)
+    rows = []
+    for stage, metrics in stages.items():
+        row: dict[str, Any] = {"stage": stage, "episodes": len(next(iter(metrics.values())))}
+        for metric, values in metrics.items():
+            row[metric], row[f"{metric}_ci95"] = mean_and_ci(values)
+        rows.append(row)
+    return rows
+
+
+def write_fewshot_report(
+    out_dir: str | Path,
+    results: Mapping[str, Any],
+    focus_runs: Sequence[Mapping[str, Any]],
+    title: str,
+    setting: str,
+    config_yaml: str = "",
+    versions: Mapping[str, str] | None = None,
+    notes: Sequence[str] = (),
+    dpi: int = 100,
+) -> Path:
+    """Write ``report.html``, ``figures/*.png``, ``results.json``, ``accuracy.csv``, ``focus.csv``."""
+    out = Path(out_dir)
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    versions = dict(versions or H.software_versions())
+    acc = accuracy_rows(results)
+    focus = focus_rows(focus_runs)
+    sections = [f"<p>{H.esc(setting)}</p>", "<h2>Accuracy (mean ± 95% interval over episodes)</h2>"]
+    sections.append(
+        H.table(
+            ["method", "episodes", "accuracy %", "± 95%", "trainable params", "final loss"],
+            (
+                [
+                    r["method"],
+                    r["episodes"],
+                    100 * r["mean"],
+                    100 * r["ci95"],
+                    r["trainable"],
+                    r["final_loss"],
+                ]
+                for r in acc
+            ),
+        )
+    )
+    png = H.save_figure(accuracy_figure(acc), figures / "accuracy.png", dpi)
+    sections.append(
+        H.figure_block(png, "accuracy per method (error bars: 95% interval)", kind="accuracy")
+    )
+    if focus:
+        metrics = [
+            k for k in focus[0] if k not in ("stage", "episodes") and not k.endswith("_ci95")
+        ]
+        sections.append(
+            "<h2>Attention focus before / after fine-tuning</h2><p>Last-layer CLS attention "
+            "(mean over heads). <i>coverage</i>: patches needed to cover 95% of the attention "
+            "(fewer = more focused); <i>mass on prompt</i>: share of the support images' "
+            "attention on their position prompt; mean over images, ± 95% interval over "
+            "episodes.</p>"
+        )
+        sections.append(
+            H.table(
+                ["stage", "episodes", *metrics],
+                ([r["stage"], r["episodes"], *(r[m] for m in metrics)] for r in focus),
+            )
+        )
+        for run in focus_runs:
+            png = H.save_figure(
+                focus_figure(run), figures / f"focus_episode{run['episode']}.png", dpi
+            )
+            sections.append(
+                f"<h3>Episode {run['episode']}: support and query attention</h3>"
+                + H.figure_block(
+                    png,
+                    "columns: image, pretrained attention, attention after each method; white: "
+                    "the support images' position prompts",
+                    wide=True,
+                    kind="focus",
+                )
+            )
+    for note in notes:
+        sections.append(f"<p class='note'>{H.esc(note)}</p>")
+    sections.append(H.config_section(config_yaml))
+    sections.append(H.versions_section(versions))
+    report = out / "report.html"
+    report.write_text(H.page(title, sections))
+
+    H.write_json(
+        out / "results.json",
+        {
+            "setting": setting,
+            "accuracy": acc,
+            "focus": focus,
+            "focus_episodes": [
+                {"episode": r["episode"], "numbers": r["numbers"]} for r in focus_runs
+            ],
+            "notes": list(notes),
+            "versions": versions,
+        },
+    )
+    columns = ["method", "episodes", "mean", "ci95", "trainable", "final_loss"]
+    H.write_csv(out / "accuracy.csv", columns, ([r[c] for c in columns] for r in acc))
+    if focus:
+        columns = list(focus[0])
+        H.write_csv(out / "focus.csv", columns, ([r.get(c) for c in columns] for r in focus))
+    return report

@@ -1,0 +1,211 @@
+"""Every Hydra config under focusvit.configs composes and instantiates; bad values fail early."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from PIL import Image
+
+import focusvit.runconfig as rc
+from focusvit.cli import validate_explain, validate_fewshot
+from focusvit.finetune import RECIPES, FortConfig, TunerConfig
+from focusvit.finetune.recipes import VIT_TOP_P
+
+CONFIGS = resources.files("focusvit.configs")
+#: groups composed by focusvit-explain; every other group of ours belongs to focusvit-fewshot
+EXPLAIN_GROUPS = {"explainer", "prompting"}
+#: groups owned by other entry points (composed and tested by their own tests)
+OTHER_GROUPS = {"baseline"}
+
+
+def _options() -> list[tuple[str, str]]:
+    found = []
+    for group in sorted(p.name for p in CONFIGS.iterdir() if p.is_dir()):
+        if group.startswith("_"):
+            continue
+        for item in sorted(CONFIGS.joinpath(group).iterdir()):
+            if item.name.endswith(".yaml"):
+                found.append((group, item.name[: -len(".yaml")]))
+    return found
+
+
+OPTIONS = _options()
+
+
+def _compose(primary: str, overrides: list[str]):
+    with initialize_config_module(rc.CONFIG_MODULE, version_base="1.3"):
+        return compose(primary, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder")
+    for c in range(3):
+        (root / f"class{c}").mkdir()
+        for i in range(3):
+            Image.new("RGB", (40, 40), (80 * c, 20 * i, 90)).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def test_the_tree_has_every_group_of_the_issue():
+    groups = {g for g, _ in OPTIONS}
+    assert {"backbone", "explainer", "prompting", "tuner", "fort", "data", "episodes"} <= groups
+    assert {"trainer", "experiment"} <= groups
+    names = {f"{g}/{o}" for g, o in OPTIONS}
+    for required in (
+        "tuner/linear",
+        "tuner/full",
+        "tuner/lora",
+        "tuner/vpt",
+        "tuner/ssf",
+        "fort/off",
+        "fort/vit",
+        "fort/swin",
+        "data/synthetic",
+        "data/imagefolder",
+        "episodes/5w1s",
+        "episodes/5w5s",
+        "episodes/20w1s",
+    ):
+        assert required in names
+    hub = {o for g, o in OPTIONS if g == "backbone" and o.startswith(("timm_", "hf_"))}
+    for family in ("dino_vitb16", "dinov2_s", "deit_s", "swin_t"):
+        assert any(family in o and o.startswith("timm_") for o in hub), family
+        assert any(family in o and o.startswith("hf_") for o in hub), family
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}/{o}" for g, o in OPTIONS])
+def test_every_config_composes_and_instantiates(group, option, image_folder):
+    if group in OTHER_GROUPS:
+        pytest.skip(f"configs/{group}/ belongs to another entry point and is tested there")
+    if group in EXPLAIN_GROUPS:
+        value = f"[{option}]" if group == "explainer" else option
+        cfg = _compose("explain", [f"{group}={value}", "inputs=samples"])
+        plan = validate_explain(cfg)
+        if group == "explainer":
+            (explainer,) = plan.explainers.values()
+            assert explainer.name == option
+        else:
+            assert isinstance(plan.prompts, rc.PromptSpec)
+        return
+    overrides = [f"{group}={option}"]
+    if (group == "data" and option == "imagefolder") or (group, option) == (
+        "experiment",
+        "fort_official",
+    ):
+        overrides.append(f"data.path={image_folder}")
+    cfg = _compose("fewshot", overrides)
+    built = {
+        name: rc.instantiate(cfg[name], name)
+        for name in ("backbone", "episodes", "tuner", "fort", "trainer")
+    }
+    assert isinstance(built["backbone"], rc.BackboneSpec)
+    assert isinstance(built["episodes"], rc.EpisodeSpec)
+    assert isinstance(built["tuner"], TunerConfig)
+    assert isinstance(built["fort"], FortConfig)
+    assert isinstance(built["trainer"], rc.TrainerSpec)
+    data = rc.instantiate(cfg.data, "data")
+    assert len(data.labels) > 0 and data.class_names
+    if group == "backbone" and option.startswith("tiny_"):
+        backbone = built["backbone"].load()
+        assert backbone.family in ("vit", "swin", "cnn")
+
+
+EXPERIMENT_RECIPES = {
+    "vit_full": ("vit", "full"),
+    "vit_ssf": ("vit", "ssf"),
+    "vit_lora": ("vit", "lora"),
+    "swin_full": ("swin", "full"),
+    "swin_ssf": ("swin", "ssf"),
+    "swin_lora": ("swin", "lora"),
+    "vpt": ("vit", "vpt"),
+    "linear": ("vit", "linear"),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENT_RECIPES))
+def test_experiments_reproduce_the_design_recipes(experiment):
+    family, tuner = EXPERIMENT_RECIPES[experiment]
+    recipe = RECIPES[(family, tuner)]
+    cfg = _compose("fewshot", [f"experiment={experiment}"])
+    assert cfg.tuner.name == tuner
+    assert cfg.trainer.lr == pytest.approx(recipe.lr)
+    assert cfg.trainer.steps == recipe.steps
+    assert cfg.trainer.optimizer == recipe.optimizer
+    fort = rc.instantiate(cfg.fort, "fort")
+    assert fort.alpha == pytest.approx(recipe.alpha)
+    if recipe.alpha > 0:
+        assert fort.tau == pytest.approx(recipe.tau)
+        expected_p = VIT_TOP_P if family == "vit" else recipe.top_p
+        assert fort.top_p == pytest.approx(expected_p)
+    if family == "swin":
+        assert "swin" in cfg.backbone.spec
+
+
+def test_primary_defaults_validate():
+    plan = validate_fewshot(_compose("fewshot", []))
+    assert plan.methods == ["lora", "lora+fort"]
+    assert plan.backbone.spec == "offline:dinov2-s14-imgfocus"
+    assert plan.backbone.num_classes == 0
+    quick = validate_fewshot(_compose("fewshot", ["experiment=quickstart"]))
+    assert quick.methods == ["lora", "lora+fort"] and quick.episodes.episodes <= 5
+    off = validate_fewshot(_compose("fewshot", ["fort=off"]))
+    assert off.methods == ["lora"]
+    explain = validate_explain(_compose("explain", ["inputs=samples"]))
+    assert list(explain.explainers) == ["rollout_svd", "rollout", "attention", "gradcam", "cam"]
+
+
+def test_unknown_option_lists_the_available_ones():
+    with pytest.raises(MissingConfigException) as info:
+        _compose("fewshot", ["backbone=vit_huge_nonexistent"])
+    message = str(info.value)
+    assert "Available options in 'backbone'" in message
+    assert "offline_dinov2_s14" in message and "tiny_timm_vit" in message
+    with pytest.raises(MissingConfigException, match="lora"):
+        _compose("fewshot", ["tuner=lorra"])
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["episodes.n_way=five", "trainer.steps=many", "fort.alpha=strong", "backbone.image_size=big"],
+)
+def test_wrong_type_fails_while_composing(override):
+    with pytest.raises(ConfigCompositionException):
+        _compose("fewshot", [override])
+
+
+def test_unknown_key_fails_while_composing():
+    with pytest.raises(ConfigCompositionException, match="nway"):
+        _compose("fewshot", ["episodes.nway=3"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["methods=[prototype,lora_fort]"], "unknown method"),
+        (["methods=[lora+fort]", "fort=off"], "fort.alpha is 0"),
+        (["fort.alpha=-1"], "alpha must be >= 0"),
+        (["trainer.head_init=svm_magic"], "head_init"),
+        (["episodes.k_shot=0"], "k_shot"),
+        (["episodes.n_way=500"], "class"),
+        (["data=imagefolder", "data.path=/nonexistent/cub"], "not a directory"),
+    ],
+)
+def test_bad_values_fail_before_the_model_loads(overrides, match):
+    from focusvit.backbones import FocusVitError
+
+    cfg = _compose("fewshot", overrides)
+    with pytest.raises((rc.ConfigError, FocusVitError, ValueError), match=match):
+        validate_fewshot(cfg)
+
+
+def test_explain_needs_inputs_and_valid_explainers():
+    with pytest.raises(rc.ConfigError, match="inputs is required"):
+        validate_explain(_compose("explain", []))
+    with pytest.raises(rc.ConfigError, match="does not exist"):
+        validate_explain(_compose("explain", ["inputs=/nonexistent/photos"]))
+    with pytest.raises(rc.ConfigError, match="options are"):
+        validate_explain(_compose("explain", ["inputs=samples", "+explainer.gradcam.sharpness=2"]))

@@ -1,0 +1,192 @@
+"""HTML reports: self-contained, numbers match, and they render in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_adapter
+from PIL import Image
+
+from focusvit.distributed import merge_records, read_records, shard, write_records
+from focusvit.explainers import make_explainer
+from focusvit.finetune import EvaluationResult
+from focusvit.reports.explain import explain_images, write_explain_report
+from focusvit.reports.fewshot import write_fewshot_report
+from focusvit.runconfig import PromptSpec
+
+CHROMIUM = next(
+    (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
+    None,
+)
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="headless Chromium not found: install the Debian package 'chromium' "
+    "(make setup-chromium, as root) to run the render tests",
+)
+
+
+@pytest.fixture(scope="module")
+def explain_report(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    backbone = tiny_adapter("timm-vit")
+    batch = torch.randn(3, 3, 32, 32)
+    explainers = {n: make_explainer(n) for n in ("rollout_svd", "gradcam", "cam")}
+    masks = torch.zeros(3, 32, 32, dtype=torch.bool)
+    masks[:, 8:24, 8:24] = True
+    results = explain_images(
+        backbone,
+        batch,
+        ["a", "b", "c"],
+        explainers,
+        PromptSpec(top_p=4),
+        masks=masks,
+        deletion_steps=2,
+    )
+    out = tmp_path_factory.mktemp("explain")
+    return write_explain_report(out, results, "tiny:timm-vit", "backbone: tiny", {"torch": "x"})
+
+
+@pytest.fixture(scope="module")
+def fewshot_report(tmp_path_factory) -> Path:
+    results = {}
+    for method, accs in (("lora", [0.2, 0.4, 0.6]), ("lora+fort", [0.4, 0.6, 0.8])):
+        result = EvaluationResult(method)
+        result.accuracies = accs
+        result.records = [
+            {"episode": i, "accuracy": a, "final_loss": {"total": 1.0}, "trainable": 10}
+            for i, a in enumerate(accs)
+        ]
+        results[method] = result
+    grid = (4, 4)
+    images = torch.rand(2, 3, 32, 32)
+    maps = {
+        s: {"support": torch.rand(2, *grid), "query": torch.rand(2, *grid)}
+        for s in ("pretrained", "lora")
+    }
+    focus = {
+        "episode": 0,
+        "grid": grid,
+        "support": images,
+        "query": images,
+        "prompts": torch.rand(2, *grid) > 0.7,
+        "maps": maps,
+        "numbers": {
+            "pretrained": {"support_coverage_95": 14.0},
+            "lora": {"support_coverage_95": 9.0},
+        },
+    }
+    out = tmp_path_factory.mktemp("fewshot")
+    return write_fewshot_report(
+        out, results, [focus], "few-shot", "setting", "cfg: 1", {"torch": "x"}
+    )
+
+
+def test_explain_report_is_self_contained_and_matches_its_json(explain_report):
+    html = explain_report.read_text()
+    sources = re.findall(r'<img [^>]*src="([^"]+)"', html)
+    assert len(sources) == 3 * 4  # image + 3 explainers per image
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http://" not in html and "https://" not in html
+    data = json.loads((explain_report.parent / "metrics.json").read_text())
+    assert data["explainers"] == ["rollout_svd", "gradcam", "cam"]
+    row = next(
+        r for r in data["summary"] if r["explainer"] == "cam" and r["metric"] == "prompt_patches"
+    )
+    assert row["mean"] == 4.0 and row["n"] == 3
+    csv_lines = (explain_report.parent / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("image,") and len(csv_lines) == 4
+
+
+def test_fewshot_report_numbers(fewshot_report):
+    html = fewshot_report.read_text()
+    assert "lora+fort" in html and "60.000" in html  # mean accuracy of lora+fort in %
+    data = json.loads((fewshot_report.parent / "results.json").read_text())
+    fort = next(r for r in data["accuracy"] if r["method"] == "lora+fort")
+    assert fort["mean"] == pytest.approx(0.6)
+    assert fort["ci95"] == pytest.approx(1.96 * np.std([0.4, 0.6, 0.8]) / np.sqrt(3))
+    assert (fewshot_report.parent / "figures" / "accuracy.png").exists()
+    assert (fewshot_report.parent / "figures" / "focus_episode0.png").exists()
+    assert "support_coverage_95" in (fewshot_report.parent / "focus.csv").read_text()
+
+
+def test_sharding_and_merging_are_canonical(tmp_path):
+    ids = list(range(7))
+    parts = [shard(ids, r, 3) for r in range(3)]
+    assert sorted(i for p in parts for i in p) == ids and parts[1] == [1, 4]
+    records = [{"method": "m", "episode": i, "accuracy": i / 10} for i in ids]
+    single, multi = tmp_path / "single.jsonl", tmp_path / "multi.jsonl"
+    write_records(single, records)
+    write_records(multi, [r for p in reversed(parts) for r in records if r["episode"] in p])
+    assert single.read_bytes() == multi.read_bytes()
+    assert merge_records([records[:2], records[1:3]]) == records[:3]  # duplicates dropped
+    with single.open("a") as handle:
+        handle.write('{"method": "m", "episo')  # cut line
+    assert len(read_records(single)) == 7
+
+
+def _chromium(*args: str, timeout: int = 90) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--enable-logging=stderr",
+            "--v=0",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _console_errors(stderr: str) -> list[str]:
+    return [
+        line
+        for line in stderr.splitlines()
+        if "CONSOLE" in line and re.search(r"error|uncaught|failed", line, re.IGNORECASE)
+    ]
+
+
+@needs_chromium
+def test_console_error_detection_works(tmp_path):
+    page = tmp_path / "bad.html"
+    page.write_text(
+        "<html><body><script>console.error('boom'); undefinedCall();</script></body></html>"
+    )
+    proc = _chromium("--virtual-time-budget=2000", "--dump-dom", page.as_uri())
+    assert _console_errors(proc.stderr), proc.stderr[-2000:]
+
+
+@needs_chromium
+@pytest.mark.parametrize("which", ["explain_report", "fewshot_report"])
+def test_report_renders_in_headless_chromium(which, request):
+    report: Path = request.getfixturevalue(which)
+    proc = _chromium("--virtual-time-budget=5000", "--dump-dom", report.as_uri())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not _console_errors(proc.stderr)
+    body = re.search(r"<body[^>]*>", proc.stdout).group(0)
+    total = len(re.findall(r'<img [^>]*src="data:image/png', report.read_text()))
+    loaded = int(re.search(r'data-images-loaded="(\d+)"', body).group(1))
+    broken = int(re.search(r'data-images-broken="(\d+)"', body).group(1))
+    assert (loaded, broken) == (total, 0)  # every image decoded with a non-zero natural size
+
+
+@needs_chromium
+def test_report_screenshot_shows_the_heat_maps(explain_report, tmp_path):
+    shot = tmp_path / "shot.png"
+    proc = _chromium(f"--screenshot={shot}", "--window-size=1200,1600", explain_report.as_uri())
+    assert shot.exists(), proc.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape[0] > 0 and pixels.shape[1] > 0
+    saturation = pixels.max(axis=2) - pixels.min(axis=2)
+    assert (saturation > 120).mean() > 0.01  # coloured heat-map pixels, not a blank page
