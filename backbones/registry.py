@@ -244,7 +244,9 @@ def _load_offline(name: str, num_classes: int | None) -> BackboneAdapter:
 
     model, preprocess = load_offline(name)
     adapter = adapt(model, name=f"offline:{name}", data_config=dict(preprocess))
-    if num_classes and adapter.head_name:
+    if num_classes == 0 and adapter.head_name:  # drop the head: logits = pooled features
+        _attach_timm_head(adapter, 0)
+    elif num_classes and adapter.head_name:
         adapter.set_head(nn.Linear(adapter.num_features, num_classes))
     elif num_classes:
         _attach_timm_head(adapter, num_classes)

@@ -273,3 +273,18 @@ def test_order_mapping_reports_the_first_mismatch() -> None:
         "x.weight",
         "y.weight",
     ]
+
+
+@needs_effnet
+def test_offline_num_classes_zero_drops_the_head(module_cache, chelsea_224) -> None:
+    from focusvit import load_backbone
+
+    headless = load_backbone("offline:efficientnet-lite0", num_classes=0)
+    pretrained = load_backbone("offline:efficientnet-lite0")
+    five = load_backbone("offline:efficientnet-lite0", num_classes=5)
+    x = chelsea_224
+    assert headless.head_name == "" or headless.num_classes == 0
+    with torch.no_grad():
+        torch.testing.assert_close(headless.logits(x), pretrained.features(x))
+        assert five.logits(x).shape == (1, 5)
+        assert pretrained.logits(x).shape == (1, 1000)
