@@ -1,0 +1,89 @@
+"""All speed ratios in one run: explainers, fine-tuning steps, and time per few-shot episode.
+
+1. ``explain_speed.py``: every explainer, pytorch-grad-cam's GradCAM and captum's LayerGradCam
+   as ratios to one forward pass of the same batch (ViT-S/16, 224 px), with peak memory;
+2. ``fort_overhead.py``: a fine-tuning step with and without the attention-enhancement loss for
+   LoRA, SSF and full fine-tuning;
+3. time per 5-way 1-shot episode (support + 15 queries per class) of the offline DINOv2-S/14
+   for a frozen-feature solver and the tuners, with and without the loss.
+
+Each part runs in its own process (so one does not inherit another's allocator state), one
+after the other. CPU only: the explainer and step benchmarks time CPU tensors.
+
+    python benchmarks/speed.py            # the defaults below, ~15 minutes on 2 cores
+    python benchmarks/speed.py --quick    # smaller batches, fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+EPISODE_METHODS = ("prototype", "linear", "lora", "lora+fort", "ssf", "ssf+fort")
+
+
+def run_script(name: str, arguments: list[str]) -> None:
+    command = [sys.executable, str(HERE / name), *arguments]
+    print(f"\n$ {' '.join(['python', f'benchmarks/{name}', *arguments])}", flush=True)
+    subprocess.run(command, check=True)
+
+
+def episode_times(episodes: int, image_size: int) -> None:
+    """Median seconds per episode of each method on the same episodes (none resumed)."""
+    import focusvit
+    from focusvit.finetune.evaluate import episode_tensors, run_episode
+
+    backbone = focusvit.load_backbone("offline:dinov2-s14-imgfocus")
+    if image_size:
+        backbone.data_config = {
+            **backbone.data_config,
+            "input_size": (3, image_size, image_size),
+            "crop_pct": 1.0,
+        }
+    scenes = focusvit.SyntheticScenes("novel", images_per_class=16)
+    batches = [
+        episode_tensors(scenes, episode, backbone)
+        for episode in focusvit.sample_episodes(scenes.labels, 5, 1, 15, episodes=episodes, seed=0)
+    ]
+    side = backbone.data_config["input_size"][1]
+    print(
+        f"\noffline DINOv2-S/14, 5-way 1-shot, 15 queries/class, {side} px, median of "
+        f"{episodes} episodes (images already loaded); recipes of DESIGN.md section 6\n"
+    )
+    print(f"{'method':<10} {'s/episode':>10} {'x prototype':>12}")
+    reference = None
+    for method in EPISODE_METHODS:
+        times = []
+        for support, support_labels, query, _ in batches:
+            start = time.perf_counter()
+            run_episode(backbone, support, support_labels, query, method)
+            times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        reference = reference or median
+        print(f"{method:<10} {median:>10.2f} {median / reference:>12.1f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="batch 8, 2 repeats, 2 episodes")
+    parser.add_argument(
+        "--skip", default="", help="comma list of parts to skip: explain,step,episode"
+    )
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    batch, repeats, episodes = ("8", "2", 2) if args.quick else ("32", "5", 3)
+    if "explain" not in skip:
+        run_script("explain_speed.py", ["--batch", batch, "--repeats", repeats])
+    if "step" not in skip:
+        run_script("fort_overhead.py", ["--batch", "20", "--repeats", repeats])
+    if "episode" not in skip:
+        episode_times(episodes, image_size=112)
+
+
+if __name__ == "__main__":
+    main()
