@@ -137,7 +137,7 @@ def load_backbone(
     if path.is_dir() and (path / "config.json").exists():
         return _load_hf(str(path), num_classes, pretrained)
     if path.is_file():
-        return _load_checkpoint(path)
+        return _load_checkpoint(path, num_classes)
     import timm
 
     if timm.is_model(text):
@@ -293,7 +293,9 @@ def save_backbone(adapter: BackboneAdapter, path: str | os.PathLike, spec: dict)
     return path
 
 
-def _load_checkpoint(path: Path) -> BackboneAdapter:
+def _load_checkpoint(path: Path, num_classes: int | None = None) -> BackboneAdapter:
+    """Rebuild the saved architecture, load its weights; ``num_classes`` as in
+    :func:`load_backbone` (``None`` keeps the saved head, ``0`` removes it, ``N`` a new one)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -321,4 +323,11 @@ def _load_checkpoint(path: Path) -> BackboneAdapter:
         k: tuple(v) if isinstance(v, list) else v for k, v in info["data_config"].items()
     }
     adapter.name = str(path)
+    if num_classes is not None and num_classes != adapter.num_classes:
+        if callable(getattr(adapter.model, "reset_classifier", None)):
+            adapter.model.reset_classifier(num_classes)
+        elif num_classes:
+            adapter.set_head(nn.Linear(adapter.num_features, num_classes))
+        else:
+            adapter.set_head(nn.Identity())
     return adapter

@@ -46,6 +46,7 @@ from focusvit.finetune import (
     evaluate,
     fit_task,
 )
+from focusvit.finetune.pretrain import PretrainConfig, pretrain
 from focusvit.prompting import (
     PositionPrompt,
     make_prompts,
@@ -63,6 +64,7 @@ __all__ = [
     "FortConfig",
     "ImageFolderDataset",
     "PositionPrompt",
+    "PretrainConfig",
     "SyntheticScenes",
     "TensorDataset",
     "__version__",
@@ -81,6 +83,7 @@ __all__ = [
     "make_prompts",
     "plot_explanation",
     "pointing_game",
+    "pretrain",
     "prompt_precision",
     "sample_episodes",
     "sample_photos",
