@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,12 @@ def main() -> None:
         "--backbones", default="dinov2,efficientnet", help="comma-separated name fragments"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--checkpoints",
+        default="outputs/pretrain/dinov2_s14_cpu/model.safetensors",
+        help="comma-separated ViT checkpoints (e.g. from focusvit-pretrain) to add; missing "
+        "files are skipped with a note",
+    )
     args = parser.parse_args()
 
     import focusvit
@@ -82,9 +89,14 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
     rows = []
     wanted = args.backbones.split(",")
-    for spec, num_classes, explainers in BACKBONES:
-        if not any(fragment in spec for fragment in wanted):
-            continue
+    chosen = [entry for entry in BACKBONES if any(part in entry[0] for part in wanted)]
+    for path in filter(None, args.checkpoints.split(",")):
+        if Path(path).is_file():
+            chosen.insert(0, (path, 0, VIT_EXPLAINERS))
+        else:
+            print(f"skipping checkpoint {path}: no such file (run focusvit-pretrain first)")
+    for spec, num_classes, explainers in chosen:
+        name = spec if ":" in spec else f"ckpt:{Path(spec).parent.name}"
         backbone = focusvit.load_backbone(spec, num_classes=num_classes)
         # the whole scene, no centre crop, so the mask stays aligned with the image
         backbone.data_config = {
@@ -119,7 +131,7 @@ def main() -> None:
         random_prompt = focusvit.make_prompts(random_scores, top_p=14 / 196)
         rows.append(
             (
-                spec,
+                name,
                 "random patches",
                 prompt_precision(random_prompt, masks),
                 pointing_game(random_scores, masks),
