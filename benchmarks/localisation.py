@@ -120,7 +120,7 @@ def main() -> None:
                 pointing.append(pointing_game(explanation, masks[index]))
             rows.append(
                 (
-                    spec,
+                    name,
                     label,
                     torch.cat(precision),
                     torch.cat(pointing),
