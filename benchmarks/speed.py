@@ -53,8 +53,10 @@ def episode_times(episodes: int, image_size: int) -> None:
     side = backbone.data_config["input_size"][1]
     print(
         f"\noffline DINOv2-S/14, 5-way 1-shot, 15 queries/class, {side} px, median of "
-        f"{episodes} episodes (images already loaded); recipes of DESIGN.md section 6\n"
+        f"{episodes} episodes after one warm-up (images already loaded); recipes of DESIGN.md section 6\n"
     )
+    support, support_labels, query, _ = batches[0]
+    run_episode(backbone, support, support_labels, query, "prototype")  # warm-up
     print(f"{'method':<10} {'s/episode':>10} {'x prototype':>12}")
     reference = None
     for method in EPISODE_METHODS:
