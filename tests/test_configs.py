@@ -18,7 +18,7 @@ CONFIGS = resources.files("focusvit.configs")
 #: groups composed by focusvit-explain; every other group of ours belongs to focusvit-fewshot
 EXPLAIN_GROUPS = {"explainer", "prompting"}
 #: groups owned by other entry points (composed and tested by their own tests)
-OTHER_GROUPS = {"baseline"}
+OTHER_GROUPS = {"baseline", "pretrain_model"}
 
 
 def _options() -> list[tuple[str, str]]:
