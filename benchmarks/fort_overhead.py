@@ -20,17 +20,22 @@ import torch
 TUNERS = ("lora", "ssf", "full")
 
 
-def build(model_name: str, batch: int, size: int):
+def build(model_name: str, batch: int, size: int, device: str = "cpu"):
     import timm
 
     from focusvit.backbones import adapt
 
     torch.manual_seed(0)
     model = timm.create_model(model_name, pretrained=False, img_size=size, num_classes=batch)
-    backbone = adapt(model, name=model_name)
-    images = torch.randn(batch, 3, size, size)
-    labels = torch.arange(batch) % model.num_classes
+    backbone = adapt(model.to(device), name=model_name)
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.arange(batch, device=device) % model.num_classes
     return backbone, images, labels
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def time_tuner(backbone, images, labels, tuner: str, repeats: int, warmup: int) -> dict:
@@ -48,8 +53,10 @@ def time_tuner(backbone, images, labels, tuner: str, repeats: int, warmup: int) 
         for step in range(warmup + repeats):
             for mode in ("plain", "fort"):
                 config = fort if mode == "fort" else None
+                synchronize(images.device)
                 start = time.perf_counter()
                 training_step(backbone, optimizer, images, labels, config, targets)
+                synchronize(images.device)
                 if step >= warmup:
                     times[mode].append(time.perf_counter() - start)
         backbone.eval()
@@ -71,16 +78,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--model", default="vit_small_patch16_224")
     parser.add_argument("--tuners", default=",".join(TUNERS))
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda"
+    )
     args = parser.parse_args()
 
-    backbone, images, labels = build(args.model, args.batch, args.size)
+    backbone, images, labels = build(args.model, args.batch, args.size, args.device)
     rows = [
         time_tuner(backbone, images, labels, tuner, args.repeats, args.warmup)
         for tuner in args.tuners.split(",")
     ]
     print(
         f"model {args.model}, support batch {args.batch}, {args.size}px, "
-        f"{torch.get_num_threads()} threads, median of {args.repeats} alternating steps after "
+        + (
+            torch.cuda.get_device_name(args.device) + " (bf16 autocast)"
+            if args.device.startswith("cuda")
+            else f"cpu, {torch.get_num_threads()} threads"
+        )
+        + f", median of {args.repeats} alternating steps after "
         f"{args.warmup} warm-up; loss: last block, all query rows"
     )
     print("ratio = median over steps of (step with loss / the step without it just before)\n")

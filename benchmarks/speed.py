@@ -8,7 +8,7 @@
    for a frozen-feature solver and the tuners, with and without the loss.
 
 Each part runs in its own process (so one does not inherit another's allocator state), one
-after the other. CPU only: the explainer and step benchmarks time CPU tensors.
+after the other, on the CPU and then, when a GPU is present, on CUDA as well (``--devices``).
 
     python benchmarks/speed.py            # the defaults below, ~15 minutes on 2 cores
     python benchmarks/speed.py --quick    # smaller batches, fewer repeats
@@ -33,12 +33,18 @@ def run_script(name: str, arguments: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
-def episode_times(episodes: int, image_size: int) -> None:
+def episode_times(episodes: int, image_size: int, device: str = "cpu") -> None:
     """Median seconds per episode of each method on the same episodes (none resumed)."""
+    import torch
+
     import focusvit
     from focusvit.finetune.evaluate import episode_tensors, run_episode
 
-    backbone = focusvit.load_backbone("offline:dinov2-s14-imgfocus")
+    def synchronize() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+
+    backbone = focusvit.load_backbone("offline:dinov2-s14-imgfocus").to(device)
     if image_size:
         backbone.data_config = {
             **backbone.data_config,
@@ -47,12 +53,12 @@ def episode_times(episodes: int, image_size: int) -> None:
         }
     scenes = focusvit.SyntheticScenes("novel", images_per_class=16)
     batches = [
-        episode_tensors(scenes, episode, backbone)
+        episode_tensors(scenes, episode, backbone, device)
         for episode in focusvit.sample_episodes(scenes.labels, 5, 1, 15, episodes=episodes, seed=0)
     ]
     side = backbone.data_config["input_size"][1]
     print(
-        f"\noffline DINOv2-S/14, 5-way 1-shot, 15 queries/class, {side} px, median of "
+        f"\noffline DINOv2-S/14 on {device}, 5-way 1-shot, 15 queries/class, {side} px, median of "
         f"{episodes} episodes after one warm-up (images already loaded); recipes of DESIGN.md section 6\n"
     )
     support, support_labels, query, _ = batches[0]
@@ -62,8 +68,10 @@ def episode_times(episodes: int, image_size: int) -> None:
     for method in EPISODE_METHODS:
         times = []
         for support, support_labels, query, _ in batches:
+            synchronize()
             start = time.perf_counter()
             run_episode(backbone, support, support_labels, query, method)
+            synchronize()
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
         reference = reference or median
@@ -76,15 +84,34 @@ def main() -> None:
     parser.add_argument(
         "--skip", default="", help="comma list of parts to skip: explain,step,episode"
     )
+    parser.add_argument(
+        "--devices",
+        default=None,
+        help="comma list of devices to time on (default: cpu, plus cuda when a GPU is present)",
+    )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     batch, repeats, episodes = ("8", "2", 2) if args.quick else ("32", "5", 3)
-    if "explain" not in skip:
-        run_script("explain_speed.py", ["--batch", batch, "--repeats", repeats])
-    if "step" not in skip:
-        run_script("fort_overhead.py", ["--batch", "20", "--repeats", repeats])
-    if "episode" not in skip:
-        episode_times(episodes, image_size=112)
+    if args.devices:
+        devices = args.devices.split(",")
+    else:
+        import torch
+
+        devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    for device in devices:
+        print(f"\n######## {device}", flush=True)
+        gpu_batch = "64" if device.startswith("cuda") and not args.quick else batch
+        if "explain" not in skip:
+            run_script(
+                "explain_speed.py",
+                ["--batch", gpu_batch, "--repeats", repeats, "--device", device],
+            )
+        if "step" not in skip:
+            run_script(
+                "fort_overhead.py", ["--batch", "20", "--repeats", repeats, "--device", device]
+            )
+        if "episode" not in skip:
+            episode_times(episodes, image_size=112, device=device)
 
 
 if __name__ == "__main__":
