@@ -13,7 +13,8 @@ same task for every row (``focusvit.sample_episode`` seeded by the episode index
   the attention loss needs a transformer);
 - ``baselines``: Cross Attention Network (inductive and transductive) and CrossTransformers on
   Conv-4 at 84 px, trained episodically on the base classes with the ``benchmarks/baselines.py``
-  recipe (checkpoints kept and resumed).
+  recipe (checkpoints kept and resumed), and the untrained Conv-4's nearest prototype as their
+  floor (column ``conv4-84px``).
 
 ViT rows: ``prototype knn ridge svm logistic`` (frozen features), ``linear`` (head only; the
 attention loss has no trainable parameter to act on there, so there is no ``linear+fort`` row),
@@ -53,7 +54,7 @@ SOLVER_ROWS = ("prototype", "knn", "ridge", "svm", "logistic")
 TUNERS_WITH_LOSS = ("full", "lora", "ssf", "vpt")
 VIT_ROWS = (*SOLVER_ROWS, "linear", *(m for t in TUNERS_WITH_LOSS for m in (t, f"{t}+fort")))
 CNN_ROWS = (*SOLVER_ROWS, "linear", "full")
-BASELINE_ROWS = ("can", "can+transductive", "ctx")
+BASELINE_ROWS = ("prototype", "can", "can+transductive", "ctx")  # prototype: untrained conv4
 SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1)}
 BACKBONES = {
     "pretrained": None,  # the focusvit-pretrain checkpoint (--pretrained)
@@ -227,7 +228,7 @@ def baseline_models(args: argparse.Namespace, mode: Mode, out: Path):
     reference = PrototypeNetwork(PrototypeConfig(**encoder))
     base = bench.tensors("base", 64, 20, reference)
     val = bench.tensors("val", 16, 20, reference)
-    models = {}
+    models = {"prototype": reference}  # the untrained encoder's nearest prototype: the floor
     for method in ("can", "ctx"):
         torch.manual_seed(0)
         extra = {"num_classes": 64} if method == "can" else {}
@@ -378,7 +379,7 @@ def main() -> None:
             folder = out / name / key
             print(f"\n== {name} · {key}", flush=True)
             if key == "baselines":
-                accuracy["conv4 (CAN/CTX)"] = evaluate_baselines(
+                accuracy["conv4-84px"] = evaluate_baselines(
                     models, scenes_84, setting, folder, device
                 )
                 continue
@@ -412,8 +413,12 @@ def print_report(
         s = block["setting"]
         print(
             f"\n## {name}: {s['n_way']}-way {s['k_shot']}-shot, {s['n_query']} queries per class, "
-            f"{s['episodes']} episodes; accuracy % (mean ± 95% interval)\n"
+            f"{s['episodes']} episodes; accuracy % (mean ± 95% interval)"
         )
+        if "conv4-84px" in block["accuracy"]:
+            print("(conv4-84px: CAN / CTX trained on base classes; its prototype row is the "
+                  "untrained encoder)")  # fmt: skip
+        print()
         print("\n".join(accuracy_table(block["accuracy"], list(block["accuracy"]))))
         paired = paired_table(block["accuracy"])
         if len(paired) > 1:

@@ -177,6 +177,30 @@ def test_hooks_removed_and_flags_restored(name, method, mode):
     assert all(p.grad is None for p in adapter.parameters())  # no gradient leaks into params
 
 
+def live_tensors() -> int:
+    import gc
+    import warnings
+
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance on torch.distributed's deprecated aliases
+        warnings.simplefilter("ignore", FutureWarning)
+        return sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_explaining_many_batches_keeps_no_tensor_alive(method):
+    """DESIGN.md section 10: memory never grows from batch to batch (no record, graph or
+    gradient of an earlier batch survives in the adapter, its hooks or the explainer)."""
+    adapter = tiny_adapter("timm-vit")
+    batches = [small_input(adapter, batch=2) + 0.1 * i for i in range(4)]
+    explain(adapter, batches[0], method)  # warm-up: lazily built buffers, caches
+    before = live_tensors()
+    for x in batches[1:]:
+        out = explain(adapter, x, method)
+        del out
+    assert live_tensors() == before
+
+
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_hooks_removed_when_the_target_raises(method):
     adapter = tiny_adapter("timm-vit")
