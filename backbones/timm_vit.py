@@ -22,7 +22,9 @@ def is_timm_vit(model: nn.Module) -> bool:
 
 
 class TimmViTAdapter(BackboneAdapter):
-    """timm ViT family. Attention is recomputed from each block's fused ``qkv`` projection."""
+    """timm ViT family. Captured attention logits are recomputed from each block's fused ``qkv``
+    projection; full probability maps (no ``reduce``) are read from the eager path of the
+    captured blocks."""
 
     family = "vit"
 
@@ -139,4 +141,13 @@ class TimmViTAdapter(BackboneAdapter):
             k = split_heads(qkv[..., dim : 2 * dim], heads)
             return attn.q_norm(q), attn.k_norm(k)
 
-        return AttentionSite(modules=[attn.qkv], split=split, scale=float(attn.scale))
+        eager = hasattr(attn, "fused_attn") and isinstance(
+            getattr(attn, "attn_drop", None), nn.Module
+        )
+        return AttentionSite(
+            modules=[attn.qkv],
+            split=split,
+            scale=float(attn.scale),
+            eager_owner=attn if eager else None,
+            probs_module=attn.attn_drop if eager else None,
+        )

@@ -190,6 +190,33 @@ def test_hooks_removed_and_flags_restored_also_after_exception(name):
     assert all(m.training for m in adapter.modules())
 
 
+@pytest.mark.parametrize("name", [n for n in VIT_MODELS if n.startswith("timm")])
+def test_timm_probs_capture_runs_only_the_captured_blocks_eagerly(name):
+    """kind="probs" reads the eager path's own softmax on the chosen blocks (no second q kᵀ);
+    the other blocks stay fused, and kind="logits" changes no flag at all."""
+    adapter = tiny_adapter(name)
+    x = input_for(adapter, batch=2)
+    fused = [block.attn.fused_attn for block in adapter.blocks]
+    assert all(fused), "the tiny timm ViT should start on the fused path"
+    seen: list[list[bool]] = []
+    handle = adapter.blocks[-1].register_forward_pre_hook(
+        lambda *_: seen.append([b.attn.fused_attn for b in adapter.blocks])
+    )
+    try:
+        with torch.no_grad(), adapter.capture_attention(layers=[0, -1], kind="probs") as probs:
+            adapter.logits(x)
+        with torch.no_grad(), adapter.capture_attention(layers=[0, -1], kind="logits") as logits:
+            adapter.logits(x)
+    finally:
+        handle.remove()
+    eager_during = [i in (0, adapter.num_layers - 1) for i in range(adapter.num_layers)]
+    assert seen[0] == [not e for e in eager_during]
+    assert seen[1] == fused
+    assert [block.attn.fused_attn for block in adapter.blocks] == fused
+    for p, lg in zip(probs, logits, strict=True):
+        torch.testing.assert_close(p, lg.softmax(-1), atol=1e-5, rtol=1e-4)
+
+
 def test_evaluating_restores_mixed_training_flags():
     adapter = tiny_adapter("timm-vit")
     adapter.train()
