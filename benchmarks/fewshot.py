@@ -170,12 +170,13 @@ def rows_for(backbone, methods: set[str] | None) -> tuple[str, ...]:
 def fort_for(method: str):
     """The attention-loss settings of a ``+fort`` row: the recipe's, or LoRA's α/τ for VPT."""
     from focusvit import FortConfig
-    from focusvit.finetune.recipes import VIT_TOP_P
+    from focusvit.finetune import RECIPES
 
     if not method.endswith("+fort"):
         return None
     if method.startswith("vpt"):
-        return FortConfig(alpha=0.5, tau=1.0, top_p=VIT_TOP_P)
+        lora = RECIPES[("vit", "lora")]
+        return FortConfig(alpha=lora.alpha, tau=lora.tau, top_p=lora.top_p)
     return True
 
 
@@ -186,18 +187,24 @@ def done_episodes(path: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip().endswith("}"))
 
 
+def timed_row(row: str, path: Path, evaluator, *args, **kwargs) -> dict:
+    """``evaluator(*args, output=path, **kwargs)`` summarised with the seconds per episode of
+    this call (episodes resumed from ``path`` are not counted)."""
+    before = done_episodes(path)
+    start = time.perf_counter()
+    result = evaluator(*args, output=path, **kwargs)
+    fresh = len(result.accuracies) - before
+    seconds = (time.perf_counter() - start) / fresh if fresh > 0 else math.nan
+    return summary(row, result, seconds)
+
+
 def evaluate_row(backbone, dataset, method: str, setting: dict, path: Path, device) -> dict:
     from focusvit import evaluate
 
-    before = done_episodes(path)
-    start = time.perf_counter()
-    result = evaluate(
-        backbone, dataset, method=method, output=path, device=device, fort=fort_for(method),
-        **setting,
+    return timed_row(
+        method, path, evaluate, backbone, dataset, method=method, device=device,
+        fort=fort_for(method), **setting,
     )  # fmt: skip
-    fresh = len(result.accuracies) - before
-    seconds = (time.perf_counter() - start) / fresh if fresh > 0 else float("nan")
-    return summary(method, result, seconds)
 
 
 def summary(method: str, result, seconds: float) -> dict:
@@ -223,8 +230,7 @@ def focus_numbers(backbone, dataset, methods, setting: dict, count: int, path: P
     if backbone.family != "vit" or count <= 0:
         return {}
     cache = json.loads(path.read_text()) if path.exists() else {}
-    tuned = {m: ({"fort": fort_for(m)} if m.endswith("+fort") else {}) for m in methods}
-    tuned = {m: o for m, o in tuned.items() if m.split("+")[0] not in SOLVER_ROWS}
+    tuned = {m: {"fort": fort_for(m)} for m in methods if m not in SOLVER_ROWS}
     spec = EpisodeSpec(**{k: setting[k] for k in ("n_way", "k_shot", "n_query", "seed")})
     for index in range(count):
         if str(index) in cache and set(tuned) <= set(cache[str(index)]):
@@ -268,16 +274,10 @@ def evaluate_baselines(models, dataset, setting: dict, folder: Path, device) -> 
     for name in BASELINE_ROWS:
         method, _, transductive = name.partition("+")
         path = folder / f"{name.replace('+', '_')}.jsonl"
-        before = done_episodes(path)
-        start = time.perf_counter()
-        result = evaluate_baseline(
-            models[method], dataset, transductive=bool(transductive), output=path, device=device,
-            **setting,
-        )  # fmt: skip
-        fresh = len(result.accuracies) - before
-        rows.append(
-            summary(name, result, (time.perf_counter() - start) / fresh if fresh else math.nan)
-        )
+        rows.append(timed_row(
+            name, path, evaluate_baseline, models[method], dataset,
+            transductive=bool(transductive), device=device, **setting,
+        ))  # fmt: skip
     return rows
 
 
@@ -301,6 +301,8 @@ def accuracy_table(results: dict[str, list[dict]], columns: list[str]) -> list[s
 
 def paired_table(results: dict[str, list[dict]]) -> list[str]:
     """``+fort − plain`` per episode (same tasks), mean ± 95% interval, wins/ties/losses."""
+    from focusvit.explainers import mean_and_ci
+
     lines = [
         f"{'backbone':<12}{'tuner':<8}{'plain %':>9}{'+fort %':>9}{'diff (points)':>17}{'w/t/l':>10}"
     ]
@@ -312,11 +314,11 @@ def paired_table(results: dict[str, list[dict]]) -> list[str]:
                 continue
             n = min(len(plain["accuracies"]), len(fort["accuracies"]))
             diff = np.array(fort["accuracies"][:n]) - np.array(plain["accuracies"][:n])
-            ci = 1.96 * diff.std() / math.sqrt(n) if n > 1 else math.nan
+            mean, ci = mean_and_ci(diff.tolist())
             wtl = f"{(diff > 0).sum()}/{(diff == 0).sum()}/{(diff < 0).sum()}"
             lines.append(
                 f"{column:<12}{tuner:<8}{100 * plain['mean']:>9.1f}{100 * fort['mean']:>9.1f}"
-                f"{f'{100 * diff.mean():+.1f} ± {100 * ci:.1f}':>17}{wtl:>10}"
+                f"{f'{100 * mean:+.1f} ± {100 * ci:.1f}':>17}{wtl:>10}"
             )
     return lines
 
@@ -389,41 +391,43 @@ def main() -> None:
     assert list(scenes.labels) == list(scenes_84.labels), "84-px scenes must index the same tasks"
     out = Path(args.out)
     models = baseline_models(args, mode, out) if "baselines" in keys else {}
-    everything: dict[str, dict] = {}
+    shape = {"n_query": n_query, "episodes": episodes, "seed": args.seed}
+    everything: dict[str, dict] = {
+        name: {
+            "setting": {"n_way": SETTINGS[name][0], "k_shot": SETTINGS[name][1], **shape},
+            "accuracy": {},
+            "focus": {},
+        }
+        for name in settings
+    }
     start = time.perf_counter()
-    for name in settings:
-        n_way, k_shot = SETTINGS[name]
-        setting = {"n_way": n_way, "k_shot": k_shot, "n_query": n_query, "episodes": episodes,
-                   "seed": args.seed}  # fmt: skip
-        accuracy, focus = {}, {}
-        for key in keys:
-            folder = out / name / key
+    for key in keys:  # each backbone is loaded once and runs every setting
+        backbone = None if key == "baselines" else load_backbone(key, args)
+        for name, block in everything.items():
+            setting, folder = block["setting"], out / name / key
             print(f"\n== {name} · {key}", flush=True)
-            if key == "baselines":
-                accuracy["conv4-84px"] = evaluate_baselines(
+            if backbone is None:
+                block["accuracy"]["conv4-84px"] = evaluate_baselines(
                     models, scenes_84, setting, folder, device
                 )
                 continue
-            backbone = load_backbone(key, args)
             rows = rows_for(backbone, methods)
-            accuracy[key] = [
+            block["accuracy"][key] = [
                 evaluate_row(
                     backbone, scenes, m, setting, folder / f"{m.replace('+', '_')}.jsonl", device
                 )
                 for m in rows
             ]
-            focus[key] = focus_numbers(backbone, scenes, rows, setting, focus_count,
-                                       folder / "focus.json", device)  # fmt: skip
-            del backbone
-        everything[name] = {"setting": setting, "accuracy": accuracy, "focus": focus}
+            block["focus"][key] = focus_numbers(backbone, scenes, rows, setting, focus_count,
+                                                folder / "focus.json", device)  # fmt: skip
+        del backbone
     write_files(out, everything)
-    print_report(everything, args, per_class, time.perf_counter() - start)
+    print_report(everything, args, per_class, device, time.perf_counter() - start)
 
 
 def print_report(
-    everything: dict, args: argparse.Namespace, per_class: int, seconds: float
+    everything: dict, args: argparse.Namespace, per_class: int, device: str, seconds: float
 ) -> None:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(
         f"\nfocusvit few-shot benchmark: synthetic scenes (novel classes, {per_class} images per "
         f"class), inputs {args.image_size} px (baselines 84 px), seed {args.seed}, device {device}, "

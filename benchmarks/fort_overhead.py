@@ -16,6 +16,7 @@ import statistics
 import time
 
 import torch
+from explain_speed import synchronize  # sibling script (benchmarks/ is on sys.path)
 
 TUNERS = ("lora", "ssf", "full")
 
@@ -31,11 +32,6 @@ def build(model_name: str, batch: int, size: int, device: str = "cpu"):
     images = torch.randn(batch, 3, size, size, device=device)
     labels = torch.arange(batch, device=device) % model.num_classes
     return backbone, images, labels
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_tuner(backbone, images, labels, tuner: str, repeats: int, warmup: int) -> dict:

@@ -36,13 +36,12 @@ def run_script(name: str, arguments: list[str]) -> None:
 def episode_times(episodes: int, image_size: int, device: str = "cpu") -> None:
     """Median seconds per episode of each method on the same episodes (none resumed)."""
     import torch
+    from explain_speed import synchronize  # sibling script (benchmarks/ is on sys.path)
 
     import focusvit
     from focusvit.finetune.evaluate import episode_tensors, run_episode
 
-    def synchronize() -> None:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
+    where = torch.device(device)
 
     backbone = focusvit.load_backbone("offline:dinov2-s14-imgfocus").to(device)
     if image_size:
@@ -68,10 +67,10 @@ def episode_times(episodes: int, image_size: int, device: str = "cpu") -> None:
     for method in EPISODE_METHODS:
         times = []
         for support, support_labels, query, _ in batches:
-            synchronize()
+            synchronize(where)
             start = time.perf_counter()
             run_episode(backbone, support, support_labels, query, method)
-            synchronize()
+            synchronize(where)
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
         reference = reference or median
