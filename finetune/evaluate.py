@@ -1,69 +1,148 @@
-"""Episodic evaluation with 95% intervals, streamed to JSONL and resumable (DESIGN.md 6 and 10).
+"""Few-shot evaluation of ViT methods: runners for the run layer and the explicit API.
 
-A *method* is either a frozen-feature solver (``prototype``, ``knn``, ``ridge``, ``svm``,
-``logistic``) or a tuner name with an optional ``+fort`` suffix (``lora``, ``lora+fort``,
-``ssf+fort``, ``linear``, ``full``, ``vpt``). Episode ``i`` of a seed is the same for every
-method. Each finished episode is appended to the output file at once; a rerun with the same
-output skips the episodes already there, so an interruption loses at most the episode in flight.
+A method is either a frozen-feature **solver** (``prototype``, ``knn``, ``ridge``, ``svm``,
+``logistic``) or a **tuner** (``linear``, ``full``, ``lora``, ``ssf``, ``vpt``), the latter
+optionally with the attention-enhancement loss (``fort=FortConfig(...)``). The strings
+``"lora+fort"`` are a CLI shorthand only (:func:`parse_method`). Options that would be ignored
+are refused: the attention loss on a solver, on the linear probe (its features are frozen) or on
+a model without attention.
+
+Episodes, resume, settings records and sharding are those of :mod:`focusvit.runs`.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import hashlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from focusvit.backbones import BackboneAdapter
-from focusvit.data.episodes import Episode, check_episode_spec, sample_episode
+from focusvit.data.episodes import Episode
+from focusvit.errors import ConfigError
+from focusvit.runs import DistContext, EpisodeSpec, EvaluationResult, to_plain
+from focusvit.runs import evaluate as evaluate_runner
 
 from .heads import SOLVERS, solve
 from .losses import FortConfig
-from .trainer import fit_task, support_features
+from .recipes import FitOptions, recipe_for
+from .trainer import fit_task, resolve_fort, support_features
+from .tuners import TUNERS, TunerConfig, make_tuner
+
+__all__ = [
+    "MethodChoice",
+    "SolverRunner",
+    "TunerRunner",
+    "backbone_settings",
+    "episode_tensors",
+    "evaluate",
+    "make_runner",
+    "parse_method",
+]
 
 
-@dataclass
-class EvaluationResult:
-    """Per-episode accuracies of one method with mean and 95% interval (1.96·std/√n)."""
+# ----------------------------------------------------------------------------- CLI shorthand
+@dataclass(frozen=True)
+class MethodChoice:
+    """A parsed method string: exactly one of ``tuner`` / ``solver``, and the attention loss."""
 
-    method: str
-    accuracies: list[float] = field(default_factory=list)
-    records: list[dict] = field(default_factory=list)
+    tuner: str | None = None
+    solver: str | None = None
+    fort: bool = False
 
     @property
-    def mean(self) -> float:
-        return float(np.mean(self.accuracies)) if self.accuracies else float("nan")
-
-    @property
-    def ci95(self) -> float:
-        n = len(self.accuracies)
-        return float(1.96 * np.std(self.accuracies) / math.sqrt(n)) if n > 1 else float("nan")
-
-    def __str__(self) -> str:
-        return f"{self.method}: {100 * self.mean:.2f} ± {100 * self.ci95:.2f} % ({len(self.accuracies)} episodes)"
+    def name(self) -> str:
+        return (self.tuner or self.solver or "") + ("+fort" if self.fort else "")
 
 
-def parse_method(method: str) -> tuple[str, bool]:
-    """``"lora+fort"`` -> ``("lora", True)``; solvers and tuners without suffix -> ``(name, False)``."""
-    name, _, suffix = method.partition("+")
-    if suffix not in ("", "fort"):
-        raise ValueError(
-            f"unknown method suffix {suffix!r} in {method!r}; only '+fort' is supported"
+def parse_method(method: str) -> MethodChoice:
+    """``"lora+fort"`` -> ``MethodChoice(tuner="lora", fort=True)``; ``"ridge"`` -> a solver.
+
+    The CLI shorthand of :func:`evaluate`'s ``tuner=`` / ``solver=`` / ``fort=``. Refuses what
+    cannot be honoured (``+fort`` on a solver or the linear probe, unknown names).
+    """
+    name, plus, suffix = method.partition("+")
+    if plus and suffix != "fort":
+        raise ConfigError(f"unknown method suffix {suffix!r} in {method!r}; only '+fort' exists")
+    fort = bool(plus)
+    if name in SOLVERS:
+        choice = MethodChoice(solver=name, fort=fort)
+    elif name in TUNERS:
+        choice = MethodChoice(tuner=name, fort=fort)
+    else:
+        raise ConfigError(
+            f"unknown method {method!r}; solvers: {', '.join(SOLVERS)}; tuners (optionally "
+            f"+fort): {', '.join(TUNERS)}"
         )
-    return name, suffix == "fort"
+    _refuse_fort(choice.tuner, choice.solver, fort)
+    return choice
+
+
+def _refuse_fort(tuner: str | None, solver: str | None, fort: bool, family: str | None = None) -> None:
+    if not fort:
+        return
+    if solver is not None:
+        raise ConfigError(
+            f"the attention-enhancement loss needs fine-tuning; solver {solver!r} fits frozen "
+            "features: drop fort (or '+fort'), or choose a tuner: full, lora, ssf"
+        )
+    if tuner == "linear":
+        raise ConfigError(
+            "the linear probe trains only the head on frozen features, which the attention loss "
+            "cannot change: drop fort (or '+fort'), or choose tuner full, lora or ssf"
+        )
+    if family is not None and family not in ("vit", "swin"):
+        raise ConfigError(
+            f"the attention-enhancement loss needs a transformer with attention; this backbone "
+            f"is a {family}: drop fort, or load a ViT or Swin"
+        )
+
+
+# ----------------------------------------------------------------------------- settings
+_WEIGHTS_CACHE: dict[int, tuple[tuple, str]] = {}
+
+
+def weights_fingerprint(backbone: BackboneAdapter) -> str:
+    """A hash of every parameter and buffer of the backbone (cached until one changes)."""
+    tensors = list(backbone.model.state_dict(keep_vars=True).items())
+    versions = tuple((name, t.data_ptr(), t._version) for name, t in tensors)
+    cached = _WEIGHTS_CACHE.get(id(backbone))
+    if cached is not None and cached[0] == versions:
+        return cached[1]
+    digest = hashlib.sha256()
+    for name, tensor in tensors:
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    value = digest.hexdigest()[:16]
+    _WEIGHTS_CACHE[id(backbone)] = (versions, value)
+    return value
+
+
+def backbone_settings(backbone: BackboneAdapter) -> dict[str, Any]:
+    """What identifies a backbone in a settings record: name, family, preprocessing and a hash
+    of its weights (so another checkpoint of the same architecture is another setting)."""
+    config = backbone.data_config
+    return {
+        "name": backbone.name,
+        "family": backbone.family,
+        "weights": weights_fingerprint(backbone),
+        "input_size": list(config.get("input_size", ())),
+        "mean": list(config.get("mean", ())),
+        "std": list(config.get("std", ())),
+        "crop_pct": config.get("crop_pct"),
+        "interpolation": config.get("interpolation"),
+    }
 
 
 def episode_tensors(
-    dataset, episode: Episode, backbone: BackboneAdapter, device: torch.device | str = "cpu"
+    dataset, episode: Episode, backbone, device: torch.device | str = "cpu"
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Preprocessed ``(support, support_labels, query, query_labels)`` of an episode."""
+    """Preprocessed ``(support (M,3,H,W), support_labels (M,), query (Q,3,H,W), query_labels)``
+    of an episode (``backbone.preprocess`` for image datasets; tensor datasets as they are)."""
 
     def load(indices: Sequence[int]) -> Tensor:
         items = [dataset.load(i) for i in indices]
@@ -79,210 +158,213 @@ def episode_tensors(
     )
 
 
-def run_episode(
-    backbone: BackboneAdapter,
-    support: Tensor,
-    support_labels: Tensor,
-    query: Tensor,
-    method: str,
-    fort: FortConfig | bool | None = None,
-    **options,
-) -> tuple[Tensor, dict]:
-    """Predictions ``(Q,)`` of ``method`` on one episode plus extra info to record."""
-    name, with_fort = parse_method(method)
-    if name in SOLVERS:
-        feats_s = support_features(backbone, support)
-        feats_q = support_features(backbone, query)
-        return solve(name, feats_s, support_labels, feats_q), {}
-    use_fort = (fort if fort is not None else True) if with_fort else None
-    with fit_task(backbone, support, support_labels, tuner=name, fort=use_fort, **options) as task:
-        predictions = task.predict(query)
-        info = {
-            "final_loss": task.losses[-1] if task.losses else None,
-            "trainable": task.parameter_counts.get("trainable"),
+# ----------------------------------------------------------------------------- runners
+@dataclass
+class SolverRunner:
+    """A frozen-feature solver (:data:`~focusvit.finetune.heads.SOLVERS`) on pooled features."""
+
+    backbone: BackboneAdapter
+    solver: str
+    device: torch.device
+
+    @property
+    def name(self) -> str:
+        return self.solver
+
+    def settings(self) -> dict[str, Any]:
+        return {"solver": self.solver, "backbone": backbone_settings(self.backbone)}
+
+    def run(self, dataset, episode: Episode) -> tuple[Tensor, Tensor, dict]:
+        support, s_labels, query, q_labels = episode_tensors(
+            dataset, episode, self.backbone, self.device
+        )
+        feats_s = support_features(self.backbone, support)
+        feats_q = support_features(self.backbone, query)
+        return solve(self.solver, feats_s, s_labels, feats_q), q_labels, {}
+
+
+@dataclass
+class TunerRunner:
+    """Fine-tune a fresh copy of a tuner's parameters per task (:func:`fit_task`), optionally
+    with the attention-enhancement loss."""
+
+    backbone: BackboneAdapter
+    tuner: TunerConfig
+    fort: FortConfig | None
+    options: FitOptions
+    device: torch.device
+
+    @property
+    def name(self) -> str:
+        return self.tuner.name + ("+fort" if self.fort is not None else "")
+
+    def settings(self) -> dict[str, Any]:
+        family, name = self.backbone.family, self.tuner.name
+        recipe = recipe_for(family, name).override(**self.options.recipe_overrides())
+        fort = resolve_fort(self.backbone, name, self.fort)
+        return {
+            "tuner": {"name": name, **to_plain(asdict(self.tuner))},
+            "fort": to_plain(fort) if fort is not None else None,
+            "recipe": to_plain(asdict(recipe)),
+            "head_init": self.options.head_init,
+            "backbone": backbone_settings(self.backbone),
         }
-    return predictions, info
+
+    def run(self, dataset, episode: Episode) -> tuple[Tensor, Tensor, dict]:
+        support, s_labels, query, q_labels = episode_tensors(
+            dataset, episode, self.backbone, self.device
+        )
+        with fit_task(
+            self.backbone, support, s_labels, tuner=self.tuner, fort=self.fort,
+            options=self.options,
+        ) as task:  # fmt: skip
+            predictions = task.predict(query)
+            info = {
+                "final_loss": task.losses[-1] if task.losses else None,
+                "trainable": task.parameter_counts.get("trainable"),
+            }
+        return predictions, q_labels, info
 
 
-SETTINGS = ("n_way", "k_shot", "n_query", "seed")
-
-
-def _read_done(path: Path, method: str, settings: dict) -> dict[int, dict]:
-    """Finished episodes of ``method`` in ``path``, checked against this run's settings."""
-    done: dict[int, dict] = {}
-    if not path.exists():
-        return done
-    with path.open() as handle:
-        lines = handle.read().splitlines()
-    for line in lines:
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by an interruption: that episode is redone
-        if record.get("method") != method:
-            continue
-        stored = {key: record.get(key) for key in SETTINGS}
-        if stored != settings:
-            raise ValueError(
-                f"{path} already holds {method!r} episodes run with {stored}, but this run asks "
-                f"for {settings}; resume with the same settings or write to a new output file"
+def _tuner_config(tuner: str | TunerConfig, tuner_options: dict | None) -> TunerConfig:
+    if isinstance(tuner, TunerConfig):
+        if tuner_options:
+            raise ConfigError(
+                "tuner_options are for a tuner given by name; set them on the config instead, "
+                f"e.g. {type(tuner).__name__}(...)"
             )
-        done[int(record["episode"])] = record
-    _drop_cut_line(path, lines)
-    return done
+        return tuner
+    return make_tuner(tuner, **(tuner_options or {}))
 
 
-def _drop_cut_line(path: Path, lines: list[str]) -> None:
-    """Rewrite ``path`` without a last line cut by an interruption (and with a final newline),
-    so the next append starts on a line of its own."""
-    text = path.read_text()
-    if not text or text.endswith("\n"):
-        return
+_NOT_FIT_OPTIONS = {
+    "method": "use tuner='lora' (and fort=FortConfig()) or solver='ridge'; 'lora+fort' strings "
+    "are CLI shorthand (focusvit.finetune.parse_method)",
+    "n_way": "pass episodes=EpisodeSpec(n_way=..., k_shot=..., n_query=..., episodes=..., seed=...)",
+}
+for _key in ("k_shot", "n_query", "seed"):
+    _NOT_FIT_OPTIONS[_key] = _NOT_FIT_OPTIONS["n_way"]
+
+
+def fit_options(options: FitOptions | None, overrides: dict[str, Any]) -> FitOptions:
+    """``options`` with keyword overrides (``lr=``, ``steps=``, ``head_init=`` ...)."""
+    for key in overrides:
+        if key in _NOT_FIT_OPTIONS:
+            raise TypeError(f"evaluate() takes no {key}=: {_NOT_FIT_OPTIONS[key]}")
     try:
-        json.loads(lines[-1])
-    except json.JSONDecodeError:
-        lines = lines[:-1]
-    path.write_text("".join(line + "\n" for line in lines))
+        base = asdict(options) if options is not None else {}
+        return FitOptions(**{**base, **overrides})
+    except TypeError as error:
+        raise TypeError(
+            f"{error}; fine-tuning options are {', '.join(FitOptions.__dataclass_fields__)}"
+        ) from None
+
+
+def make_runner(
+    backbone: BackboneAdapter,
+    tuner: str | TunerConfig | None = None,
+    solver: str | None = None,
+    fort: FortConfig | bool | None = None,
+    options: FitOptions | None = None,
+    tuner_options: dict | None = None,
+    device: str | torch.device | None = None,
+):
+    """The runner of one method; refuses options it would ignore (see module docstring)."""
+    if (tuner is None) == (solver is None):
+        raise ConfigError(
+            "choose exactly one of tuner= (full, linear, lora, ssf, vpt) or solver= "
+            f"({', '.join(SOLVERS)})"
+        )
+    fort = FortConfig() if fort is True else (None if fort is False else fort)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if solver is not None:
+        _refuse_fort(None, solver, fort is not None)
+        if options is not None or tuner_options:
+            raise ConfigError(
+                f"fine-tuning options do not apply to solver {solver!r} (it fits frozen "
+                "features); drop them, or choose a tuner"
+            )
+        if solver not in SOLVERS:
+            raise ConfigError(f"unknown solver {solver!r}; solvers: {', '.join(SOLVERS)}")
+        return SolverRunner(backbone, solver, device)
+    config = _tuner_config(tuner, tuner_options)
+    _refuse_fort(config.name, None, fort is not None, backbone.family)
+    recipe_for(backbone.family, config.name)  # refuses a tuner without a recipe for the family
+    return TunerRunner(backbone, config, fort, options or FitOptions(), device)
 
 
 def evaluate(
     backbone: BackboneAdapter,
     dataset,
-    method: str = "prototype",
-    n_way: int = 5,
-    k_shot: int = 1,
-    n_query: int = 15,
-    episodes: int = 100,
-    seed: int = 0,
+    *,
+    tuner: str | TunerConfig | None = None,
+    solver: str | None = None,
+    fort: FortConfig | bool | None = None,
+    episodes: EpisodeSpec | None = None,
+    options: FitOptions | None = None,
+    tuner_options: dict | None = None,
     output: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
-    fort: FortConfig | bool | None = None,
     progress: bool = True,
     on_episode: Callable[[dict], None] | None = None,
     episode_ids: Sequence[int] | None = None,
-    **options,
+    context: DistContext | None = None,
+    **fit_overrides: Any,
 ) -> EvaluationResult:
-    """Evaluate ``method`` on ``episodes`` N-way K-shot episodes of ``dataset``.
+    """Evaluate one few-shot method on the episodes of ``episodes`` drawn from ``dataset``.
 
     Args:
-        backbone: the pretrained backbone (never modified).
+        backbone: the pretrained backbone (restored bit-identically after every task).
         dataset: a few-shot dataset (``labels``, ``class_names``, ``load``).
-        method: a solver or tuner name, optionally ``+fort``.
-        output: JSONL file; finished episodes are appended as they finish and skipped on rerun.
-        device: ``"cuda"`` or ``"cpu"`` (default: CUDA when available).
-        fort: attention-loss settings for ``+fort`` methods (default: the recipe's).
-        episode_ids: evaluate only these episodes (used to shard across processes).
-        options: passed to :func:`fit_task` (``lr``, ``steps``, ``head_init``, ``tuner_options``).
+        tuner: ``"full"``, ``"linear"``, ``"lora"``, ``"ssf"``, ``"vpt"`` or a tuner config
+            (e.g. ``LoraConfig(rank=8)``); exclusive with ``solver``.
+        solver: a frozen-feature solver: ``prototype``, ``knn``, ``ridge``, ``svm``, ``logistic``.
+        fort: the attention-enhancement loss: a :class:`FortConfig` (``None`` fields take the
+            DESIGN.md recipe of the backbone family and tuner), ``True`` for the recipe, or
+            ``None`` (plain fine-tuning). Refused on solvers, the linear probe and CNNs.
+        episodes: the :class:`~focusvit.runs.EpisodeSpec` (default ``EpisodeSpec()``).
+        options: :class:`FitOptions` (recipe overrides and head init); keyword overrides such
+            as ``lr=1e-3, steps=5, head_init="ridge"`` are merged into it.
+        tuner_options: options of a tuner given by name (``{"rank": 8}``).
+        output: the ``.jsonl`` episode file: streamed, resumed on rerun, refused (naming the
+            setting) when it holds results of any other setting.
+        device: ``"cuda"`` / ``"cpu"`` (default: CUDA when available).
+        episode_ids, context: evaluate a subset / shard across processes (see
+            :func:`focusvit.runs.evaluate`).
 
     Returns:
-        :class:`EvaluationResult` over all requested episodes (resumed ones included).
+        :class:`~focusvit.runs.EvaluationResult` named ``tuner[+fort]`` or ``solver``.
+
+    Example::
+
+        spec = focusvit.EpisodeSpec(n_way=5, k_shot=1, n_query=15, episodes=600)
+        plain = focusvit.evaluate(backbone, scenes, tuner="lora", episodes=spec)
+        fort = focusvit.evaluate(backbone, scenes, tuner="lora", fort=focusvit.FortConfig(), episodes=spec)
     """
-    check_episode_spec(dataset.labels, n_way, k_shot, n_query, dataset.class_names)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    backbone.to(device)
-
-    def run(episode: Episode) -> tuple[Tensor, Tensor, dict]:
-        support, s_labels, query, q_labels = episode_tensors(dataset, episode, backbone, device)
-        torch.manual_seed(seed * 100003 + episode.index)  # deterministic per episode on CPU
-        predictions, info = run_episode(
-            backbone, support, s_labels, query, method, fort=fort, **options
-        )
-        return predictions, q_labels, info
-
-    return evaluate_episodes(
-        method,
+    if fit_overrides:
+        if solver is not None:
+            fit_options(None, fit_overrides)  # names the legacy keyword when there is one
+            raise ConfigError(
+                f"fine-tuning options {sorted(fit_overrides)} do not apply to solver {solver!r}; "
+                "drop them, or choose a tuner"
+            )
+        options = fit_options(options, fit_overrides)
+    runner = make_runner(backbone, tuner, solver, fort, options, tuner_options, device)
+    backbone.to(runner.device)
+    return evaluate_runner(
+        runner,
         dataset,
-        run,
-        n_way=n_way,
-        k_shot=k_shot,
-        n_query=n_query,
-        episodes=episodes,
-        seed=seed,
+        episodes or EpisodeSpec(),
         output=output,
         progress=progress,
         on_episode=on_episode,
         episode_ids=episode_ids,
+        context=context,
     )
 
 
-EpisodeRunner = Callable[[Episode], tuple[Tensor, Tensor, dict]]
-
-
-def evaluate_episodes(
-    method: str,
-    dataset,
-    run: EpisodeRunner,
-    n_way: int = 5,
-    k_shot: int = 1,
-    n_query: int = 15,
-    episodes: int = 100,
-    seed: int = 0,
-    output: str | os.PathLike | None = None,
-    progress: bool = True,
-    on_episode: Callable[[dict], None] | None = None,
-    episode_ids: Sequence[int] | None = None,
-) -> EvaluationResult:
-    """The episode loop shared by every evaluator: sampling, JSONL streaming and resume.
-
-    Episode ``i`` is ``sample_episode(dataset.labels, i, n_way, k_shot, n_query, seed)``, so any
-    ``run`` sees the same episodes as :func:`evaluate`. ``run(episode)`` returns
-    ``(predictions (Q,), query_labels (Q,), info)``; ``info`` is added to the episode's record.
-    Finished episodes of ``method`` already in ``output`` are skipped (and checked against these
-    settings).
-    """
-    check_episode_spec(dataset.labels, n_way, k_shot, n_query, dataset.class_names)
-    path = Path(output) if output else None
-    settings = {"n_way": n_way, "k_shot": k_shot, "n_query": n_query, "seed": seed}
-    done = _read_done(path, method, settings) if path else {}
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    ids = list(episode_ids) if episode_ids is not None else list(range(episodes))
-    result = EvaluationResult(method)
-    bar = tqdm(ids, desc=method, disable=not progress, unit="episode")
-    for index in bar:
-        record = done.get(index) or _run_one(method, dataset, run, index, settings)
-        if index not in done and path:
-            with path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-        result.accuracies.append(record["accuracy"])
-        result.records.append(record)
-        if on_episode:
-            on_episode(record)
-        bar.set_postfix(
-            acc=f"{100 * result.mean:.1f}", ci=f"±{100 * result.ci95:.1f}" if len(ids) > 1 else ""
-        )
-    return result
-
-
-def _run_one(method: str, dataset, run: EpisodeRunner, index: int, settings: dict) -> dict:
-    episode = sample_episode(
-        dataset.labels,
-        index,
-        settings["n_way"],
-        settings["k_shot"],
-        settings["n_query"],
-        settings["seed"],
-    )
-    predictions, q_labels, info = run(episode)
-    accuracy = float((predictions.cpu() == q_labels.cpu()).float().mean())
-    return {
-        "method": method,
-        "episode": index,
-        "accuracy": accuracy,
-        "classes": list(episode.classes),
-        **settings,
-        **info,
-    }
-
-
-__all__ = [
-    "EvaluationResult",
-    "episode_tensors",
-    "evaluate",
-    "evaluate_episodes",
-    "parse_method",
-    "run_episode",
-]
+def check_method_names(methods: Sequence[str]) -> list[MethodChoice]:
+    """Parse CLI method strings, refusing duplicates."""
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"methods lists a method twice: {list(methods)}")
+    return [parse_method(m) for m in methods]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -23,41 +23,80 @@ QueryRows = Literal["all", "cls"]
 class FortConfig:
     """Hyper-parameters of position prompts + attention-enhancement loss (DESIGN.md 4-6).
 
+    ``None`` fields take the DESIGN.md section 6 recipe of the backbone family and tuner when
+    the loss is used (:func:`~focusvit.finetune.trainer.resolve_fort`), so ``FortConfig()`` is
+    "the paper's setting for this model" and each value has one default, in the recipe table.
+
     Attributes:
-        alpha: weight α of the attention loss (0 = the plain baseline).
-        tau: temperature τ dividing the attention logits.
+        alpha: weight α of the attention loss (0 trains exactly as without the loss; ``None``:
+            the recipe's α).
+        tau: temperature τ dividing the attention logits (``None``: the recipe's).
+        top_k: prompt size as a count: patches (columnar ViT, official 14 of 196) or tokens per
+            window (Swin, 7 of 49).
+        top_fraction: prompt size as a fraction of the patches (or of a window's tokens); give
+            at most one of ``top_k`` / ``top_fraction`` (both ``None``: the recipe's).
         layers: ``"last"``, ``"all"`` or explicit block indices the loss reads (columnar ViTs).
         query_rows: ``"all"`` (CLS and patch rows, official) or ``"cls"``.
-        top_p: prompt size: patches (ViT, official 14 of 196) or patches per window (Swin, 7 of 49).
         weighting: ``"importance"`` (official) or ``"multi_hot"`` targets.
         explainer: explainer that scores the support patches (columnar ViTs).
     """
 
-    alpha: float = 0.5
-    tau: float = 1.0
-    layers: str | tuple[int, ...] = "last"
-    query_rows: QueryRows = "all"
-    top_p: int | float = 14
+    alpha: float | None = None
+    tau: float | None = None
+    top_k: int | None = None
+    top_fraction: float | None = None
+    layers: Any = "last"
+    query_rows: str = "all"
     weighting: str = "importance"
     explainer: str = "rollout_svd"
 
     def __post_init__(self) -> None:
-        if self.alpha < 0:
-            raise ValueError(
-                f"alpha must be >= 0 (0 disables the attention loss), got {self.alpha}"
-            )
-        if self.tau <= 0:
+        if self.alpha is not None and self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0 (0 trains as without the loss), got {self.alpha}")
+        if self.tau is not None and self.tau <= 0:
             raise ValueError(f"tau must be > 0, got {self.tau}")
+        if self.top_k is not None and self.top_fraction is not None:
+            raise ValueError(
+                "give either top_k (a patch count) or top_fraction (a fraction of the patches), "
+                f"not both (got top_k={self.top_k}, top_fraction={self.top_fraction})"
+            )
+        if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 1):
+            raise ValueError(f"top_k must be a whole number of patches >= 1, got {self.top_k!r}")
+        if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
+            raise ValueError(f"top_fraction must lie in (0, 1], got {self.top_fraction!r}")
         if self.query_rows not in ("all", "cls"):
             raise ValueError(f"query_rows must be 'all' or 'cls', got {self.query_rows!r}")
-        if isinstance(self.layers, str) and self.layers not in ("last", "all"):
-            raise ValueError(
-                f"layers must be 'last', 'all' or a tuple of block indices, got {self.layers!r}"
-            )
+        if isinstance(self.layers, str):
+            if self.layers not in ("last", "all"):
+                raise ValueError(
+                    f"layers must be 'last', 'all' or a list of block indices, got {self.layers!r}"
+                )
+        else:
+            try:
+                layers = tuple(int(i) for i in self.layers)
+            except TypeError:
+                raise ValueError(
+                    f"layers must be 'last', 'all' or a list of block indices, got {self.layers!r}"
+                ) from None
+            if not layers:
+                raise ValueError("layers must name at least one block, e.g. layers=[-1]")
+            object.__setattr__(self, "layers", layers)
+        if self.weighting not in ("importance", "multi_hot"):
+            raise ValueError(f"weighting must be 'importance' or 'multi_hot', got {self.weighting!r}")
 
     @property
-    def enabled(self) -> bool:
-        return self.alpha > 0
+    def resolved(self) -> bool:
+        """True when every recipe-filled field is set (after ``resolve_fort``)."""
+        return None not in (self.alpha, self.tau) and (self.top_k, self.top_fraction) != (None, None)
+
+    @property
+    def prompt_size(self) -> int | float:
+        """``top_k`` (int) or ``top_fraction`` (float), as the prompting functions take it."""
+        if self.top_k is not None:
+            return int(self.top_k)
+        if self.top_fraction is None:
+            raise ValueError("FortConfig has no prompt size yet; resolve it with resolve_fort()")
+        return float(self.top_fraction)
 
     def layer_indices(self, num_layers: int) -> list[int]:
         if self.layers == "last":

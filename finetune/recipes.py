@@ -14,7 +14,8 @@ class Recipe:
         optimizer: ``"adamw"`` or ``"sgd"``.
         lr, weight_decay, momentum: optimiser settings.
         steps: optimiser steps per task (batch = the whole support set).
-        top_p: prompt size (ViT: patches of 196 at 224/16 -> scaled to the grid; Swin: per window).
+        top_k: prompt size as a patch count (Swin: tokens per window, official 7 of 49).
+        top_fraction: prompt size as a fraction of the patches (ViT: 14/196, scaled to the grid).
         tau, alpha: attention-loss temperature and weight (alpha 0 = no attention loss).
     """
 
@@ -23,7 +24,8 @@ class Recipe:
     weight_decay: float = 0.0
     momentum: float = 0.9
     steps: int = 10
-    top_p: int | float = 14
+    top_k: int | None = None
+    top_fraction: float | None = None
     tau: float = 1.0
     alpha: float = 0.0
 
@@ -32,21 +34,67 @@ class Recipe:
 
 
 #: ViT prompts are 14 of 196 patches (~7%); expressed as a fraction so other grids scale.
-VIT_TOP_P = 14 / 196
+VIT_TOP_FRACTION = 14 / 196
 
 RECIPES: dict[tuple[str, str], Recipe] = {
-    ("vit", "full"): Recipe("adamw", 1e-5, 0.01, steps=5, top_p=VIT_TOP_P, tau=1.0, alpha=0.03),
-    ("vit", "ssf"): Recipe("adamw", 5e-3, steps=10, top_p=VIT_TOP_P, tau=1.0, alpha=0.1),
-    ("vit", "lora"): Recipe("adamw", 5e-3, steps=10, top_p=VIT_TOP_P, tau=1.0, alpha=0.5),
-    ("swin", "full"): Recipe("adamw", 5e-5, steps=5, top_p=7, tau=10.0, alpha=0.3),
-    ("swin", "ssf"): Recipe("adamw", 5e-3, steps=10, top_p=7, tau=20.0, alpha=0.5),
-    ("swin", "lora"): Recipe("adamw", 5e-3, steps=10, top_p=7, tau=10.0, alpha=0.3),
+    ("vit", "full"): Recipe("adamw", 1e-5, 0.01, steps=5, top_fraction=VIT_TOP_FRACTION, tau=1.0, alpha=0.03),
+    ("vit", "ssf"): Recipe("adamw", 5e-3, steps=10, top_fraction=VIT_TOP_FRACTION, tau=1.0, alpha=0.1),
+    ("vit", "lora"): Recipe("adamw", 5e-3, steps=10, top_fraction=VIT_TOP_FRACTION, tau=1.0, alpha=0.5),
+    ("swin", "full"): Recipe("adamw", 5e-5, steps=5, top_k=7, tau=10.0, alpha=0.3),
+    ("swin", "ssf"): Recipe("adamw", 5e-3, steps=10, top_k=7, tau=20.0, alpha=0.5),
+    ("swin", "lora"): Recipe("adamw", 5e-3, steps=10, top_k=7, tau=10.0, alpha=0.3),
     ("vit", "vpt"): Recipe("sgd", 1e-2, momentum=0.9, steps=10),
     ("vit", "linear"): Recipe("sgd", 1e-2, momentum=0.9, steps=20),
     ("swin", "linear"): Recipe("sgd", 1e-2, momentum=0.9, steps=20),
     ("cnn", "linear"): Recipe("sgd", 1e-2, momentum=0.9, steps=20),
     ("cnn", "full"): Recipe("adamw", 1e-5, 0.01, steps=5),
 }
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """Overrides of the DESIGN.md recipe (``None`` keeps the recipe's value) and the head init.
+
+    The one definition of these settings and their defaults: :func:`focusvit.evaluate`,
+    :func:`~focusvit.finetune.fit_task` and the CLI's ``trainer`` group all use it.
+
+    Attributes:
+        lr, steps, optimizer, weight_decay, momentum: optimiser settings (``None`` = recipe).
+        head_init: how the task head is initialised from the support features:
+            ``prototype``, ``ridge`` or ``logistic``.
+    """
+
+    lr: float | None = None
+    steps: int | None = None
+    optimizer: str | None = None
+    weight_decay: float | None = None
+    momentum: float | None = None
+    head_init: str = "logistic"
+
+    def __post_init__(self) -> None:
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}; e.g. lr=5e-3 (or None for the recipe)")
+        if self.steps is not None and (isinstance(self.steps, bool) or self.steps < 0):
+            raise ValueError(f"steps must be a whole number >= 0, got {self.steps}")
+        if self.optimizer not in (None, "adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd' (or None), got {self.optimizer!r}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.momentum is not None and not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(
+                f"head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}"
+            )
+
+    def recipe_overrides(self) -> dict[str, Any]:
+        """The optimiser overrides that are set (for :meth:`Recipe.override`)."""
+        keys = ("lr", "steps", "optimizer", "weight_decay", "momentum")
+        return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
+
+
+#: head initialisations of :func:`~focusvit.finetune.heads.init_head`
+HEAD_INITS = ("prototype", "ridge", "logistic")
 
 
 def recipe_for(family: str, tuner: str) -> Recipe:

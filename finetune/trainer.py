@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,8 @@ from focusvit.backbones import BackboneAdapter, UnsupportedMethodError
 
 from .heads import init_head
 from .losses import FortConfig, swin_attention_loss, vit_attention_loss
-from .recipes import Recipe, recipe_for
-from .tuners import apply_tuner, make_tuner
+from .recipes import FitOptions, Recipe, recipe_for
+from .tuners import TunerConfig, apply_tuner, make_tuner
 
 
 @dataclass
@@ -93,7 +93,7 @@ def make_prompt_targets(
     if backbone.family == "swin":
         from focusvit.prompting import swin_window_prompts
 
-        return swin_window_prompts(backbone, images, top_p=fort.top_p).targets
+        return swin_window_prompts(backbone, images, top_p=fort.prompt_size).targets
     if backbone.family != "vit":
         raise UnsupportedMethodError(
             f"the attention-enhancement loss needs a transformer; {backbone.name} is a "
@@ -103,7 +103,7 @@ def make_prompt_targets(
     from focusvit.prompting import make_prompts
 
     explanation = explain(backbone, images, method=fort.explainer, target=labels)
-    return make_prompts(explanation, top_p=fort.top_p, weighting=fort.weighting).target
+    return make_prompts(explanation, top_p=fort.prompt_size, weighting=fort.weighting).target
 
 
 def _attention_loss(
@@ -127,17 +127,40 @@ def _loss_layers(backbone: BackboneAdapter, fort: FortConfig) -> list[int]:
 def resolve_fort(
     backbone: BackboneAdapter, tuner: str, fort: FortConfig | bool | None
 ) -> FortConfig | None:
-    """``True`` -> the recipe's α, τ, P; ``None``/``False`` -> no attention loss."""
+    """The attention-loss settings to train with, every ``None`` field filled from the
+    DESIGN.md recipe of ``backbone.family`` and ``tuner``; ``None``/``False`` -> no loss,
+    ``True`` -> ``FortConfig()`` (the recipe).
+
+    Raises:
+        UnsupportedMethodError: the loss cannot act here (linear probe: frozen features; a
+            model without attention), or the recipe has no α and none was given.
+    """
     if fort is None or fort is False:
         return None
-    if fort is True:
-        recipe = recipe_for(backbone.family, tuner)
-        if recipe.alpha <= 0:
-            raise ValueError(
-                f"the {tuner} recipe has no attention loss; pass FortConfig(alpha=..., tau=...) explicitly"
-            )
-        return FortConfig(alpha=recipe.alpha, tau=recipe.tau, top_p=recipe.top_p)
-    return fort if fort.enabled else None
+    fort = FortConfig() if fort is True else fort
+    if tuner == "linear":
+        raise UnsupportedMethodError(
+            "the linear probe trains only the head on frozen features, which the attention loss "
+            "cannot change: drop fort, or choose tuner full, lora or ssf"
+        )
+    if backbone.family not in ("vit", "swin"):
+        raise UnsupportedMethodError(
+            f"the attention-enhancement loss needs a transformer; {backbone.name} is a "
+            f"{backbone.family}: drop fort, or load a ViT or Swin"
+        )
+    recipe = recipe_for(backbone.family, tuner)
+    alpha = fort.alpha if fort.alpha is not None else recipe.alpha
+    if alpha is None or (fort.alpha is None and recipe.alpha <= 0):
+        raise UnsupportedMethodError(
+            f"the {backbone.family} {tuner} recipe of DESIGN.md has no attention-loss weight; "
+            "pass FortConfig(alpha=..., tau=...) explicitly"
+        )
+    size = (
+        {}
+        if fort.top_k is not None or fort.top_fraction is not None
+        else {"top_k": recipe.top_k, "top_fraction": recipe.top_fraction}
+    )
+    return replace(fort, alpha=alpha, tau=fort.tau if fort.tau is not None else recipe.tau, **size)
 
 
 @contextmanager
@@ -145,32 +168,35 @@ def fit_task(
     backbone: BackboneAdapter,
     images: Tensor,
     labels: Tensor,
-    tuner: str = "lora",
+    tuner: str | TunerConfig = "lora",
     fort: FortConfig | bool | None = None,
-    head_init: str = "logistic",
+    options: FitOptions | None = None,
     tuner_options: dict | None = None,
-    **recipe_overrides,
+    **option_overrides,
 ) -> Iterator[TaskModel]:
     """Fine-tune ``backbone`` on one support set; the tuned model is valid inside the block.
 
     Args:
         backbone: any adapter (weights are restored bit-identically on exit, also on error).
         images: ``(M, 3, H, W)`` preprocessed support images; labels ``(M,)`` in ``0..N-1``.
-        tuner: ``linear``, ``full``, ``lora``, ``vpt`` or ``ssf``.
-        fort: a :class:`FortConfig`, ``True`` for the recipe's α/τ/P, or None (plain baseline).
-        head_init: ``prototype``, ``ridge`` or ``logistic``.
-        tuner_options: extra options of the tuner config (e.g. ``{"rank": 8}`` for LoRA).
-        recipe_overrides: ``lr``, ``steps``, ``optimizer``, ``weight_decay``, ``momentum``.
+        tuner: ``linear``, ``full``, ``lora``, ``vpt``, ``ssf`` or a tuner config.
+        fort: a :class:`FortConfig` (``None`` fields: the recipe's), ``True`` for the recipe,
+            or None (plain fine-tuning).
+        options: :class:`FitOptions` (recipe overrides, head init); keyword overrides
+            (``lr=``, ``steps=``, ``head_init=`` ...) are merged into it.
+        tuner_options: options of a tuner given by name (e.g. ``{"rank": 8}`` for LoRA).
 
     Example::
 
-        with fit_task(backbone, xs, ys, tuner="lora", fort=True) as task:
+        with fit_task(backbone, xs, ys, tuner="lora", fort=FortConfig()) as task:
             accuracy = (task.predict(xq) == yq).float().mean()
     """
-    recipe = recipe_for(backbone.family, tuner).override(**recipe_overrides)
-    fort_config = resolve_fort(backbone, tuner, fort)
+    options = replace(options or FitOptions(), **option_overrides)
+    config = tuner if isinstance(tuner, TunerConfig) else make_tuner(tuner, **(tuner_options or {}))
+    recipe = recipe_for(backbone.family, config.name).override(**options.recipe_overrides())
+    fort_config = resolve_fort(backbone, config.name, fort)
     labels = labels.to(images.device)
-    head = init_head(support_features(backbone, images), labels, method=head_init)
+    head = init_head(support_features(backbone, images), labels, method=options.head_init)
     original_head = backbone.head if backbone.head_name else None
     modes = {m: m.training for m in backbone.modules()}
     targets = None
@@ -178,7 +204,6 @@ def fit_task(
     try:
         if fort_config is not None:
             targets = make_prompt_targets(backbone, images, labels, fort_config)
-        config = make_tuner(tuner, **(tuner_options or {}))
         with apply_tuner(backbone, config) as tuned:
             task = TaskModel(
                 backbone,

@@ -12,7 +12,9 @@ from focusvit.backbones import UnsupportedMethodError
 from focusvit.data import SyntheticScenes, TensorDataset
 from focusvit.data.synthetic import SceneConfig
 from focusvit.finetune import FortConfig, evaluate, fit_task, recipe_for
-from focusvit.finetune.evaluate import parse_method
+from focusvit.errors import ConfigError, SettingsMismatchError
+from focusvit.finetune.evaluate import MethodChoice, parse_method
+from focusvit.runs import EpisodeSpec
 
 
 def snapshot(backbone) -> dict[str, torch.Tensor]:
@@ -76,9 +78,10 @@ def test_fit_task_with_fort_records_attention_loss_on_vit_and_swin():
     for name in ("timm-vit", "hf-vit", "timm-swin", "hf-swin"):
         backbone = tiny_adapter(name)
         images, labels = support_set(backbone)
-        fort = FortConfig(alpha=0.5, tau=1.0, top_p=3)
+        fort = FortConfig(alpha=0.5, tau=1.0, top_k=3)
         with fit_task(backbone, images, labels, tuner="lora", fort=fort, steps=2) as task:
             attn = [step["attn"] for step in task.losses]
+            assert len(attn) == 2, name  # one per step: the check below is not vacuous
             assert all(a > 0 and torch.isfinite(torch.tensor(a)) for a in attn), name
             total = task.losses[0]
             assert total["total"] == pytest.approx(total["ce"] + 0.5 * total["attn"], rel=1e-5)
@@ -87,7 +90,7 @@ def test_fit_task_with_fort_records_attention_loss_on_vit_and_swin():
 def test_vpt_with_fort_reads_patch_keys_after_the_prompt_tokens():
     backbone = tiny_adapter("timm-vit")
     images, labels = support_set(backbone)
-    fort = FortConfig(alpha=1.0, top_p=3)
+    fort = FortConfig(alpha=1.0, tau=1.0, top_k=3)
     with fit_task(backbone, images, labels, tuner="vpt", fort=fort, steps=1) as task:
         assert task.prompt_targets.shape == (6, backbone.geometry((32, 32)).num_patches)
         assert task.losses[0]["attn"] > 0
@@ -114,7 +117,7 @@ def synthetic_support(backbone, n_way: int = 3, k_shot: int = 2, size: int = 64)
 def test_attention_loss_raises_prompt_mass_on_a_synthetic_task():
     backbone = tiny_adapter("timm-vit")
     images, labels = synthetic_support(backbone)
-    fort = FortConfig(alpha=1.0, tau=1.0, top_p=8)
+    fort = FortConfig(alpha=1.0, tau=1.0, top_k=8)
     with fit_task(backbone, images, labels, tuner="lora", fort=fort, steps=15, lr=5e-2) as task:
         mask = task.prompt_targets > 0  # (6, 64): the 8 prompt patches of each support image
         with_loss = last_layer_prompt_mass(backbone, images, mask)
@@ -136,7 +139,7 @@ def test_fort_true_uses_the_recipe_and_cnn_rejects_fort():
     cnn = tiny_adapter("timm-cnn")
     images, labels = support_set(cnn)
     with (
-        pytest.raises(UnsupportedMethodError, match="alpha=0"),
+        pytest.raises(UnsupportedMethodError, match="drop fort"),
         fit_task(cnn, images, labels, tuner="full", fort=FortConfig(alpha=0.5)),
     ):
         pass
@@ -195,13 +198,17 @@ def tensor_dataset(classes: int = 6, per_class: int = 5, size: int = 32) -> Tens
 def test_evaluate_same_episodes_for_every_method_and_deterministic(tmp_path):
     backbone = tiny_adapter("timm-vit")
     data = tensor_dataset()
-    kwargs = dict(n_way=3, k_shot=1, n_query=2, episodes=3, seed=5, progress=False)
-    proto = evaluate(backbone, data, method="prototype", **kwargs)
-    lora = evaluate(backbone, data, method="lora+fort", steps=2, **kwargs)
-    again = evaluate(backbone, data, method="lora+fort", steps=2, **kwargs)
+    spec = EpisodeSpec(n_way=3, k_shot=1, n_query=2, episodes=3, seed=5)
+    proto = evaluate(backbone, data, solver="prototype", episodes=spec, progress=False)
+    lora = evaluate(backbone, data, tuner="lora", fort=FortConfig(), episodes=spec, steps=2,
+                    progress=False)  # fmt: skip
+    again = evaluate(backbone, data, tuner="lora", fort=FortConfig(), episodes=spec, steps=2,
+                     progress=False)  # fmt: skip
+    assert lora.method == "lora+fort" and proto.method == "prototype"
     assert [r["classes"] for r in proto.records] == [r["classes"] for r in lora.records]
     assert lora.accuracies == again.accuracies
-    assert len(proto.accuracies) == 3 and all(0 <= a <= 1 for a in proto.accuracies)
+    assert len(proto.accuracies) == 3
+    assert min(proto.accuracies) >= 0 and max(proto.accuracies) <= 1
     assert proto.mean == pytest.approx(sum(proto.accuracies) / 3)
     spread = torch.tensor(proto.accuracies).std(unbiased=False).item()
     assert proto.ci95 == pytest.approx(1.96 * spread / 3**0.5, abs=1e-9)
@@ -210,9 +217,12 @@ def test_evaluate_same_episodes_for_every_method_and_deterministic(tmp_path):
 def test_evaluate_resume_after_interruption_gives_the_same_file(tmp_path):
     backbone = tiny_adapter("timm-vit")
     data = tensor_dataset()
-    kwargs = dict(n_way=3, k_shot=1, n_query=2, episodes=5, seed=1, progress=False)
+    kwargs = dict(
+        solver="ridge", episodes=EpisodeSpec(n_way=3, k_shot=1, n_query=2, episodes=5, seed=1),
+        progress=False,
+    )  # fmt: skip
     whole = tmp_path / "whole.jsonl"
-    evaluate(backbone, data, method="ridge", output=whole, **kwargs)
+    evaluate(backbone, data, output=whole, **kwargs)
 
     cut = tmp_path / "cut.jsonl"
     seen = []
@@ -223,36 +233,95 @@ def test_evaluate_resume_after_interruption_gives_the_same_file(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        evaluate(backbone, data, method="ridge", output=cut, on_episode=interrupt, **kwargs)
+        evaluate(backbone, data, output=cut, on_episode=interrupt, **kwargs)
     with cut.open("a") as handle:  # a record cut mid-write by the interruption
         handle.write('{"method": "ridge", "episo')
     computed = []
-    result = evaluate(
-        backbone, data, method="ridge", output=cut, on_episode=computed.append, **kwargs
-    )
+    result = evaluate(backbone, data, output=cut, on_episode=computed.append, **kwargs)
     assert cut.read_text() == whole.read_text()
     assert len(result.accuracies) == 5
     lines = [json.loads(line) for line in cut.read_text().splitlines()]
-    assert [r["episode"] for r in lines] == [0, 1, 2, 3, 4]
+    assert "settings" in lines[0]
+    assert [r["episode"] for r in lines[1:]] == [0, 1, 2, 3, 4]
 
 
-def test_evaluate_refuses_to_resume_with_other_settings(tmp_path):
-    backbone = tiny_adapter("timm-vit")
-    data = tensor_dataset()
+SPEC = EpisodeSpec(n_way=2, k_shot=1, n_query=1, episodes=1, seed=0)
+FIRST_RUN = dict(tuner="lora", steps=1, episodes=SPEC)
+#: each changed setting of a rerun, and the setting the refusal must name
+CHANGED = [
+    ("steps", dict(steps=2), "recipe.steps"),
+    ("lr", dict(lr=1e-4), "recipe.lr"),
+    ("rank", dict(tuner_options={"rank": 8}), "tuner.rank"),
+    ("head_init", dict(head_init="prototype"), "head_init"),
+    ("fort", dict(fort=FortConfig()), "fort"),
+    ("episodes", dict(episodes=EpisodeSpec(n_way=3, k_shot=1, n_query=1, episodes=1)), "n_way"),
+    ("backbone", dict(backbone="hf-vit"), "backbone."),
+]
+
+
+@pytest.mark.parametrize(("what", "change", "named"), CHANGED, ids=[c[0] for c in CHANGED])
+def test_evaluate_refuses_to_resume_with_any_other_setting(tmp_path, what, change, named):
+    data = tensor_dataset(classes=3, per_class=2)
     out = tmp_path / "run.jsonl"
-    evaluate(backbone, data, n_way=3, k_shot=1, n_query=2, episodes=1, output=out, progress=False)
-    with pytest.raises(ValueError, match="new output file"):
-        evaluate(backbone, data, n_way=2, k_shot=1, n_query=2, episodes=1, output=out)
+    evaluate(tiny_adapter("timm-vit"), data, output=out, progress=False, **FIRST_RUN)
+    before = out.read_text()
+    change = dict(change)
+    backbone = tiny_adapter(change.pop("backbone", "timm-vit"))
+    rerun = {**FIRST_RUN, **change}
+    with pytest.raises(SettingsMismatchError, match=named.replace(".", "\\.")) as error:
+        evaluate(backbone, data, output=out, progress=False, **rerun)
+    assert "new output" in str(error.value)
+    assert out.read_text() == before  # nothing written
+    # the same settings resume (no episode is recomputed)
+    again = evaluate(tiny_adapter("timm-vit"), data, output=out, progress=False, **FIRST_RUN)
+    assert len(again.accuracies) == 1 and out.read_text() == before
+
+
+def test_fort_is_honoured_or_refused_never_ignored():
+    backbone = tiny_adapter("timm-vit")
+    data = tensor_dataset(classes=3, per_class=2)
+    seen = []
+    with_loss = evaluate(backbone, data, tuner="lora", fort=FortConfig(alpha=1.0), steps=1,
+                         episodes=SPEC, progress=False, on_episode=seen.append)  # fmt: skip
+    assert with_loss.method == "lora+fort"
+    assert seen[0]["final_loss"]["attn"] > 0  # the loss was computed and weighted in
+    assert seen[0]["final_loss"]["total"] == pytest.approx(
+        seen[0]["final_loss"]["ce"] + 1.0 * seen[0]["final_loss"]["attn"], rel=1e-5
+    )
+    for refused in (dict(solver="ridge"), dict(tuner="linear")):
+        with pytest.raises(ConfigError, match="drop fort"):
+            evaluate(backbone, data, fort=FortConfig(), episodes=SPEC, progress=False, **refused)
+    with pytest.raises(ConfigError, match="drop fort"):
+        evaluate(tiny_adapter("timm-cnn"), data, tuner="full", fort=FortConfig(), episodes=SPEC)
+    for shorthand in ("ridge+fort", "linear+fort", "prototype+fort"):
+        with pytest.raises(ConfigError, match="drop fort"):
+            parse_method(shorthand)
+    assert parse_method("lora+fort") == MethodChoice(tuner="lora", fort=True)
+
+
+def test_evaluate_refuses_ambiguous_or_legacy_arguments():
+    backbone = tiny_adapter("timm-vit")
+    data = tensor_dataset(classes=3, per_class=2)
+    with pytest.raises(ConfigError, match="exactly one"):
+        evaluate(backbone, data, episodes=SPEC)
+    with pytest.raises(ConfigError, match="exactly one"):
+        evaluate(backbone, data, tuner="lora", solver="ridge", episodes=SPEC)
+    with pytest.raises(TypeError, match="tuner='lora'"):
+        evaluate(backbone, data, method="lora+fort")
+    with pytest.raises(TypeError, match="EpisodeSpec"):
+        evaluate(backbone, data, solver="ridge", n_way=3)
+    with pytest.raises(ConfigError, match="do not apply to solver"):
+        evaluate(backbone, data, solver="ridge", steps=3, episodes=SPEC)
 
 
 def test_evaluate_bad_input():
     backbone = tiny_adapter("timm-vit")
     data = tensor_dataset(classes=3, per_class=3)
     with pytest.raises(ValueError, match="class"):
-        evaluate(backbone, data, n_way=4, k_shot=1, n_query=1, episodes=1)
+        evaluate(backbone, data, solver="ridge", episodes=EpisodeSpec(n_way=4, k_shot=1, n_query=1, episodes=1))
     with pytest.raises(ValueError, match="3 images"):
-        evaluate(backbone, data, n_way=2, k_shot=1, n_query=5, episodes=1)
-    with pytest.raises(ValueError, match="\\+fort"):
+        evaluate(backbone, data, solver="ridge", episodes=EpisodeSpec(n_way=2, k_shot=1, n_query=5, episodes=1))
+    with pytest.raises(ConfigError, match="\\+fort"):
         parse_method("lora+focus")
 
 
@@ -268,8 +337,8 @@ def test_dinov2_linear_probe_beats_chance_on_synthetic_scenes():
     backbone = load_backbone("offline:dinov2-s14-imgfocus")
     scenes = SyntheticScenes("novel", images_per_class=6, config=SceneConfig(), seed=0)
     result = evaluate(
-        backbone, scenes, method="linear", n_way=5, k_shot=1, n_query=5, episodes=20,
-        seed=0, progress=False,
+        backbone, scenes, tuner="linear", episodes=EpisodeSpec(n_way=5, k_shot=1, n_query=5, episodes=20),
+        progress=False,
     )  # fmt: skip
     assert result.mean - result.ci95 > 0.25, str(result)
 
@@ -282,7 +351,7 @@ def test_attention_loss_alone_has_gradient_on_the_tuner_parameters(name, tuner):
 
     backbone = tiny_adapter(name)
     images, labels = support_set(backbone)
-    fort = FortConfig(alpha=1.0, top_p=3)
+    fort = FortConfig(alpha=1.0, tau=1.0, top_k=3)
     targets = make_prompt_targets(backbone, images, labels, fort)
     with apply_tuner(backbone, tuner) as tuned:
         own = [

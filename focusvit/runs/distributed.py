@@ -1,20 +1,17 @@
 """Multi-process episodic evaluation with ``torch.distributed`` (``torchrun``, ``accelerate
 launch``, or any launcher that sets ``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR``).
 
-Episode ids are dealt round-robin (rank ``r`` of ``W`` gets ``r, r + W, ...``); every rank runs
-``focusvit.evaluate(..., episode_ids=its ids)`` and streams to its own shard file (resumable);
-the records are gathered with ``all_gather_object`` and rank 0 writes one JSONL sorted by
-episode, byte-identical to the file of a single-process run (which is written by the same
-:func:`write_records`). gloo on CPU, nccl on CUDA.
+Episode ids are dealt round-robin (rank ``r`` of ``W`` gets ``r, r + W, ...``). The evaluate
+loop (:func:`focusvit.runs.evaluate`) does the rest: every rank streams to its own shard file
+(resumable), the records are gathered with ``all_gather_object`` and rank 0 writes the one
+episode file, identical to the file of a single-process run. gloo on CPU, nccl on CUDA.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -24,60 +21,6 @@ def shard(ids: Sequence[int], rank: int, world_size: int) -> list[int]:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     return list(ids)[rank::world_size]
-
-
-def read_records(path: str | Path, method: str | None = None) -> list[dict]:
-    """Complete JSONL records of ``path`` (cut lines skipped), optionally of one method."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if method is None or record.get("method") == method:
-            records.append(record)
-    return records
-
-
-def merge_records(groups: Iterable[Iterable[dict]]) -> list[dict]:
-    """One record per episode (first seen wins), sorted by episode id."""
-    merged: dict[int, dict] = {}
-    for group in groups:
-        for record in group:
-            merged.setdefault(int(record["episode"]), record)
-    return [merged[k] for k in sorted(merged)]
-
-
-def write_records(path: str | Path, records: Iterable[dict]) -> None:
-    """The canonical per-method JSONL: one ``json.dumps`` line per episode, sorted."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in merge_records([records])))
-    tmp.replace(path)
-
-
-def seed_shard(merged: Path, shard_path: Path, ids: Sequence[int], method: str) -> None:
-    """Copy finished episodes of ``ids`` from a merged file into a shard file, so a
-    multi-process run resumes what any earlier run (single- or multi-process) finished."""
-    wanted = set(ids)
-    have = {int(r["episode"]) for r in read_records(shard_path, method)}
-    missing = [
-        r
-        for r in read_records(merged, method)
-        if int(r["episode"]) in wanted and int(r["episode"]) not in have
-    ]
-    if missing:
-        shard_path.parent.mkdir(parents=True, exist_ok=True)
-        existing = read_records(shard_path)
-        write_records_unsorted(shard_path, existing + missing)
-
-
-def write_records_unsorted(path: Path, records: Iterable[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 @dataclass

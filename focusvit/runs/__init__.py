@@ -1,0 +1,46 @@
+"""focusvit.runs: the one run layer (DESIGN.md sections 6 and 10).
+
+- :class:`EpisodeSpec`, :class:`BackboneSpec`, :func:`episode_seed`: what a run evaluates;
+- :func:`evaluate` over a :class:`Runner`: the one episode loop (resumable JSONL, sharding);
+- :class:`EpisodeLog`, :class:`RunDir`: episode files and run folders with their settings record;
+- :func:`check_settings`: the one "resume or refuse other settings" check;
+- :func:`save_state` / :func:`load_state`: atomic, pickle-free checkpoints;
+- :func:`mean_and_ci`, :class:`EvaluationResult`: the one interval formula.
+"""
+
+from .checkpoint import load_state, save_state
+from .distributed import DistContext, shard
+from .loop import Runner, dataset_settings, evaluate, run_one, run_settings
+from .records import EpisodeLog, atomic_write_text, merge_records, read_episode_file
+from .rundir import RunDir
+from .settings import changed_settings, check_settings, fingerprint, flatten, to_plain
+from .spec import BackboneSpec, EpisodeSpec, episode_seed
+from .stats import EvaluationResult, format_ci, mean_and_ci
+
+__all__ = [
+    "BackboneSpec",
+    "DistContext",
+    "EpisodeLog",
+    "EpisodeSpec",
+    "EvaluationResult",
+    "RunDir",
+    "Runner",
+    "atomic_write_text",
+    "changed_settings",
+    "check_settings",
+    "dataset_settings",
+    "episode_seed",
+    "evaluate",
+    "fingerprint",
+    "flatten",
+    "format_ci",
+    "load_state",
+    "mean_and_ci",
+    "merge_records",
+    "read_episode_file",
+    "run_one",
+    "run_settings",
+    "save_state",
+    "shard",
+    "to_plain",
+]

@@ -1,0 +1,115 @@
+"""Atomic checkpoints without pickle: tensors in a safetensors file, everything else as JSON in
+its metadata (DESIGN.md section 10: loading never unpickles a file).
+
+A state is any nesting of dicts (string or integer keys), lists, tuples, tensors and JSON
+scalars (optimizer and scheduler ``state_dict()``, RNG states, histories). The file is written
+to a temporary name and renamed, so an interruption leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from focusvit.errors import CheckpointError
+
+_FORMAT = "focusvit-state-1"
+
+
+def _encode(value: Any, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(value, Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = value.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(value, dict):
+        return {"__dict__": [[_key(k), _encode(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, tensors) for v in value]
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy scalar
+        return value.item()
+    raise TypeError(
+        f"cannot store a {type(value).__name__} in a checkpoint; convert it to tensors, "
+        "lists, dicts or numbers first"
+    )
+
+
+def _key(key: Any) -> Any:
+    if isinstance(key, bool | int | str):
+        return key
+    raise TypeError(f"checkpoint dict keys must be str or int, got {type(key).__name__}")
+
+
+def _decode(value: Any, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            return tensors[value["__tensor__"]]
+        if "__tuple__" in value:
+            return tuple(_decode(v, tensors) for v in value["__tuple__"])
+        if "__dict__" in value:
+            return {k: _decode(v, tensors) for k, v in value["__dict__"]}
+    return value
+
+
+def save_state(path: str | os.PathLike, state: Any) -> Path:
+    """Write ``state`` to ``path`` (a ``.safetensors`` file) atomically; returns the path.
+
+    Tensors that share storage are stored once each as independent copies.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, Tensor] = {}
+    skeleton = _encode(state, tensors)
+    tensors = {k: v.clone() if _shares_storage(v, tensors) else v for k, v in tensors.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": _FORMAT, "state": json.dumps(skeleton)})
+    os.replace(tmp, path)
+    return path
+
+
+def _shares_storage(tensor: Tensor, tensors: dict[str, Tensor]) -> bool:
+    if tensor.numel() == 0:
+        return False
+    pointer = tensor.untyped_storage().data_ptr()
+    return sum(t.numel() > 0 and t.untyped_storage().data_ptr() == pointer for t in tensors.values()) > 1
+
+
+def load_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Read a state written by :func:`save_state` (no code is ever executed).
+
+    Raises:
+        CheckpointError: the file is missing, not a safetensors file, damaged, or not a
+            focusvit state (each message names the file and the fix).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except Exception as error:  # safetensors raises several types on a damaged header
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {error}; the file is damaged or not a focusvit "
+            "checkpoint (.safetensors): delete it to start again"
+        ) from error
+    if metadata.get("format") != _FORMAT:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a focusvit checkpoint (no {_FORMAT!r} "
+            "metadata); point to a checkpoint written by focusvit"
+        )
+    return _decode(json.loads(metadata["state"]), tensors)

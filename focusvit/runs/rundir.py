@@ -1,0 +1,107 @@
+"""A run folder: the settings record of a whole run, one episode file per method, atomic
+checkpoints, and the refusal to mix runs of other settings (the CLI's ``out=``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from focusvit.errors import SettingsMismatchError
+
+from .checkpoint import load_state, save_state
+from .records import atomic_write_text
+from .settings import check_settings, to_plain
+
+#: the settings record of a run folder
+SETTINGS_FILE = "settings.json"
+
+
+class RunDir:
+    """A run folder.
+
+    Layout: ``settings.json`` (every setting of the run), ``episodes/<method>.jsonl`` (one
+    resumable episode file per method), ``shards/`` (per-rank files of multi-process runs),
+    ``checkpoints/<name>.safetensors`` (:func:`~focusvit.runs.checkpoint.save_state`).
+
+    Args:
+        path: the folder.
+        settings: the run's settings (nested dicts / dataclasses / OmegaConf containers).
+        resumable: dotted keys (or prefixes) that may change when the run is resumed, e.g.
+            the episode count, the list of methods or report options.
+        ignored_files: names in a fresh folder that do not make it "another run" (e.g. the
+            ``.hydra`` folder and log files Hydra writes before the run starts).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        settings: Mapping[str, Any],
+        resumable: Iterable[str] = (),
+        ignored_files: Iterable[str] = (".hydra",),
+    ):
+        self.path = Path(path)
+        self.settings = to_plain(dict(settings))
+        self.resumable = tuple(resumable)
+        self.ignored_files = tuple(ignored_files)
+
+    @property
+    def settings_file(self) -> Path:
+        return self.path / SETTINGS_FILE
+
+    def check(self) -> bool:
+        """True when the folder holds this run already (to resume); False for a new run.
+
+        Raises:
+            SettingsMismatchError: the folder holds a run of other settings (naming them), or
+                is not empty and not a focusvit run folder.
+        """
+        if self.settings_file.exists():
+            try:
+                stored = json.loads(self.settings_file.read_text())
+            except json.JSONDecodeError as error:
+                raise SettingsMismatchError(
+                    f"{self.settings_file} is damaged ({error}); delete the folder to start again"
+                ) from None
+            check_settings(
+                stored,
+                self.settings,
+                str(self.path),
+                ignore=self.resumable,
+                fix="choose another out=..., or delete the folder to start again",
+            )
+            return True
+        if self.path.exists():
+            others = sorted(
+                p.name
+                for p in self.path.iterdir()
+                if p.name not in self.ignored_files
+                and p.suffix != ".log"
+                and not p.name.startswith("multirun")
+            )
+            if others:
+                raise SettingsMismatchError(
+                    f"{self.path} exists and is not a focusvit run folder (it holds "
+                    f"{', '.join(others[:5])}); choose another out=..."
+                )
+        return False
+
+    def write_settings(self) -> None:
+        """Record this run's settings (after :meth:`check`)."""
+        atomic_write_text(self.settings_file, json.dumps(self.settings, indent=2) + "\n")
+
+    def episode_file(self, method: str) -> Path:
+        return self.path / "episodes" / f"{method.replace('+', '_')}.jsonl"
+
+    def checkpoint_file(self, name: str) -> Path:
+        return self.path / "checkpoints" / f"{name}.safetensors"
+
+    def save_checkpoint(self, name: str, state: Any) -> Path:
+        return save_state(self.checkpoint_file(name), state)
+
+    def load_checkpoint(self, name: str) -> Any | None:
+        """The checkpoint ``name``, or ``None`` when there is none yet."""
+        path = self.checkpoint_file(name)
+        return load_state(path) if path.exists() else None
