@@ -13,7 +13,7 @@ Example::
     from focusvit.baselines import CANConfig, CrossAttentionNetwork, TrainConfig, train_episodic
     model = CrossAttentionNetwork(CANConfig(encoder="resnet12", num_classes=len(base.class_names)))
     train_episodic(model, base, val, TrainConfig(episodes=20000), checkpoint_dir="runs/can")
-    print(evaluate_baseline(model, novel, n_way=5, k_shot=1, transductive=True))
+    print(evaluate_baseline(model, novel, EpisodeSpec(n_way=5, k_shot=1), transductive=True))
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def build_baseline(method: str, config: Any = None, **overrides: Any) -> Episodi
 
 
 def load_baseline(path: str | os.PathLike, map_location: str = "cpu") -> EpisodicModel:
-    """The model stored in a checkpoint (``best.pt`` / ``last.pt``), whatever its method."""
+    """The model stored in a checkpoint (``best.safetensors`` / ``last.safetensors``), whatever its method."""
     checkpoint = load_checkpoint(path, map_location)
     return _model_class(checkpoint["method"]).from_checkpoint(path, map_location)
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from focusvit.backbones import FocusVitError, UnsupportedMethodError
+from focusvit.errors import CheckpointError, UnsupportedMethodError
+from focusvit.runs import load_state
 
 from .encoders import SpatialEncoder, build_encoder
 
@@ -26,10 +27,6 @@ __all__ = [
     "config_from_dict",
     "load_checkpoint",
 ]
-
-
-class CheckpointError(FocusVitError, ValueError):
-    """A checkpoint that does not fit the model or run it is loaded into."""
 
 
 @dataclass(frozen=True)
@@ -240,14 +237,12 @@ class EpisodicModel(nn.Module):
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
-    """Read a baseline checkpoint; raise :class:`CheckpointError` when it is not one."""
+    """Read a baseline checkpoint (``.safetensors``, never unpickled); raise
+    :class:`CheckpointError` when it is missing, damaged or not a baseline checkpoint."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; train first or fix the path")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:  # corrupt or not a torch file
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+    checkpoint = load_state(path, map_location=map_location)
     if not isinstance(checkpoint, dict) or "method" not in checkpoint or "model" not in checkpoint:
         raise CheckpointError(
             f"{path} is not a focusvit baseline checkpoint (no 'method'/'model' entries); pass a "

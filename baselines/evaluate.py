@@ -1,35 +1,32 @@
-"""Episodic evaluation of the baselines through the shared evaluator loop.
+"""Episodic evaluation of the baselines: a runner of the one run layer (:mod:`focusvit.runs`).
 
-Episodes, JSONL records, resume and :class:`~focusvit.finetune.EvaluationResult` are those of
-:func:`focusvit.finetune.evaluate`: episode ``i`` is ``sample_episode(dataset.labels, i, ...)``
-for every method, so baselines and ViT methods are compared on identical tasks.
+Episodes, episode files, settings records, resume and sharding are those of every other method:
+episode ``i`` is ``sample_episode(dataset.labels, i, ...)`` for every method, so baselines and
+ViT methods are compared on identical tasks.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from focusvit.data.episodes import Episode
-from focusvit.finetune.evaluate import EvaluationResult, episode_tensors, evaluate_episodes
+from focusvit.runs import DistContext, EpisodeSpec, EvaluationResult, weights_fingerprint
+from focusvit.runs import evaluate as evaluate_runner
 
 from .common import EpisodicModel
 
-__all__ = ["baseline_method_name", "evaluate_baseline"]
+__all__ = ["BaselineRunner", "baseline_method_name", "evaluate_baseline"]
 
 
 def baseline_method_name(model: EpisodicModel, transductive: bool = False) -> str:
     """The record name: ``"can"``, ``"can+transductive"``, ``"ctx"``, ``"prototype"``."""
     return model.method + ("+transductive" if transductive else "")
-
-
-def _device_of(model: EpisodicModel, device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return next(model.parameters()).device
 
 
 class _MapCache:
@@ -42,24 +39,64 @@ class _MapCache:
     def __call__(self, indices: Sequence[int]) -> Tensor:
         missing = [i for i in dict.fromkeys(indices) if i not in self._maps]
         if missing:
-            items = [self.dataset.load(i) for i in missing]
-            if isinstance(items[0], Tensor):
-                images = torch.stack(items)
-            else:
-                images = self.model.preprocess(items)
-            maps = self.model.encode(images.to(self.device))
+            maps = self.model.encode(_load(self.dataset, missing, self.model).to(self.device))
             self._maps.update(zip(missing, maps, strict=True))
         return torch.stack([self._maps[i] for i in indices])
+
+
+def _load(dataset, indices: Sequence[int], model: EpisodicModel) -> Tensor:
+    items = [dataset.load(i) for i in indices]
+    return torch.stack(items) if isinstance(items[0], Tensor) else model.preprocess(items)
+
+
+@dataclass
+class BaselineRunner:
+    """A trained CNN baseline (CAN, CTX, prototype network) as a runner, without gradients.
+
+    Attributes:
+        cache_features: encode each image once and reuse its map in every episode (in eval mode
+            an image's map does not depend on the episode); costs ``C·h·w`` floats per image.
+    """
+
+    model: EpisodicModel
+    device: torch.device
+    transductive: bool = False
+    method_name: str | None = None
+    cache_features: bool = True
+    _maps: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.method_name or baseline_method_name(self.model, self.transductive)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "method": self.model.method,
+            "config": asdict(self.model.config),
+            "weights": weights_fingerprint(self.model),
+            "transductive": self.transductive,
+        }
+
+    def run(self, dataset, episode: Episode) -> tuple[Tensor, Tensor, dict]:
+        s_labels = episode.support_labels.to(self.device)
+        q_labels = episode.query_labels.to(self.device)
+        with torch.no_grad():
+            if self.cache_features:
+                maps = self._maps.setdefault(id(dataset), _MapCache(dataset, self.model, self.device))
+                predictions = self.model.predict_maps(
+                    maps(episode.support), s_labels, maps(episode.query), self.transductive
+                )
+            else:
+                support = _load(dataset, episode.support, self.model).to(self.device)
+                query = _load(dataset, episode.query, self.model).to(self.device)
+                predictions = self.model.predict(support, s_labels, query, self.transductive)
+        return predictions, q_labels, {}
 
 
 def evaluate_baseline(
     model: EpisodicModel,
     dataset,
-    n_way: int = 5,
-    k_shot: int = 1,
-    n_query: int = 15,
-    episodes: int = 100,
-    seed: int = 0,
+    episodes: EpisodeSpec | None = None,
     output: str | os.PathLike | None = None,
     transductive: bool = False,
     progress: bool = True,
@@ -68,8 +105,9 @@ def evaluate_baseline(
     episode_ids: Sequence[int] | None = None,
     method_name: str | None = None,
     cache_features: bool = True,
+    context: DistContext | None = None,
 ) -> EvaluationResult:
-    """Evaluate a baseline on ``episodes`` N-way K-shot episodes of ``dataset``.
+    """Evaluate a baseline on the episodes of ``episodes`` drawn from ``dataset``.
 
     Args:
         model: a :class:`CrossAttentionNetwork`, :class:`CrossTransformerNetwork` or
@@ -78,49 +116,33 @@ def evaluate_baseline(
         dataset: a few-shot dataset (``labels``, ``class_names``, ``load``); images are
             preprocessed with ``model.preprocess`` (tensor datasets must already be at the
             model's ``image_size``).
+        episodes: the :class:`~focusvit.runs.EpisodeSpec` (default ``EpisodeSpec()``).
         transductive: CAN's transductive inference (other methods raise).
-        output: JSONL file, streamed and resumed exactly like :func:`focusvit.finetune.evaluate`.
+        output: the ``.jsonl`` episode file, streamed, resumed and checked exactly like
+            :func:`focusvit.evaluate` (other weights or config refuse).
         device: where to run (default: the model's device).
         method_name: record name (default :func:`baseline_method_name`).
-        cache_features: encode each image once and reuse its map in every episode (in eval
-            mode an image's map does not depend on the episode); costs ``C·h·w`` floats per
-            image of the dataset that episodes touch.
+        cache_features: see :class:`BaselineRunner`.
 
     Returns:
-        :class:`EvaluationResult` with per-episode records.
+        :class:`~focusvit.runs.EvaluationResult` with per-episode records.
     """
     model._no_transduction(transductive)
-    device = _device_of(model, device)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     training = {module: module.training for module in model.modules()}
-    maps = _MapCache(dataset, model, device) if cache_features else None
-
-    def run(episode: Episode) -> tuple[Tensor, Tensor, dict]:
-        s_labels, q_labels = episode.support_labels.to(device), episode.query_labels.to(device)
-        with torch.no_grad():
-            if maps is not None:
-                s_maps, q_maps = maps(episode.support), maps(episode.query)
-                predictions = model.predict_maps(s_maps, s_labels, q_maps, transductive)
-            else:
-                support, _, query, _ = episode_tensors(dataset, episode, model, device)
-                predictions = model.predict(support, s_labels, query, transductive)
-        return predictions, q_labels, {}
-
+    runner = BaselineRunner(model, device, transductive, method_name, cache_features)
     model.eval()
     try:
-        return evaluate_episodes(
-            method_name or baseline_method_name(model, transductive),
+        return evaluate_runner(
+            runner,
             dataset,
-            run,
-            n_way=n_way,
-            k_shot=k_shot,
-            n_query=n_query,
-            episodes=episodes,
-            seed=seed,
+            episodes or EpisodeSpec(),
             output=output,
             progress=progress,
             on_episode=on_episode,
             episode_ids=episode_ids,
+            context=context,
         )
     finally:
         for module, mode in training.items():

@@ -4,8 +4,8 @@ Training episode ``i`` is ``sample_episode(train.labels, i, n_way, k_shot, n_que
 its random choices (SimCLR or not, augmentations) come from generators seeded by ``(seed, i)``,
 so a run resumed from a checkpoint continues the same episode stream. Every
 ``validate_every`` episodes the model is evaluated on ``val_episodes`` fixed episodes of the
-validation classes (never the test / novel classes); the best weights are kept (``best.pt``)
-and loaded into the model at the end. ``last.pt`` (weights, optimiser, schedule, history) is
+validation classes (never the test / novel classes); the best weights are kept (``best.safetensors``)
+and loaded into the model at the end. ``last.safetensors`` (weights, optimiser, schedule, history) is
 written every ``checkpoint_every`` episodes and at the end; training resumes from it.
 """
 
@@ -22,9 +22,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from focusvit.data.episodes import Episode, check_episode_spec, sample_episode
+from focusvit.runs import EpisodeSpec, check_settings, episode_seed, save_state
 
 from .common import (
-    CheckpointError,
     EpisodeBatch,
     EpisodicModel,
     _fraction,
@@ -54,7 +54,7 @@ class TrainConfig:
         validate_every: episodes between validations (0: never validate).
         val_episodes, val_queries, val_seed: the fixed validation episodes (way and shot as
             in training).
-        checkpoint_every: episodes between ``last.pt`` checkpoints.
+        checkpoint_every: episodes between ``last.safetensors`` checkpoints.
         seed: seeds the training episodes and the model's random choices.
         grad_clip: max gradient norm (0: no clipping).
     """
@@ -104,7 +104,7 @@ class TrainResult:
         history: one dict per episode (``episode``, ``loss``, ``acc``, method extras).
         validations: ``{"episode", "accuracy", "ci95"}`` per validation.
         best_episode, best_accuracy: the selected checkpoint (``-1`` / nan without validation).
-        checkpoint_dir: where ``last.pt`` and ``best.pt`` are, if any.
+        checkpoint_dir: where ``last.safetensors`` and ``best.safetensors`` are, if any.
     """
 
     history: list[dict] = field(default_factory=list)
@@ -167,25 +167,17 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
 def _check_resume(checkpoint: dict, model: EpisodicModel, config: TrainConfig, path: Path) -> None:
     check_checkpoint(checkpoint, model.method, asdict(model.config), str(path))
     stored = checkpoint.get("train", {})
-    if stored.get("n_way") != config.n_way:
-        raise CheckpointError(
-            f"{path} was trained with {stored.get('n_way')}-way episodes but this run asks for "
-            f"{config.n_way}-way; resume with n_way={stored.get('n_way')} or start a new "
-            "checkpoint directory"
-        )
-    changed = [k for k in EPISODE_KEYS if stored.get(k) != getattr(config, k)]
-    if changed:
-        raise CheckpointError(
-            f"{path} was trained with { ({k: stored.get(k) for k in changed}) }, this run asks for "
-            f"{ ({k: getattr(config, k) for k in changed}) }; resume with the stored settings or "
-            "start a new checkpoint directory"
-        )
+    keys = ("n_way", *EPISODE_KEYS)
+    check_settings(
+        {k: stored.get(k) for k in keys},
+        {k: getattr(config, k) for k in keys},
+        str(path),
+        fix="resume with the stored settings or start a new checkpoint directory",
+    )
 
 
 def _save(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # never leaves a half-written checkpoint
+    save_state(path, state)  # atomic: never leaves a half-written checkpoint
 
 
 @dataclass
@@ -223,7 +215,7 @@ class _Run:
         self.result.validations = list(checkpoint["validations"])
         self.result.best_episode = int(checkpoint["best_episode"])
         self.result.best_accuracy = float(checkpoint["best_accuracy"])
-        best = self.directory / "best.pt" if self.directory else None
+        best = self.directory / "best.safetensors" if self.directory else None
         if best is not None and best.exists():
             self.best_state = load_checkpoint(best)["model"]
 
@@ -242,10 +234,8 @@ def _train_step(run: _Run, batch: EpisodeBatch) -> dict:
 
 def _validate(run: _Run, val_data, episode: int) -> None:
     c = run.config
-    result = evaluate_baseline(
-        run.model, val_data, c.n_way, c.k_shot, c.val_queries, c.val_episodes, c.val_seed,
-        progress=False,
-    )  # fmt: skip
+    spec = EpisodeSpec(c.n_way, c.k_shot, c.val_queries, c.val_episodes, c.val_seed)
+    result = evaluate_baseline(run.model, val_data, spec, progress=False)
     run.result.validations.append(
         {"episode": episode, "accuracy": result.mean, "ci95": result.ci95}
     )
@@ -255,7 +245,7 @@ def _validate(run: _Run, val_data, episode: int) -> None:
         run.best_state = copy.deepcopy({k: v.cpu() for k, v in run.model.state_dict().items()})
         if run.directory:
             best_state = {**run.model.checkpoint_state(), "train": asdict(c), "episode": episode}
-            _save(run.directory / "best.pt", {**best_state, "val_accuracy": result.mean})
+            _save(run.directory / "best.safetensors", {**best_state, "val_accuracy": result.mean})
 
 
 def _episode(run: _Run, train_data, cache: ImageCache, index: int, device) -> EpisodeBatch:
@@ -283,8 +273,8 @@ def train_episodic(
         train_data: base-class dataset; its labels are the global classes of CAN's classifier.
         val_data: validation-class dataset for model selection (never the test classes).
         config: :class:`TrainConfig`.
-        checkpoint_dir: where ``last.pt`` / ``best.pt`` go; with ``resume`` an existing
-            ``last.pt`` is continued (it must be of the same method, model config and episodes).
+        checkpoint_dir: where ``last.safetensors`` / ``best.safetensors`` go; with ``resume`` an existing
+            ``last.safetensors`` is continued (it must be of the same method, model config and episodes).
         device: default CUDA when available.
 
     Returns:
@@ -306,7 +296,7 @@ def train_episodic(
     run.result.checkpoint_dir = directory
     if directory:
         directory.mkdir(parents=True, exist_ok=True)
-        last = directory / "last.pt"
+        last = directory / "last.safetensors"
         if resume and last.exists():
             checkpoint = load_checkpoint(last, map_location=str(device))
             _check_resume(checkpoint, model, config, last)
@@ -324,7 +314,7 @@ def _loop(run: _Run, train_data, val_data, device, progress: bool) -> None:
     bar = tqdm(range(run.start, c.episodes), desc=f"train {run.model.method}", unit="episode",
                disable=not progress, initial=run.start, total=c.episodes)  # fmt: skip
     for index in bar:
-        torch.manual_seed(c.seed * 100003 + index)
+        torch.manual_seed(episode_seed(c.seed, index))
         logs = _train_step(run, _episode(run, train_data, cache, index, device))
         run.result.history.append({"episode": index, **logs})
         done = index + 1
@@ -337,7 +327,7 @@ def _loop(run: _Run, train_data, val_data, device, progress: bool) -> None:
         if run.directory and (
             done == c.episodes or (c.checkpoint_every and done % c.checkpoint_every == 0)
         ):
-            _save(run.directory / "last.pt", run.training_state(done))
+            _save(run.directory / "last.safetensors", run.training_state(done))
         bar.set_postfix(_postfix(run.result))
 
 

@@ -6,6 +6,7 @@ from .evaluate import (
     SolverRunner,
     TunerRunner,
     backbone_settings,
+    check_method_names,
     evaluate,
     make_runner,
     parse_method,
@@ -13,7 +14,7 @@ from .evaluate import (
 from .heads import SOLVERS, init_head, solve
 from .losses import FortConfig, swin_attention_loss, vit_attention_loss
 from .recipes import HEAD_INITS, RECIPES, FitOptions, Recipe, recipe_for
-from .trainer import TaskModel, fit_task, support_features
+from .trainer import TaskModel, fit_task, resolve_fort, support_features
 from .tuners import (
     TUNERS,
     FullConfig,
@@ -44,12 +45,13 @@ __all__ = [
     "SolverRunner",
     "TaskModel",
     "TunedModel",
-    "TunerRunner",
     "TunerConfig",
+    "TunerRunner",
     "VPTConfig",
     "applicable_tuners",
-    "backbone_settings",
     "apply_tuner",
+    "backbone_settings",
+    "check_method_names",
     "evaluate",
     "fit_task",
     "init_head",
@@ -57,6 +59,7 @@ __all__ = [
     "make_tuner",
     "parse_method",
     "recipe_for",
+    "resolve_fort",
     "solve",
     "support_features",
     "swin_attention_loss",

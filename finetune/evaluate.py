@@ -12,7 +12,6 @@ Episodes, resume, settings records and sharding are those of :mod:`focusvit.runs
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -24,7 +23,7 @@ from torch import Tensor
 from focusvit.backbones import BackboneAdapter
 from focusvit.data.episodes import Episode
 from focusvit.errors import ConfigError
-from focusvit.runs import DistContext, EpisodeSpec, EvaluationResult, to_plain
+from focusvit.runs import DistContext, EpisodeSpec, EvaluationResult, to_plain, weights_fingerprint
 from focusvit.runs import evaluate as evaluate_runner
 
 from .heads import SOLVERS, solve
@@ -103,25 +102,6 @@ def _refuse_fort(tuner: str | None, solver: str | None, fort: bool, family: str 
 
 
 # ----------------------------------------------------------------------------- settings
-_WEIGHTS_CACHE: dict[int, tuple[tuple, str]] = {}
-
-
-def weights_fingerprint(backbone: BackboneAdapter) -> str:
-    """A hash of every parameter and buffer of the backbone (cached until one changes)."""
-    tensors = list(backbone.model.state_dict(keep_vars=True).items())
-    versions = tuple((name, t.data_ptr(), t._version) for name, t in tensors)
-    cached = _WEIGHTS_CACHE.get(id(backbone))
-    if cached is not None and cached[0] == versions:
-        return cached[1]
-    digest = hashlib.sha256()
-    for name, tensor in tensors:
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    value = digest.hexdigest()[:16]
-    _WEIGHTS_CACHE[id(backbone)] = (versions, value)
-    return value
-
-
 def backbone_settings(backbone: BackboneAdapter) -> dict[str, Any]:
     """What identifies a backbone in a settings record: name, family, preprocessing and a hash
     of its weights (so another checkpoint of the same architecture is another setting)."""
@@ -129,7 +109,7 @@ def backbone_settings(backbone: BackboneAdapter) -> dict[str, Any]:
     return {
         "name": backbone.name,
         "family": backbone.family,
-        "weights": weights_fingerprint(backbone),
+        "weights": weights_fingerprint(backbone.model),
         "input_size": list(config.get("input_size", ())),
         "mean": list(config.get("mean", ())),
         "std": list(config.get("std", ())),

@@ -19,7 +19,7 @@ from torch import Tensor
 QueryRows = Literal["all", "cls"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class FortConfig:
     """Hyper-parameters of position prompts + attention-enhancement loss (DESIGN.md 4-6).
 
@@ -80,7 +80,7 @@ class FortConfig:
                 ) from None
             if not layers:
                 raise ValueError("layers must name at least one block, e.g. layers=[-1]")
-            object.__setattr__(self, "layers", layers)
+            self.layers = layers
         if self.weighting not in ("importance", "multi_hot"):
             raise ValueError(f"weighting must be 'importance' or 'multi_hot', got {self.weighting!r}")
 

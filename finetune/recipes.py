@@ -51,7 +51,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class FitOptions:
     """Overrides of the DESIGN.md recipe (``None`` keeps the recipe's value) and the head init.
 

@@ -9,13 +9,14 @@ Quick start::
     explanation = focusvit.explain(backbone, batch, method="rollout_svd")  # scores (B, h, w)
     prompts = focusvit.make_prompts(explanation, top_p=14)                 # mask (B, h, w)
     scenes = focusvit.SyntheticScenes("novel")
-    result = focusvit.evaluate(backbone, scenes, method="lora+fort", n_way=5, k_shot=1)
+    spec = focusvit.EpisodeSpec(n_way=5, k_shot=1, n_query=15, episodes=100)
+    result = focusvit.evaluate(backbone, scenes, tuner="lora", fort=focusvit.FortConfig(),
+                               episodes=spec)
     print(result)  # lora+fort: mean ± 95% interval
 """
 
 from focusvit.backbones import (
     BackboneAdapter,
-    FocusVitError,
     adapt,
     load_backbone,
     save_backbone,
@@ -29,6 +30,7 @@ from focusvit.data import (
     sample_episodes,
     sample_photos,
 )
+from focusvit.errors import ConfigError, FocusVitError, SettingsMismatchError
 from focusvit.explainers import (
     Explanation,
     attention_mass,
@@ -40,33 +42,50 @@ from focusvit.explainers import (
     prompt_precision,
 )
 from focusvit.finetune import (
+    FitOptions,
     FortConfig,
+    FullConfig,
+    LinearConfig,
+    LoraConfig,
+    SSFConfig,
+    VPTConfig,
     applicable_tuners,
     apply_tuner,
     evaluate,
     fit_task,
 )
-from focusvit.finetune.pretrain import PretrainConfig, pretrain
+from focusvit.pretraining import PretrainConfig, pretrain
 from focusvit.prompting import (
     PositionPrompt,
     make_prompts,
-    plot_explanation,
-    save_overlay_grid,
     swin_window_prompts,
 )
+from focusvit.reports.figures import plot_explanation, save_overlay_grid
+from focusvit.runs import BackboneSpec, EpisodeSpec, EvaluationResult, mean_and_ci
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackboneAdapter",
+    "BackboneSpec",
+    "ConfigError",
+    "EpisodeSpec",
+    "EvaluationResult",
     "Explanation",
+    "FitOptions",
     "FocusVitError",
     "FortConfig",
+    "FullConfig",
     "ImageFolderDataset",
+    "LinearConfig",
+    "LoraConfig",
     "PositionPrompt",
     "PretrainConfig",
+    "SSFConfig",
+    "SettingsMismatchError",
     "SyntheticScenes",
     "TensorDataset",
+    "VPTConfig",
     "__version__",
     "adapt",
     "applicable_tuners",
@@ -81,6 +100,7 @@ __all__ = [
     "load_backbone",
     "load_images",
     "make_prompts",
+    "mean_and_ci",
     "plot_explanation",
     "pointing_game",
     "pretrain",

@@ -22,79 +22,37 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from focusvit.errors import ConfigError
 from focusvit.runconfig import (
     CONFIG_PATH,
-    BackboneSpec,
-    ConfigError,
-    EpisodeSpec,
-    TrainerSpec,
+    build,
     check_paths,
     explainer_nodes,
-    fewshot_methods,
     instantiate,
     normalise_inputs,
 )
+from focusvit.runs import BackboneSpec, EpisodeSpec, RunDir
 
-MARKER = "run.yaml"
-#: keys that may change when a run folder is resumed
-RESUMABLE_KEYS = ("episodes.episodes", "methods", "progress", "report", "trainer.device", "out")
-
-
-# ----------------------------------------------------------------------------- output folders
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        flat: dict[str, Any] = {}
-        for key, value in node.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: node}
+#: keys of a run's settings that may change when its folder is resumed
+RESUMABLE_KEYS = ("episodes.episodes", "methods", "progress", "report", "device", "out")
 
 
-def _comparable(config: dict) -> dict[str, Any]:
-    return {
-        key: value
-        for key, value in _flatten(config).items()
-        if not any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
-    }
+def run_dir(out: str | Path, cfg: DictConfig) -> RunDir:
+    """The run folder of ``cfg`` (:class:`focusvit.runs.RunDir`): its settings record is the
+    whole composed config, of which only :data:`RESUMABLE_KEYS` may change on resume."""
+    return RunDir(out, OmegaConf.to_container(cfg, resolve=True), resumable=RESUMABLE_KEYS)
 
 
 def prepare_output_dir(out: str | Path, cfg: DictConfig, write: bool = True) -> bool:
-    """Check ``out`` for this run; returns True when an earlier run is resumed.
+    """Check ``out`` for this run (True when an earlier run is resumed) and record the settings.
 
-    A folder holding ``run.yaml`` with the same settings (other than the episode count, the
-    methods and report options) is resumed; different settings or a non-empty folder that is
-    not a focusvit run raise :class:`ConfigError` (nothing is overwritten). Hydra's own
-    ``.hydra/`` and ``*.log`` files do not count.
+    A folder holding a run with other settings, or a non-empty folder that is not a focusvit
+    run, raises :class:`~focusvit.errors.SettingsMismatchError` naming the settings.
     """
-    out = Path(out)
-    current = OmegaConf.to_container(cfg, resolve=True)
-    marker = out / MARKER
-    resumed = False
-    if marker.exists():
-        previous = OmegaConf.to_container(OmegaConf.load(marker), resolve=True)
-        old, new = _comparable(previous), _comparable(current)
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if changed:
-            details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-            raise ConfigError(
-                f"{out} holds a run with other settings ({details}); it is never overwritten: "
-                f"choose another out=..., or delete the folder to start again"
-            )
-        resumed = True
-    elif out.exists():
-        others = [
-            p.name
-            for p in out.iterdir()
-            if p.name != ".hydra" and p.suffix != ".log" and not p.name.startswith("multirun")
-        ]
-        if others:
-            raise ConfigError(
-                f"{out} exists and is not a focusvit run folder (it holds {', '.join(sorted(others)[:5])}); "
-                "choose another out=..."
-            )
+    folder = run_dir(out, cfg)
+    resumed = folder.check()
     if write:
-        out.mkdir(parents=True, exist_ok=True)
-        marker.write_text(OmegaConf.to_yaml(current))
+        folder.write_settings()
     return resumed
 
 
@@ -124,11 +82,11 @@ def validate_explain(cfg: DictConfig) -> ExplainPlan:
         )
     inputs = normalise_inputs(cfg.inputs)
     check_paths(inputs)
-    backbone = instantiate(cfg.backbone, "backbone")
+    backbone = build(cfg, "backbone")
     explainers = {
         name: instantiate(node, f"explainer.{name}") for name, node in explainer_nodes(cfg).items()
     }
-    prompts = instantiate(cfg.prompting, "prompting")
+    prompts = build(cfg, "prompting")
     if cfg.report.max_images < 1:
         raise ConfigError(f"report.max_images must be >= 1, got {cfg.report.max_images}")
     return ExplainPlan(backbone, explainers, prompts, inputs)
@@ -246,143 +204,113 @@ def run_explain(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
 # ----------------------------------------------------------------------------- few-shot
 @dataclass
 class FewshotPlan:
+    """Everything a few-shot run needs but the model, checked before it loads."""
+
     backbone: BackboneSpec
     dataset: Any
     episodes: EpisodeSpec
-    tuner_options: dict[str, Any]
+    tuner: Any
     fort: Any
-    trainer: TrainerSpec
+    options: Any
     methods: list[str]
-    tuner_name: str
+
+
+def fewshot_methods(cfg: DictConfig, tuner, fort) -> list[str]:
+    """``methods``, or the tuner (and ``tuner+fort`` when ``fort`` is set)."""
+    from focusvit.finetune import check_method_names
+
+    methods = list(cfg.methods) or ([tuner.name, f"{tuner.name}+fort"] if fort else [tuner.name])
+    try:
+        check_method_names(methods)
+    except ConfigError as error:
+        raise ConfigError(f"{error} (on the command line: fort=null turns the loss off)") from None
+    if any(m.endswith("+fort") for m in methods) and fort is None:
+        raise ConfigError(
+            f"methods {methods} use +fort but fort is null; select fort=recipe (or drop +fort)"
+        )
+    return methods
 
 
 def validate_fewshot(cfg: DictConfig) -> FewshotPlan:
     """Build everything but the model (dataset index included); raises :class:`ConfigError`."""
-    backbone = instantiate(cfg.backbone, "backbone")
-    episodes = instantiate(cfg.episodes, "episodes")
-    tuner = instantiate(cfg.tuner, "tuner")
-    fort = instantiate(cfg.fort, "fort")
-    trainer = instantiate(cfg.trainer, "trainer")
-    methods = fewshot_methods(cfg, fort)
-    if any(m.endswith("+fort") for m in methods) and not fort.enabled:
-        raise ConfigError(
-            f"methods {methods} use +fort but fort.alpha is 0; set fort=vit (or fort.alpha > 0)"
-        )
+    backbone = build(cfg, "backbone")
+    episodes = build(cfg, "episodes")
+    tuner = build(cfg, "tuner")
+    fort = build(cfg, "fort")
+    options = build(cfg, "trainer")
+    methods = fewshot_methods(cfg, tuner, fort)
     if "path" in cfg.data and OmegaConf.is_missing(cfg.data, "path"):
         raise ConfigError("data.path is required for data=imagefolder: data.path=/data/cub")
     dataset = instantiate(cfg.data, "data")
-    from focusvit.data.episodes import check_episode_spec
-
-    check_episode_spec(
-        dataset.labels, episodes.n_way, episodes.k_shot, episodes.n_query, dataset.class_names
-    )
-    tuner_options = {
-        k: v for k, v in OmegaConf.to_container(cfg.tuner).items() if k not in ("_target_", "name")
-    }
-    tuner_options = {k: v for k, v in tuner_options.items() if v is not None}
-    del tuner  # built only to validate
-    return FewshotPlan(
-        backbone, dataset, episodes, tuner_options, fort, trainer, methods, str(cfg.tuner.name)
-    )
+    try:
+        episodes.check_dataset(dataset)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return FewshotPlan(backbone, dataset, episodes, tuner, fort, options, methods)
 
 
-def _method_options(plan: FewshotPlan, method: str) -> dict[str, Any]:
-    from focusvit.finetune import SOLVERS, parse_method
+def make_runners(plan: FewshotPlan, backbone, device) -> dict[str, Any]:
+    """One runner per method; the tuner group's options apply to its own tuner, other tuners
+    named in ``methods`` use their defaults."""
+    from focusvit.finetune import make_runner, parse_method
 
-    name, with_fort = parse_method(method)
-    if name in SOLVERS:
-        return {}
-    options = plan.trainer.fit_options()
-    # the tuner group's options apply to its own tuner; other tuners in `methods` use defaults
-    options["tuner_options"] = dict(plan.tuner_options) if name == plan.tuner_name else {}
-    if with_fort:
-        options["fort"] = plan.fort
-    return options
+    runners = {}
+    for method in plan.methods:
+        choice = parse_method(method)
+        if choice.solver is not None:
+            runners[method] = make_runner(backbone, solver=choice.solver, device=device)
+            continue
+        tuner = plan.tuner if choice.tuner == plan.tuner.name else choice.tuner
+        fort = plan.fort if choice.fort else None
+        runners[method] = make_runner(
+            backbone, tuner=tuner, fort=fort, options=plan.options, device=device
+        )
+    return runners
 
 
 def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate the configured methods on episodes (sharded across processes under a launcher)
     and write the report; returns ``{"results": {method: EvaluationResult}, "report": path}``
     (the report only on rank 0)."""
-    from focusvit.distributed import DistContext, read_records, seed_shard, shard, write_records
-    from focusvit.finetune import EvaluationResult, evaluate
     from focusvit.reports.fewshot import write_fewshot_report
     from focusvit.reports.html import software_versions
+    from focusvit.runs import DistContext
+    from focusvit.runs import evaluate as evaluate_runner
 
     plan = validate_fewshot(cfg)
     out = Path(out_dir or cfg.out)
-    resumed = prepare_output_dir(out, cfg, write=False)
-    context = DistContext.from_env(plan.trainer.device)
+    folder = run_dir(out, cfg)
+    resumed = folder.check()
+    context = DistContext.from_env(cfg.device)
     try:
         context.barrier()  # every rank has checked the folder before rank 0 writes to it
         if context.is_main:
-            prepare_output_dir(out, cfg, write=True)
+            folder.write_settings()
             if resumed:
                 _say(f"focusvit-fewshot: resuming {out}")
-        context.barrier()
-        device = context.device(plan.trainer.device)
+        device = context.device(cfg.device)
         start = time.perf_counter()
         backbone = plan.backbone.load()
-        spec = plan.episodes
-        all_ids = list(range(spec.episodes))
-        results: dict[str, EvaluationResult] = {}
-        for method in plan.methods:
-            merged_path = out / "episodes" / f"{_file_name(method)}.jsonl"
-            options = _method_options(plan, method)
-            common = dict(
-                method=method,
-                n_way=spec.n_way,
-                k_shot=spec.k_shot,
-                n_query=spec.n_query,
-                seed=spec.seed,
-                device=device,
+        runners = make_runners(plan, backbone, device)
+        backbone.to(next(iter(runners.values())).device)
+        results = {}
+        for method, runner in runners.items():
+            results[method] = evaluate_runner(
+                runner,
+                plan.dataset,
+                plan.episodes,
+                output=folder.episode_file(method),
                 progress=bool(cfg.progress) and context.is_main,
-                **options,
+                context=context,
             )
-            if not context.distributed:
-                result = evaluate(
-                    backbone, plan.dataset, episodes=spec.episodes, output=merged_path, **common
-                )
-                write_records(merged_path, result.records)
-            else:
-                ids = shard(all_ids, context.rank, context.world_size)
-                shard_path = out / "shards" / f"{_file_name(method)}.rank{context.rank}.jsonl"
-                seed_shard(merged_path, shard_path, ids, method)
-                context.barrier()
-                part = evaluate(
-                    backbone,
-                    plan.dataset,
-                    episodes=spec.episodes,
-                    output=shard_path,
-                    episode_ids=ids,
-                    **common,
-                )
-                gathered = context.gather(part.records)
-                if context.is_main:
-                    previous = read_records(merged_path, method)
-                    wanted = set(all_ids)
-                    records = [
-                        r
-                        for group in [*gathered, previous]
-                        for r in group
-                        if r["episode"] in wanted
-                    ]
-                    write_records(merged_path, records)
-                context.barrier()
-                records = read_records(merged_path, method) if context.is_main else part.records
-                result = EvaluationResult(method)
-                result.records = [r for r in records if r["episode"] in set(all_ids)]
-                result.accuracies = [r["accuracy"] for r in result.records]
-            results[method] = result
             if context.is_main:
-                _say(f"focusvit-fewshot: {result}")
+                _say(f"focusvit-fewshot: {results[method]}")
         report = None
         if context.is_main:
-            focus_runs, notes = _focus_runs(cfg, plan, backbone, out, device)
+            focus_runs, notes = _focus_runs(cfg, plan, backbone, folder, runners)
             setting = (
                 f"{plan.backbone.spec} · {type(plan.dataset).__name__} "
-                f"({len(plan.dataset.class_names)} classes) · {spec.n_way}-way {spec.k_shot}-shot, "
-                f"{spec.n_query} queries per class, {spec.episodes} episodes, seed {spec.seed}"
+                f"({len(plan.dataset.class_names)} classes) · {plan.episodes.describe()}"
                 + (f" · {context.world_size} processes" if context.distributed else "")
             )
             report = write_fewshot_report(
@@ -403,16 +331,12 @@ def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str,
         context.close()
 
 
-def _file_name(method: str) -> str:
-    return method.replace("+", "_")
-
-
-def _focus_runs(cfg, plan: FewshotPlan, backbone, out: Path, device) -> tuple[list, list[str]]:
-    """Attention focus of the first ``report.focus_episodes`` episodes, cached in
-    ``focus.pt`` so a resumed run does not fine-tune them again."""
-    import torch
-
+def _focus_runs(cfg, plan: FewshotPlan, backbone, folder: RunDir, runners) -> tuple[list, list[str]]:
+    """Attention focus of the first ``report.focus_episodes`` episodes, kept in the run
+    folder's ``focus`` checkpoint so a resumed run does not fine-tune them again."""
+    from focusvit.finetune import resolve_fort
     from focusvit.reports.fewshot import attention_focus
+    from focusvit.runs import fingerprint, flatten
 
     count = min(int(cfg.report.focus_episodes), plan.episodes.episodes)
     if count <= 0:
@@ -422,46 +346,44 @@ def _focus_runs(cfg, plan: FewshotPlan, backbone, out: Path, device) -> tuple[li
             f"attention focus needs a columnar ViT with a CLS token; {plan.backbone.spec} is "
             f"{backbone.family}: section skipped"
         ]
-    key = {
-        "config": _comparable(OmegaConf.to_container(cfg, resolve=True)),
-        "methods": plan.methods,
-        "max_queries": int(cfg.report.max_queries),
-        "coverage": float(cfg.report.coverage),
-    }
-    cache_path = out / "focus.pt"
-    cache = torch.load(cache_path, weights_only=False) if cache_path.exists() else {}
-    if cache.get("key") != key:
+    prompt_fort = resolve_fort(backbone, plan.tuner.name, plan.fort) if plan.fort else None
+    if prompt_fort is None:  # prompts are shown all the same, with the ViT LoRA recipe's size
+        prompt_fort = resolve_fort(backbone, "lora", True)
+    irrelevant = ("episodes.episodes", "progress", "device", "out")
+    key = fingerprint({k: v for k, v in flatten(folder.settings).items() if k not in irrelevant})
+    cache = folder.load_checkpoint("focus")
+    if cache is None or cache.get("key") != key:
         cache = {"key": key, "runs": {}}
     runs = []
     for index in range(count):
-        if index not in cache["runs"]:
+        if str(index) not in cache["runs"]:
             _say(
                 f"focusvit-fewshot: attention focus on episode {index} (fine-tunes each method once)"
             )
-            cache["runs"][index] = attention_focus(
+            cache["runs"][str(index)] = attention_focus(
                 backbone,
                 plan.dataset,
-                {m: _method_options(plan, m) for m in plan.methods},
+                runners,
                 index,
                 plan.episodes,
-                plan.fort,
+                prompt_fort,
                 coverage=float(cfg.report.coverage),
                 max_queries=int(cfg.report.max_queries),
-                device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                device=next(iter(runners.values())).device,
             )
-            torch.save(cache, cache_path)
-        runs.append(cache["runs"][index])
+            folder.save_checkpoint("focus", cache)
+        runs.append(cache["runs"][str(index)])
     return runs, []
 
 
 # ----------------------------------------------------------------------------- entry points
 def _guard(name: str, function: Callable[[], Any]) -> Any:
     """Run ``function``; configuration and input errors exit with a one-line message."""
-    from focusvit.backbones import FocusVitError
+    from focusvit.errors import FocusVitError
 
     try:
         return function()
-    except (ConfigError, FocusVitError) as error:
+    except FocusVitError as error:
         sys.exit(f"{name}: error: {error}")
 
 

@@ -1,124 +1,80 @@
-"""Typed schema of the Hydra configs (``focusvit.configs``) and the small objects they build.
+"""The Hydra schema of the CLIs: the library's own config dataclasses, registered in Hydra's
+``ConfigStore`` (never mirrored), plus the few run-level options of the CLIs.
 
-The YAML files under ``configs/`` are merged into the dataclasses below (registered in Hydra's
-``ConfigStore`` as ``explain_schema`` and ``fewshot_schema``), so a misspelt key or a value of
-the wrong type fails while the config is composed, before any model is loaded. Groups whose
-options differ in shape (``data``, ``explainer``) are checked by :func:`validate`, which
-instantiates every node except the backbone (all cheap: specs, dataclasses, dataset indexes).
-
-Every group node carries a ``_target_`` so ``hydra.utils.instantiate(cfg.<group>)`` builds it:
-
-- ``backbone``  -> :class:`BackboneSpec` (``.load()`` loads the weights)
-- ``data``      -> a few-shot dataset (``SyntheticScenes`` or :func:`image_folder`)
-- ``episodes``  -> :class:`EpisodeSpec`
-- ``tuner``     -> a tuner config (``focusvit.finetune.make_tuner``)
-- ``fort``      -> ``focusvit.FortConfig`` (``alpha: 0`` = off)
-- ``trainer``   -> :class:`TrainerSpec` (recipe overrides; ``null`` = the DESIGN.md recipe)
+- ``backbone``  -> :class:`focusvit.BackboneSpec`
+- ``episodes``  -> :class:`focusvit.EpisodeSpec`
+- ``tuner``     -> one of the tuner configs (``LoraConfig``, ``SSFConfig``, ``VPTConfig``,
+  ``FullConfig``, ``LinearConfig``), registered as the options ``tuner=lora`` ... directly from
+  the dataclasses
+- ``fort``      -> :class:`focusvit.FortConfig` (``fort=recipe``: every value from the DESIGN.md
+  recipe of the family and tuner; ``fort=null``: no attention loss)
+- ``trainer``   -> :class:`focusvit.FitOptions` (recipe overrides and head init)
+- ``data``      -> a few-shot dataset, built with ``_target_`` (``SyntheticScenes`` or
+  :func:`image_folder`)
 - ``explainer`` -> one ``Explainer`` per selected option (``explainer=[rollout_svd,gradcam]``)
 - ``prompting`` -> :class:`PromptSpec`
+
+A misspelt key or a value of the wrong type fails while the config is composed; a value the
+dataclass refuses fails in :func:`build`, before any model is loaded.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from focusvit.errors import ConfigError
+from focusvit.finetune import TUNERS, FitOptions, FortConfig
+from focusvit.runs import BackboneSpec, EpisodeSpec
+
 CONFIG_MODULE = "focusvit.configs"
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 
+__all__ = [
+    "CONFIG_PATH",
+    "ConfigError",
+    "ExplainConf",
+    "FewshotConf",
+    "PromptSpec",
+    "build",
+    "check_paths",
+    "explainer_nodes",
+    "image_folder",
+    "instantiate",
+    "normalise_inputs",
+    "register_configs",
+]
 
-# ----------------------------------------------------------------------------- built objects
-@dataclass(frozen=True)
-class BackboneSpec:
-    """What to load: ``spec`` as for :func:`focusvit.load_backbone`.
+
+@dataclass
+class PromptSpec:
+    """Position prompts of ``focusvit-explain`` (arguments of :func:`focusvit.make_prompts`).
 
     Attributes:
-        spec: ``offline:NAME``, ``timm:NAME``, ``hf:NAME_OR_DIR``, ``tiny:NAME`` or a path.
-        num_classes: ``None`` keeps the pretrained head, ``0`` removes it (few-shot runs).
-        image_size: square input size replacing the model's own (``None`` keeps it); a
-            multiple of the patch size (e.g. 112 for the 112 px synthetic scenes at patch 14).
+        top_k: prompt size as a patch count (FORT: 14 of 196 at 224/16).
+        top_fraction: prompt size as a fraction of the patches (give one of the two).
+        coverage: instead, the fewest patches holding this fraction of the score mass.
+        weighting: ``importance`` (official) or ``multi_hot`` targets.
     """
 
-    spec: str
-    num_classes: int | None = None
-    image_size: int | None = None
-
-    def load(self):
-        from focusvit.backbones import load_backbone
-
-        backbone = load_backbone(self.spec, num_classes=self.num_classes)
-        if self.image_size:
-            backbone.data_config = dict(
-                backbone.data_config, input_size=(3, self.image_size, self.image_size)
-            )
-        return backbone
-
-
-@dataclass(frozen=True)
-class EpisodeSpec:
-    """N-way K-shot episodes with Q queries per class (DESIGN.md section 6)."""
-
-    n_way: int = 5
-    k_shot: int = 1
-    n_query: int = 15
-    episodes: int = 100
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("n_way", "k_shot", "n_query", "episodes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"episodes.{name} must be >= 1, got {getattr(self, name)}")
-
-    def as_kwargs(self) -> dict[str, int]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class TrainerSpec:
-    """Overrides of the per-family recipe (``None`` keeps the recipe's value) and the device."""
-
-    lr: float | None = None
-    steps: int | None = None
-    optimizer: str | None = None
-    weight_decay: float | None = None
-    momentum: float | None = None
-    head_init: str = "logistic"
-    device: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.steps is not None and self.steps < 0:
-            raise ValueError(f"trainer.steps must be >= 0, got {self.steps}")
-        if self.optimizer not in (None, "adamw", "sgd"):
-            raise ValueError(f"trainer.optimizer must be adamw or sgd, got {self.optimizer!r}")
-        if self.head_init not in ("prototype", "ridge", "logistic"):
-            raise ValueError(
-                f"trainer.head_init must be prototype, ridge or logistic, got {self.head_init!r}"
-            )
-
-    def fit_options(self) -> dict[str, Any]:
-        """Keyword options for ``focusvit.evaluate`` / ``fit_task`` (``None`` values dropped)."""
-        options = {
-            key: getattr(self, key)
-            for key in ("lr", "steps", "optimizer", "weight_decay", "momentum")
-            if getattr(self, key) is not None
-        }
-        options["head_init"] = self.head_init
-        return options
-
-
-@dataclass(frozen=True)
-class PromptSpec:
-    """Position prompts from an explanation (``focusvit.make_prompts``)."""
-
-    top_p: float = 14
+    top_k: int | None = 14
+    top_fraction: float | None = None
     coverage: float | None = None
     weighting: str = "importance"
 
     def __post_init__(self) -> None:
+        if self.top_fraction is not None and self.top_k is not None:
+            self.top_k = None  # a fraction given on the command line replaces the default count
+        if self.top_k is None and self.top_fraction is None and self.coverage is None:
+            raise ValueError("prompting needs top_k, top_fraction or coverage")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"prompting.top_k must be >= 1, got {self.top_k}")
+        if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
+            raise ValueError(f"prompting.top_fraction must lie in (0, 1], got {self.top_fraction}")
         if self.weighting not in ("importance", "multi_hot"):
             raise ValueError(
                 f"prompting.weighting must be importance or multi_hot, got {self.weighting!r}"
@@ -127,9 +83,9 @@ class PromptSpec:
     def make(self, explanation):
         from focusvit.prompting import make_prompts
 
-        top_p = int(self.top_p) if float(self.top_p).is_integer() else float(self.top_p)
+        size = int(self.top_k) if self.top_k is not None else float(self.top_fraction or 1.0)
         return make_prompts(
-            explanation, top_p=top_p, coverage=self.coverage, weighting=self.weighting
+            explanation, top_p=size, coverage=self.coverage, weighting=self.weighting
         )
 
 
@@ -140,89 +96,7 @@ def image_folder(path: str, split: str | None = None, split_file: str | None = N
     return ImageFolderDataset(path, split=split, split_file=split_file)
 
 
-def tuner_config(name: str, **options: Any):
-    """A tuner config (``focusvit.finetune.make_tuner``); options set to ``null`` are dropped."""
-    from focusvit.finetune import make_tuner
-
-    return make_tuner(name, **{k: v for k, v in options.items() if v is not None})
-
-
-def fort_config(**options: Any):
-    """``focusvit.FortConfig`` from a config (lists of layers become tuples)."""
-    from focusvit.finetune import FortConfig
-
-    if isinstance(options.get("layers"), list | tuple):
-        options["layers"] = tuple(int(i) for i in options["layers"])
-    top_p = options.get("top_p")
-    if isinstance(top_p, float) and top_p.is_integer():
-        options["top_p"] = int(top_p)
-    return FortConfig(**options)
-
-
-# ----------------------------------------------------------------------------- schema
-@dataclass
-class BackboneConf:
-    _target_: str = "focusvit.runconfig.BackboneSpec"
-    spec: str = MISSING
-    num_classes: int | None = None
-    image_size: int | None = None
-
-
-@dataclass
-class EpisodesConf:
-    _target_: str = "focusvit.runconfig.EpisodeSpec"
-    n_way: int = 5
-    k_shot: int = 1
-    n_query: int = 15
-    episodes: int = 100
-    seed: int = 0
-
-
-@dataclass
-class TunerConf:
-    _target_: str = "focusvit.runconfig.tuner_config"
-    name: str = MISSING
-    rank: int | None = None
-    alpha: float | None = None
-    dropout: float | None = None
-    targets: list[str] | None = None
-    num_tokens: int | None = None
-    deep: bool | None = None
-    init_std: float | None = None
-
-
-@dataclass
-class FortConf:
-    _target_: str = "focusvit.runconfig.fort_config"
-    alpha: float = 0.0
-    tau: float = 1.0
-    layers: Any = "last"
-    query_rows: str = "all"
-    top_p: float = 14
-    weighting: str = "importance"
-    explainer: str = "rollout_svd"
-
-
-@dataclass
-class TrainerConf:
-    _target_: str = "focusvit.runconfig.TrainerSpec"
-    lr: float | None = None
-    steps: int | None = None
-    optimizer: str | None = None
-    weight_decay: float | None = None
-    momentum: float | None = None
-    head_init: str = "logistic"
-    device: str | None = None
-
-
-@dataclass
-class PromptingConf:
-    _target_: str = "focusvit.runconfig.PromptSpec"
-    top_p: float = 14
-    coverage: float | None = None
-    weighting: str = "importance"
-
-
+# ----------------------------------------------------------------------------- run-level schema
 @dataclass
 class ExplainReportConf:
     """Explanation report options."""
@@ -246,9 +120,9 @@ class FewshotReportConf:
 
 @dataclass
 class ExplainConf:
-    backbone: BackboneConf = MISSING
+    backbone: BackboneSpec = MISSING
     explainer: Any = MISSING
-    prompting: PromptingConf = MISSING
+    prompting: PromptSpec = MISSING
     inputs: Any = MISSING  # files / folders, "samples" (scikit-image photos) or "synthetic"
     target: int | None = None  # class to explain (None: the predicted class)
     device: str | None = None
@@ -258,12 +132,13 @@ class ExplainConf:
 
 @dataclass
 class FewshotConf:
-    backbone: BackboneConf = MISSING
+    backbone: BackboneSpec = MISSING
     data: Any = MISSING
-    episodes: EpisodesConf = MISSING
-    tuner: TunerConf = MISSING
-    fort: FortConf = MISSING
-    trainer: TrainerConf = MISSING
+    episodes: EpisodeSpec = MISSING
+    tuner: Any = MISSING  # one of the tuner dataclasses (tuner=lora, ...)
+    fort: FortConfig | None = None  # fort=recipe, or fort=null for no attention loss
+    trainer: FitOptions = field(default_factory=FitOptions)
+    device: str | None = None  # cuda / cpu / cuda:1 (default: CUDA when available)
     methods: list[str] = field(default_factory=list)  # [] = the tuner, and tuner+fort if on
     progress: bool = True
     out: str = "outputs/fewshot"
@@ -271,32 +146,41 @@ class FewshotConf:
 
 
 def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    """Register the schemas and the tuner options with Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     store.store(name="explain_schema", node=ExplainConf)
     store.store(name="fewshot_schema", node=FewshotConf)
+    for name, config_class in TUNERS.items():
+        store.store(group="tuner", name=name, node=config_class)
 
 
 register_configs()
 
 
-# ----------------------------------------------------------------------------- validation
-class ConfigError(ValueError):
-    """A config value that cannot work; raised before any model loads."""
-
-
+# ----------------------------------------------------------------------------- building
 def instantiate(node: DictConfig | dict, what: str) -> Any:
-    """``hydra.utils.instantiate`` with errors that name the config group."""
+    """``hydra.utils.instantiate`` for ``_target_`` nodes (datasets, explainers), or the
+    library dataclass of a structured node; errors name the config group."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
 
     try:
+        if isinstance(node, DictConfig) and "_target_" not in node:
+            return OmegaConf.to_object(node)
         return hydra_instantiate(node, _convert_="all")
     except InstantiationException as error:
         cause = error.__cause__ or error
         raise ConfigError(f"config '{what}' is invalid: {cause}") from error
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"config '{what}' is invalid: {error}") from error
+
+
+def build(cfg: DictConfig, group: str) -> Any:
+    """The library object of ``cfg.<group>`` (``None`` for a deselected optional group)."""
+    node = cfg[group]
+    return None if node is None else instantiate(node, group)
 
 
 def explainer_nodes(cfg: DictConfig) -> dict[str, DictConfig]:
@@ -307,28 +191,6 @@ def explainer_nodes(cfg: DictConfig) -> dict[str, DictConfig]:
     if "_target_" in node:  # a single explainer without a package per option
         return {str(node.method): node}
     return {str(name): value for name, value in node.items()}
-
-
-def fewshot_methods(cfg: DictConfig, fort) -> list[str]:
-    """The methods a few-shot run evaluates (``methods`` or the tuner with/without ``+fort``)."""
-    from focusvit.finetune import SOLVERS, TUNERS, parse_method
-
-    methods = list(cfg.methods) or (
-        [cfg.tuner.name, f"{cfg.tuner.name}+fort"] if fort.enabled else [cfg.tuner.name]
-    )
-    for method in methods:
-        try:
-            name, _ = parse_method(method)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-        if name not in SOLVERS and name not in TUNERS:
-            raise ConfigError(
-                f"unknown method {method!r} in methods; solvers: {', '.join(SOLVERS)}; tuners "
-                f"(optionally +fort): {', '.join(TUNERS)}"
-            )
-    if len(set(methods)) != len(methods):
-        raise ConfigError(f"methods lists a method twice: {methods}")
-    return methods
 
 
 def normalise_inputs(inputs: Any) -> list[str]:

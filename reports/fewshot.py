@@ -19,21 +19,20 @@ from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter
 from focusvit.data.episodes import sample_episode
-from focusvit.explainers import attention_mass, cls_attention, coverage_count, explain, mean_and_ci
-from focusvit.finetune import SOLVERS, fit_task, parse_method, support_features
+from focusvit.explainers import attention_mass, cls_attention, coverage_count, explain
+from focusvit.finetune import TunerRunner, fit_task, support_features
 from focusvit.finetune.evaluate import episode_tensors
-from focusvit.prompting import make_prompts, plot_explanation
+from focusvit.prompting import make_prompts
+from focusvit.reports.figures import plot_explanation
+from focusvit.runs import episode_seed, mean_and_ci
 
 from . import html as H
 
 
 def _patch_attention(backbone: BackboneAdapter, images: Tensor, grid: tuple[int, int]) -> Tensor:
-    """CLS attention ``(B, h, w)``; extra tokens of a tuner (VPT prompts) are dropped."""
+    """CLS attention ``(B, h, w)`` on the patches (``cls_attention`` drops the prefix tokens and
+    any tokens a tuner inserted, e.g. VPT prompts, through the adapter's geometry)."""
     attention = torch.cat([cls_attention(backbone, chunk).cpu() for chunk in images.split(32)])
-    patches = grid[0] * grid[1]
-    if attention.shape[1] != patches:  # VPT inserts its tokens before the patches
-        attention = attention[:, -patches:]
-        attention = attention / attention.sum(dim=1, keepdim=True).clamp_min(1e-12)
     return attention.view(-1, *grid)
 
 
@@ -55,13 +54,13 @@ def episode_prompts(backbone: BackboneAdapter, support: Tensor, labels: Tensor, 
         return (F.normalize(logits.float(), dim=1) * prototypes.to(logits.device)).sum(dim=1)
 
     explanation = explain(backbone, support, method=fort.explainer, target=target)
-    return make_prompts(explanation, top_p=fort.top_p).mask.cpu()
+    return make_prompts(explanation, top_p=fort.prompt_size).mask.cpu()
 
 
 def attention_focus(
     backbone: BackboneAdapter,
     dataset,
-    methods: Mapping[str, Mapping[str, Any]],
+    runners: Mapping[str, Any],
     episode_index: int,
     episodes,
     fort,
@@ -72,11 +71,12 @@ def attention_focus(
     """Attention focus of one episode before and after fine-tuning with each method.
 
     Args:
-        methods: method name (``lora``, ``lora+fort``, ...) -> its ``fit_task`` options
-            (``fort``, ``tuner_options``, ``lr``, ``steps``, ``head_init``, ...); frozen-feature
-            solvers are skipped (their attention is the pretrained one).
-        episodes: an :class:`~focusvit.runconfig.EpisodeSpec` (n_way, k_shot, n_query, seed).
-        fort: the :class:`~focusvit.FortConfig` whose explainer and ``top_p`` make the prompts.
+        runners: method name (``lora``, ``lora+fort``, ...) -> its runner
+            (:func:`focusvit.finetune.make_runner`); frozen-feature solvers are skipped (their
+            attention is the pretrained one).
+        episodes: an :class:`~focusvit.runs.EpisodeSpec` (n_way, k_shot, n_query, seed).
+        fort: a resolved :class:`~focusvit.FortConfig` whose explainer and prompt size make the
+            prompts shown (the same for every method).
 
     Returns a dict with ``grid``, ``support`` / ``query`` images in [0, 1] (the first
     ``max_queries`` queries), ``prompts`` ``(K, h, w)``, ``maps`` ``{"pretrained" | method:
@@ -122,12 +122,14 @@ def attention_focus(
 
     maps, numbers = {}, {}
     maps["pretrained"], numbers["pretrained"] = measure(backbone)
-    for method, options in methods.items():
-        name, _ = parse_method(method)
-        if name in SOLVERS:
+    for method, runner in runners.items():
+        if not isinstance(runner, TunerRunner):
             continue  # frozen features: the attention is the pretrained one
-        torch.manual_seed(episodes.seed * 100003 + episode_index)  # as focusvit.evaluate
-        with fit_task(backbone, support, s_labels, tuner=name, **options) as task:
+        torch.manual_seed(episode_seed(episodes.seed, episode_index))  # as focusvit.evaluate
+        with fit_task(
+            backbone, support, s_labels, tuner=runner.tuner, fort=runner.fort,
+            options=runner.options,
+        ) as task:  # fmt: skip
             maps[method], numbers[method] = measure(task.backbone)
             numbers[method]["accuracy"] = float(
                 (task.predict(query).cpu() == q_labels.cpu()).float().mean()

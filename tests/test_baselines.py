@@ -41,7 +41,9 @@ from focusvit.baselines import (
 )
 from focusvit.data import TensorDataset
 from focusvit.explainers.base import Explanation
+from focusvit.errors import SettingsMismatchError
 from focusvit.finetune import evaluate
+from focusvit.runs import EpisodeSpec, load_state
 
 SIZE = 48  # Conv-4 at 48 px -> 3x3 maps (9 positions)
 REPO = Path(__file__).resolve().parents[1]
@@ -265,7 +267,7 @@ def test_simclr_episodes_have_one_class_per_support_image():
 def test_ctx_has_no_transductive_inference():
     model = tiny("ctx")
     with pytest.raises(UnsupportedMethodError, match="transductive=False"):
-        evaluate_baseline(model, dataset(), n_way=2, k_shot=1, n_query=1, episodes=1,
+        evaluate_baseline(model, dataset(), EpisodeSpec(n_way=2, k_shot=1, n_query=1, episodes=1),
                           transductive=True, progress=False)  # fmt: skip
 
 
@@ -288,15 +290,19 @@ def test_cross_attention_maps_are_explanations(method):
 # ----------------------------------------------------------------------------- evaluation
 def test_evaluate_baseline_uses_the_same_episodes_and_records_as_evaluate(tmp_path):
     data = dataset()
-    kwargs = {"n_way": 3, "k_shot": 1, "n_query": 2, "episodes": 3, "seed": 5, "progress": False}
-    vit = evaluate(tiny_adapter("timm-cnn"), data, method="prototype", **kwargs)
+    spec = EpisodeSpec(n_way=3, k_shot=1, n_query=2, episodes=3, seed=5)
+    kwargs = {"episodes": spec, "progress": False}
+    vit = evaluate(tiny_adapter("timm-cnn"), data, solver="prototype", **kwargs)
     out = tmp_path / "can.jsonl"
     can = evaluate_baseline(tiny("can"), data, transductive=True, output=out, **kwargs)
     assert [r["classes"] for r in can.records] == [r["classes"] for r in vit.records]
     assert set(can.records[0]) == set(vit.records[0])
-    assert can.method == "can+transductive" and len(out.read_text().splitlines()) == 3
+    assert can.method == "can+transductive" and len(out.read_text().splitlines()) == 1 + 3
     resumed = evaluate_baseline(tiny("can"), data, transductive=True, output=out, **kwargs)
-    assert resumed.accuracies == can.accuracies and len(out.read_text().splitlines()) == 3
+    assert resumed.accuracies == can.accuracies and len(out.read_text().splitlines()) == 1 + 3
+    with pytest.raises(SettingsMismatchError, match="weights"):  # other weights never resume
+        torch.manual_seed(123)
+        evaluate_baseline(tiny("can"), data, transductive=True, output=out, **kwargs)
     proto = evaluate_baseline(PrototypeNetwork(tiny("ctx").config), data, **kwargs)
     assert proto.method == "prototype" and 0 <= proto.mean <= 1
 
@@ -318,7 +324,7 @@ def test_training_resumes_to_the_same_weights_and_selects_on_validation(method, 
     assert [v["episode"] for v in result.validations] == [2, 4]
     best = max(result.validations, key=lambda v: v["accuracy"])
     assert result.best_accuracy == best["accuracy"]
-    assert (tmp_path / "whole" / "best.pt").exists() and (tmp_path / "whole" / "last.pt").exists()
+    assert (tmp_path / "whole" / "best.safetensors").exists() and (tmp_path / "whole" / "last.safetensors").exists()
 
     torch.manual_seed(0)
     part = tiny(method)  # the same initial weights as ``whole``
@@ -326,12 +332,12 @@ def test_training_resumes_to_the_same_weights_and_selects_on_validation(method, 
     resumed = tiny(method)
     again = train_episodic(resumed, base, val, small_run(), tmp_path / "part", progress=False)
     assert len(again.history) == 4 and again.validations == result.validations
-    final_whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)["model"]
-    final_part = torch.load(tmp_path / "part" / "last.pt", weights_only=False)["model"]
+    final_whole = load_state(tmp_path / "whole" / "last.safetensors")["model"]
+    final_part = load_state(tmp_path / "part" / "last.safetensors")["model"]
     for key, value in final_whole.items():
         assert torch.allclose(value.float(), final_part[key].float(), atol=1e-5), key
 
-    loaded = load_baseline(tmp_path / "whole" / "best.pt")
+    loaded = load_baseline(tmp_path / "whole" / "best.safetensors")
     assert type(loaded) is type(whole)
     for key, value in whole.state_dict().items():  # the model holds the best weights
         assert torch.equal(value, loaded.state_dict()[key]), key
@@ -344,8 +350,8 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
         train_episodic(tiny("ctx"), base, None, small_run(episodes=2), tmp_path / "can",
                        progress=False)  # fmt: skip
     with pytest.raises(CheckpointError, match="load_baseline"):
-        CrossTransformerNetwork.from_checkpoint(tmp_path / "can" / "last.pt")
-    with pytest.raises(CheckpointError, match="resume with n_way=3"):
+        CrossTransformerNetwork.from_checkpoint(tmp_path / "can" / "last.safetensors")
+    with pytest.raises(SettingsMismatchError, match="n_way: 3 -> 2"):
         train_episodic(tiny("can"), base, None, small_run(episodes=2, n_way=2), tmp_path / "can",
                        progress=False)  # fmt: skip
     with pytest.raises(CheckpointError, match="another configuration"):
@@ -364,6 +370,12 @@ def test_yaml_configs_load_into_the_dataclasses():
     assert method == "can" and model == CANConfig() and train == TrainConfig()
     method, model, train = load_config(REPO / "configs" / "baseline" / "ctx.yaml")
     assert method == "ctx" and model == CTXConfig() and train == TrainConfig()
+    # the values are read from the node, not taken from the defaults
+    method, model, train = load_config(
+        {"method": "can", "model": {"temperature": 0.5}, "train": {"episodes": 7}}
+    )
+    assert method == "can" and model == CANConfig(temperature=0.5)
+    assert train == TrainConfig(episodes=7)
     with pytest.raises(ValueError, match="unknown CTXConfig keys"):
         load_config({"method": "ctx", "model": {"temprature": 1}, "train": {}})
 
@@ -394,15 +406,16 @@ def test_support_labels_must_cover_every_class():
 
 def test_evaluation_records_are_json_lines(tmp_path):
     out = tmp_path / "ctx.jsonl"
-    evaluate_baseline(tiny("ctx"), dataset(), n_way=2, k_shot=2, n_query=1, episodes=2,
+    evaluate_baseline(tiny("ctx"), dataset(), EpisodeSpec(n_way=2, k_shot=2, n_query=1, episodes=2),
                       output=out, progress=False)  # fmt: skip
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    header, *records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert header["method"] == "ctx" and header["settings"]["runner"]["method"] == "ctx"
     assert [r["episode"] for r in records] == [0, 1] and records[0]["method"] == "ctx"
 
 
 def test_cached_maps_give_the_same_evaluation_as_encoding_every_episode():
     data, model = dataset(), tiny("can")
-    kwargs = {"n_way": 3, "k_shot": 2, "n_query": 1, "episodes": 2, "progress": False}
+    kwargs = {"episodes": EpisodeSpec(n_way=3, k_shot=2, n_query=1, episodes=2), "progress": False}
     cached = evaluate_baseline(model, data, transductive=True, **kwargs)
     direct = evaluate_baseline(model, data, transductive=True, cache_features=False, **kwargs)
     assert cached.accuracies == direct.accuracies

@@ -3,6 +3,8 @@ validation and the Hydra entry point."""
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import json
 import sys
 from dataclasses import replace
@@ -12,15 +14,18 @@ import torch
 from hydra import compose, initialize_config_module
 
 import focusvit
+import focusvit.pretraining
+import focusvit.pretraining_cli
 import focusvit.runconfig as rc
-from focusvit.finetune.pretrain import (
+from focusvit.runs import load_state
+from focusvit.pretraining import (
     CHECKPOINT,
     PretrainConfig,
     build_backbone,
     pretrain,
     render_scenes,
 )
-from focusvit.pretrain import pretrain_config, pretrain_main
+from focusvit.pretraining_cli import pretrain_config, pretrain_main
 from focusvit.runconfig import ConfigError
 
 TINY = PretrainConfig(
@@ -39,6 +44,16 @@ TINY = PretrainConfig(
 
 class Interrupted(Exception):
     pass
+
+
+def test_importing_the_pretraining_modules_leaves_the_exported_function():
+    # `import focusvit.pretraining` and the CLI module must not replace the exported function
+    # `focusvit.pretrain` with a module of the same name
+    assert inspect.isfunction(focusvit.pretrain)
+    assert focusvit.pretrain is focusvit.pretraining.pretrain
+    assert focusvit.PretrainConfig is focusvit.pretraining.PretrainConfig
+    assert focusvit.pretraining_cli.pretrain_main is pretrain_main
+    assert importlib.util.find_spec("focusvit.pretrain") is None  # no such module to shadow it
 
 
 def test_loss_decreases_on_a_tiny_config():
@@ -64,7 +79,7 @@ def test_checkpoint_loads_with_load_backbone_and_gives_the_same_logits(tmp_path)
     path = pretrain(TINY, tmp_path / "run", progress=False)
     assert path.name == "model.safetensors" and (tmp_path / "run" / CHECKPOINT).exists()
     loaded = focusvit.load_backbone(path)
-    state = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
+    state = load_state(tmp_path / "run" / CHECKPOINT)
     fresh, _ = build_backbone(TINY, 3)
     fresh.model.load_state_dict(state["model"])
     x = torch.randn(2, 3, 32, 32)
@@ -92,7 +107,7 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
 
     with pytest.raises(Interrupted):
         pretrain(config, tmp_path / "cut", progress=False, on_epoch_end=stop)
-    state = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)
+    state = load_state(tmp_path / "cut" / CHECKPOINT)
     assert state["epoch"] == 1 and not (tmp_path / "cut" / "model.safetensors").exists()
     epochs = []
     resumed = pretrain(

@@ -13,7 +13,14 @@ from .distributed import DistContext, shard
 from .loop import Runner, dataset_settings, evaluate, run_one, run_settings
 from .records import EpisodeLog, atomic_write_text, merge_records, read_episode_file
 from .rundir import RunDir
-from .settings import changed_settings, check_settings, fingerprint, flatten, to_plain
+from .settings import (
+    changed_settings,
+    check_settings,
+    fingerprint,
+    flatten,
+    to_plain,
+    weights_fingerprint,
+)
 from .spec import BackboneSpec, EpisodeSpec, episode_seed
 from .stats import EvaluationResult, format_ci, mean_and_ci
 
@@ -43,4 +50,5 @@ __all__ = [
     "save_state",
     "shard",
     "to_plain",
+    "weights_fingerprint",
 ]

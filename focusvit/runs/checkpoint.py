@@ -1,8 +1,8 @@
 """Atomic checkpoints without pickle: tensors in a safetensors file, everything else as JSON in
 its metadata (DESIGN.md section 10: loading never unpickles a file).
 
-A state is any nesting of dicts (string or integer keys), lists, tuples, tensors and JSON
-scalars (optimizer and scheduler ``state_dict()``, RNG states, histories). The file is written
+A state is any nesting of dicts (string or integer keys), lists, tuples, tensors, numpy arrays
+and JSON scalars (optimizer and scheduler ``state_dict()``, RNG states, histories). The file is written
 to a temporary name and renamed, so an interruption leaves the previous checkpoint intact.
 """
 
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,6 +28,8 @@ def _encode(value: Any, tensors: dict[str, Tensor]) -> Any:
         key = f"t{len(tensors)}"
         tensors[key] = value.detach().cpu().contiguous()
         return {"__tensor__": key}
+    if isinstance(value, Counter):  # e.g. MultiStepLR milestones: missing keys count 0
+        return {"__counter__": [[_key(k), _encode(v, tensors)] for k, v in value.items()]}
     if isinstance(value, dict):
         return {"__dict__": [[_key(k), _encode(v, tensors)] for k, v in value.items()]}
     if isinstance(value, tuple):
@@ -34,6 +38,8 @@ def _encode(value: Any, tensors: dict[str, Tensor]) -> Any:
         return [_encode(v, tensors) for v in value]
     if isinstance(value, bool | int | float | str) or value is None:
         return value
+    if isinstance(value, np.ndarray):  # e.g. numpy's RNG state
+        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy scalar
         return value.item()
     raise TypeError(
@@ -58,6 +64,10 @@ def _decode(value: Any, tensors: dict[str, Tensor]) -> Any:
             return tuple(_decode(v, tensors) for v in value["__tuple__"])
         if "__dict__" in value:
             return {k: _decode(v, tensors) for k, v in value["__dict__"]}
+        if "__ndarray__" in value:
+            return np.asarray(value["__ndarray__"], dtype=value["dtype"])
+        if "__counter__" in value:
+            return Counter({k: _decode(v, tensors) for k, v in value["__counter__"]})
     return value
 
 

@@ -9,6 +9,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
+
 from focusvit.errors import SettingsMismatchError
 
 
@@ -95,3 +97,23 @@ def check_settings(
         f"{where} holds results of other settings ({details}{more}); results are never mixed "
         f"or overwritten: {fix}"
     )
+
+
+_WEIGHTS_CACHE: dict[int, tuple[tuple, str]] = {}
+
+
+def weights_fingerprint(module) -> str:
+    """A hash of every parameter and buffer of ``module`` (a ``torch.nn.Module``), cached until
+    one of them changes (in place or replaced), so repeated runs hash a large model once."""
+    tensors = list(module.state_dict(keep_vars=True).items())
+    versions = tuple((name, t.data_ptr(), t._version) for name, t in tensors)
+    cached = _WEIGHTS_CACHE.get(id(module))
+    if cached is not None and cached[0] == versions:
+        return cached[1]
+    digest = hashlib.sha256()
+    for name, tensor in tensors:
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    value = digest.hexdigest()[:16]
+    _WEIGHTS_CACHE[id(module)] = (versions, value)
+    return value

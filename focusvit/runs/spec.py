@@ -22,7 +22,7 @@ def episode_seed(seed: int, index: int) -> int:
     return seed * _SEED_STRIDE + index
 
 
-@dataclass(frozen=True)
+@dataclass
 class EpisodeSpec:
     """N-way K-shot episodes with Q queries per class, sampled from ``split`` (DESIGN.md 6).
 
@@ -84,7 +84,7 @@ class EpisodeSpec:
         )
 
 
-@dataclass(frozen=True)
+@dataclass
 class BackboneSpec:
     """What to load, as for :func:`focusvit.load_backbone`.
 

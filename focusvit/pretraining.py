@@ -7,14 +7,14 @@ checkpoint can be evaluated few-shot on them.
 
 Usage::
 
-    from focusvit.finetune.pretrain import PretrainConfig, pretrain
+    from focusvit.pretraining import PretrainConfig, pretrain
 
     path = pretrain(PretrainConfig(epochs=5), "outputs/pretrain/vit")
     backbone = focusvit.load_backbone(path)  # model.safetensors, architecture in its metadata
 
-Scenes are rendered once into a ``uint8`` tensor (cached in ``out_dir/scenes.pt``); training is
+Scenes are rendered once into a ``uint8`` tensor (cached in ``out_dir/scenes.safetensors``); training is
 AdamW with a linear warm-up and a cosine decay, bf16 autocast on CUDA. After every epoch
-``out_dir/checkpoint.pt`` holds the model, optimiser, schedule, epoch and RNG states: calling
+``out_dir/checkpoint.safetensors`` holds the model, optimiser, schedule, epoch and RNG states: calling
 :func:`pretrain` again with the same config resumes after the last finished epoch (a different
 config in the same folder is refused), and gives the same weights as an uninterrupted run.
 """
@@ -35,9 +35,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-CHECKPOINT = "checkpoint.pt"
+from focusvit.runs import check_settings, load_state, save_state
+
+CHECKPOINT = "checkpoint.safetensors"
 MODEL_FILE = "model.safetensors"
-SCENE_CACHE = "scenes.pt"
+SCENE_CACHE = "scenes.safetensors"
 CONFIG_FILE = "pretrain_config.json"
 
 #: config keys that may differ when a run folder is resumed (they do not change the result)
@@ -216,14 +218,12 @@ def _scene_key(config: PretrainConfig) -> dict[str, Any]:
 def _cached_scenes(config: PretrainConfig, out: Path) -> dict[str, Any]:
     path = out / SCENE_CACHE
     if path.exists():
-        cached = torch.load(path, weights_only=False)
+        cached = load_state(path)
         if cached.get("key") == _scene_key(config):
             return cached
     data = render_scenes(config)
     data["key"] = _scene_key(config)
-    tmp = path.with_suffix(".tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    save_state(path, data)
     return data
 
 
@@ -316,15 +316,13 @@ def _check_run_folder(out: Path, config: PretrainConfig) -> dict | None:
     path = out / CHECKPOINT
     if not path.exists():
         return None
-    state = torch.load(path, weights_only=False, map_location="cpu")
-    old, new = _comparable(PretrainConfig.from_dict(state["config"])), _comparable(config)
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-        raise ValueError(
-            f"{out} holds a pretraining run with other settings ({details}); it is never "
-            "overwritten: choose another output folder, or delete it to start again"
-        )
+    state = load_state(path)
+    check_settings(
+        _comparable(PretrainConfig.from_dict(state["config"])),
+        _comparable(config),
+        f"{out} (a pretraining run)",
+        fix="choose another output folder, or delete it to start again",
+    )
     return state
 
 
@@ -347,12 +345,6 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- training
@@ -387,7 +379,7 @@ def pretrain(
 
     Args:
         config: the recipe.
-        out_dir: run folder: ``scenes.pt`` (rendered images), ``checkpoint.pt`` (after every
+        out_dir: run folder: ``scenes.safetensors`` (rendered images), ``checkpoint.safetensors`` (after every
             epoch), ``history.jsonl`` (one line per epoch), ``pretrain_config.json`` and, at the
             end, ``model.safetensors`` (``focusvit.load_backbone`` reads it).
         progress: tqdm bar per epoch with the running loss and accuracy.
@@ -486,7 +478,8 @@ def pretrain(
                 f"{metrics['val_acc']:.3f} ({metrics['seconds']:.0f}s)",
                 flush=True,
             )
-        _atomic_save(
+        save_state(
+            out / CHECKPOINT,
             {
                 "config": config.as_dict(),
                 "epoch": epoch + 1,
@@ -496,7 +489,6 @@ def pretrain(
                 "rng": _rng_state(generator),
                 "history": history,
             },
-            out / CHECKPOINT,
         )
         with (out / "history.jsonl").open("a") as handle:
             handle.write(json.dumps(metrics) + "\n")

@@ -1,4 +1,4 @@
-"""``focusvit-pretrain``: the Hydra entry point of :mod:`focusvit.finetune.pretrain`.
+"""``focusvit-pretrain``: the Hydra entry point of :mod:`focusvit.pretraining`.
 
 Composes ``configs/pretrain.yaml`` (schema :class:`PretrainConf`, registered as
 ``pretrain_schema``; architecture group ``pretrain_model``: ``vit_small_cpu``,
@@ -61,8 +61,8 @@ register_configs()
 
 
 def pretrain_config(cfg: DictConfig):
-    """The :class:`~focusvit.finetune.pretrain.PretrainConfig` of a composed config."""
-    from focusvit.finetune.pretrain import PretrainConfig
+    """The :class:`~focusvit.pretraining.PretrainConfig` of a composed config."""
+    from focusvit.pretraining import PretrainConfig
 
     values = OmegaConf.to_container(cfg, resolve=True)
     values = {k: v for k, v in values.items() if k not in (*RUN_KEYS, "hydra")}
@@ -76,7 +76,7 @@ def run_pretrain(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
     """Validate, train (or resume) into ``out_dir`` (default ``cfg.out``); returns the model path."""
     import json
 
-    from focusvit.finetune.pretrain import pretrain
+    from focusvit.pretraining import pretrain
 
     config = pretrain_config(cfg)
     out = Path(out_dir or cfg.out)
