@@ -223,10 +223,10 @@ def fewshot_methods(cfg: DictConfig, tuner, fort) -> list[str]:
     try:
         check_method_names(methods)
     except ConfigError as error:
-        raise ConfigError(f"{error} (on the command line: fort=null turns the loss off)") from None
+        raise ConfigError(f"{error} (on the command line: fort=off turns the loss off)") from None
     if any(m.endswith("+fort") for m in methods) and fort is None:
         raise ConfigError(
-            f"methods {methods} use +fort but fort is null; select fort=recipe (or drop +fort)"
+            f"methods {methods} use +fort but fort is off; select fort=recipe (or drop +fort)"
         )
     return methods
 

@@ -7,7 +7,7 @@
   ``FullConfig``, ``LinearConfig``), registered as the options ``tuner=lora`` ... directly from
   the dataclasses
 - ``fort``      -> :class:`focusvit.FortConfig` (``fort=recipe``: every value from the DESIGN.md
-  recipe of the family and tuner; ``fort=null``: no attention loss)
+  recipe of the family and tuner; ``fort=off``: no attention loss)
 - ``trainer``   -> :class:`focusvit.FitOptions` (recipe overrides and head init)
 - ``data``      -> a few-shot dataset, built with ``_target_`` (``SyntheticScenes`` or
   :func:`image_folder`)
@@ -136,7 +136,7 @@ class FewshotConf:
     data: Any = MISSING
     episodes: EpisodeSpec = MISSING
     tuner: Any = MISSING  # one of the tuner dataclasses (tuner=lora, ...)
-    fort: FortConfig | None = None  # fort=recipe, or fort=null for no attention loss
+    fort: FortConfig | None = None  # fort=recipe, or fort=off for no attention loss
     trainer: FitOptions = field(default_factory=FitOptions)
     device: str | None = None  # cuda / cpu / cuda:1 (default: CUDA when available)
     methods: list[str] = field(default_factory=list)  # [] = the tuner, and tuner+fort if on

@@ -16,7 +16,13 @@ from PIL import Image
 
 import focusvit.runconfig as rc
 from focusvit import cli
-from focusvit.distributed import read_records
+from focusvit.errors import SettingsMismatchError
+from focusvit.runs import BackboneSpec, read_episode_file
+
+
+def read_records(path) -> list[dict]:
+    return read_episode_file(path)[1]
+
 
 BIN = Path(sys.executable).parent
 FAST_FEWSHOT = [
@@ -115,7 +121,7 @@ def test_fewshot_entry_point_writes_a_report_and_resumes(tmp_path, monkeypatch, 
 
     changed = [*argv, "fort.alpha=0.1"]
     monkeypatch.setattr(sys, "argv", ["focusvit-fewshot", *changed])
-    with pytest.raises(SystemExit, match="never overwritten"):
+    with pytest.raises(SystemExit, match=r"fort\.alpha: None -> 0\.1.*never mixed or overwritten"):
         cli.fewshot_main()
     assert (out / "episodes" / "lora.jsonl").read_text() == before
 
@@ -125,7 +131,7 @@ def test_fewshot_refuses_a_folder_that_is_not_a_run(tmp_path):
     out.mkdir()
     (out / "chapter1.tex").write_text("precious")
     cfg = compose_cfg("fewshot", [*FAST_FEWSHOT, "methods=[prototype]"])
-    with pytest.raises(rc.ConfigError, match="not a focusvit run folder"):
+    with pytest.raises(SettingsMismatchError, match="not a focusvit run folder"):
         cli.run_fewshot(cfg, out)
     assert (out / "chapter1.tex").read_text() == "precious"
 
@@ -145,7 +151,7 @@ def test_more_episodes_extend_a_resumed_run(tmp_path):
 def test_wrong_type_fails_before_anything_is_written(tmp_path, monkeypatch, capsys):
     out = tmp_path / "never"
     loads = []
-    monkeypatch.setattr(rc.BackboneSpec, "load", lambda self: loads.append(self))
+    monkeypatch.setattr(BackboneSpec, "load", lambda self: loads.append(self))
     monkeypatch.setattr(sys, "argv", ["focusvit-fewshot", "episodes.n_way=five", f"out={out}"])
     with pytest.raises(SystemExit) as info:
         cli.fewshot_main()
@@ -193,8 +199,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         ]
         for a, b in zip(one, two, strict=True):
             assert a.keys() == b.keys()
-            if a.get("final_loss"):
-                for key in a["final_loss"]:
-                    assert a["final_loss"][key] == pytest.approx(b["final_loss"][key], rel=1e-4)
-    shards = sorted(p.name for p in (multi / "shards").iterdir())
+            if method == "lora_fort":  # a tuned method: the loss comparison must not be skipped
+                assert a["final_loss"] and b["final_loss"]
+            for key in a.get("final_loss") or {}:
+                assert a["final_loss"][key] == pytest.approx(b["final_loss"][key], rel=1e-4)
+    shards = sorted(p.name for p in (multi / "episodes" / "shards").iterdir())
     assert "prototype.rank0.jsonl" in shards and "prototype.rank1.jsonl" in shards

@@ -11,8 +11,8 @@ from PIL import Image
 
 import focusvit.runconfig as rc
 from focusvit.cli import validate_explain, validate_fewshot
-from focusvit.finetune import RECIPES, FortConfig, TunerConfig
-from focusvit.finetune.recipes import VIT_TOP_P
+from focusvit.finetune import RECIPES, TUNERS, FitOptions, FortConfig, TunerConfig, resolve_fort
+from focusvit.runs import BackboneSpec, EpisodeSpec
 
 CONFIGS = resources.files("focusvit.configs")
 #: groups composed by focusvit-explain; every other group of ours belongs to focusvit-fewshot
@@ -29,6 +29,8 @@ def _options() -> list[tuple[str, str]]:
         for item in sorted(CONFIGS.joinpath(group).iterdir()):
             if item.name.endswith(".yaml"):
                 found.append((group, item.name[: -len(".yaml")]))
+    # the tuner options are the library's tuner dataclasses, registered in Hydra's ConfigStore
+    found += [("tuner", name) for name in TUNERS]
     return found
 
 
@@ -61,9 +63,7 @@ def test_the_tree_has_every_group_of_the_issue():
         "tuner/lora",
         "tuner/vpt",
         "tuner/ssf",
-        "fort/off",
-        "fort/vit",
-        "fort/swin",
+        "fort/recipe",
         "data/synthetic",
         "data/imagefolder",
         "episodes/5w1s",
@@ -98,15 +98,15 @@ def test_every_config_composes_and_instantiates(group, option, image_folder):
     ):
         overrides.append(f"data.path={image_folder}")
     cfg = _compose("fewshot", overrides)
-    built = {
-        name: rc.instantiate(cfg[name], name)
-        for name in ("backbone", "episodes", "tuner", "fort", "trainer")
-    }
-    assert isinstance(built["backbone"], rc.BackboneSpec)
-    assert isinstance(built["episodes"], rc.EpisodeSpec)
+    built = {name: rc.build(cfg, name) for name in ("backbone", "episodes", "tuner", "fort", "trainer")}
+    assert isinstance(built["backbone"], BackboneSpec)
+    assert isinstance(built["episodes"], EpisodeSpec)
     assert isinstance(built["tuner"], TunerConfig)
-    assert isinstance(built["fort"], FortConfig)
-    assert isinstance(built["trainer"], rc.TrainerSpec)
+    if (group, option) in (("experiment", "vpt"), ("experiment", "linear"), ("fort", "off")):
+        assert built["fort"] is None  # no attention loss, as in the official code
+    else:
+        assert isinstance(built["fort"], FortConfig)
+    assert isinstance(built["trainer"], FitOptions)
     data = rc.instantiate(cfg.data, "data")
     assert len(data.labels) > 0 and data.class_names
     if group == "backbone" and option.startswith("tiny_"):
@@ -128,19 +128,23 @@ EXPERIMENT_RECIPES = {
 
 @pytest.mark.parametrize("experiment", sorted(EXPERIMENT_RECIPES))
 def test_experiments_reproduce_the_design_recipes(experiment):
+    """What an experiment trains with, once resolved against a backbone of its family, is the
+    DESIGN.md section 6 recipe (the experiments set no value of their own)."""
+    from types import SimpleNamespace
+
     family, tuner = EXPERIMENT_RECIPES[experiment]
     recipe = RECIPES[(family, tuner)]
     cfg = _compose("fewshot", [f"experiment={experiment}"])
-    assert cfg.tuner.name == tuner
-    assert cfg.trainer.lr == pytest.approx(recipe.lr)
-    assert cfg.trainer.steps == recipe.steps
-    assert cfg.trainer.optimizer == recipe.optimizer
-    fort = rc.instantiate(cfg.fort, "fort")
-    assert fort.alpha == pytest.approx(recipe.alpha)
+    assert rc.build(cfg, "tuner").name == tuner
+    options = rc.build(cfg, "trainer")
+    assert recipe.override(**options.recipe_overrides()) == recipe
+    fort = rc.build(cfg, "fort")
     if recipe.alpha > 0:
-        assert fort.tau == pytest.approx(recipe.tau)
-        expected_p = VIT_TOP_P if family == "vit" else recipe.top_p
-        assert fort.top_p == pytest.approx(expected_p)
+        resolved = resolve_fort(SimpleNamespace(family=family, name=experiment), tuner, fort)
+        assert (resolved.alpha, resolved.tau) == (recipe.alpha, recipe.tau)
+        assert (resolved.top_k, resolved.top_fraction) == (recipe.top_k, recipe.top_fraction)
+    else:
+        assert fort is None
     if family == "swin":
         assert "swin" in cfg.backbone.spec
 
@@ -186,7 +190,9 @@ def test_unknown_key_fails_while_composing():
     ("overrides", "match"),
     [
         (["methods=[prototype,lora_fort]"], "unknown method"),
-        (["methods=[lora+fort]", "fort=off"], "fort.alpha is 0"),
+        (["methods=[lora+fort]", "fort=off"], "fort is off"),
+        (["methods=[ridge+fort]"], "drop fort"),
+        (["tuner=linear"], "fort=off"),
         (["fort.alpha=-1"], "alpha must be >= 0"),
         (["trainer.head_init=svm_magic"], "head_init"),
         (["episodes.k_shot=0"], "k_shot"),

@@ -14,12 +14,11 @@ import torch
 from conftest import tiny_adapter
 from PIL import Image
 
-from focusvit.distributed import merge_records, read_records, shard, write_records
 from focusvit.explainers import make_explainer
-from focusvit.finetune import EvaluationResult
 from focusvit.reports.explain import explain_images, write_explain_report
 from focusvit.reports.fewshot import write_fewshot_report
 from focusvit.runconfig import PromptSpec
+from focusvit.runs import EpisodeLog, EvaluationResult, merge_records, read_episode_file, shard
 
 CHROMIUM = next(
     (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
@@ -45,7 +44,7 @@ def explain_report(tmp_path_factory) -> Path:
         batch,
         ["a", "b", "c"],
         explainers,
-        PromptSpec(top_p=4),
+        PromptSpec(top_k=4),
         masks=masks,
         deletion_steps=2,
     )
@@ -121,14 +120,18 @@ def test_sharding_and_merging_are_canonical(tmp_path):
     parts = [shard(ids, r, 3) for r in range(3)]
     assert sorted(i for p in parts for i in p) == ids and parts[1] == [1, 4]
     records = [{"method": "m", "episode": i, "accuracy": i / 10} for i in ids]
-    single, multi = tmp_path / "single.jsonl", tmp_path / "multi.jsonl"
-    write_records(single, records)
-    write_records(multi, [r for p in reversed(parts) for r in records if r["episode"] in p])
-    assert single.read_bytes() == multi.read_bytes()
+    single = EpisodeLog(tmp_path / "single.jsonl", "m", {"a": 1})
+    multi = EpisodeLog(tmp_path / "multi.jsonl", "m", {"a": 1})
+    single.rewrite(records)
+    multi.rewrite([r for p in reversed(parts) for r in records if r["episode"] in p])
+    assert single.path.read_bytes() == multi.path.read_bytes()
     assert merge_records([records[:2], records[1:3]]) == records[:3]  # duplicates dropped
-    with single.open("a") as handle:
+    with single.path.open("a") as handle:
         handle.write('{"method": "m", "episo')  # cut line
-    assert len(read_records(single)) == 7
+    header, read = read_episode_file(single.path)
+    assert header == {"settings": {"a": 1}, "method": "m"} and read == records
+    assert single.open() == {r["episode"]: r for r in records}  # the cut line is dropped
+    assert single.path.read_bytes() == multi.path.read_bytes()
 
 
 def _chromium(*args: str, timeout: int = 90) -> subprocess.CompletedProcess:
