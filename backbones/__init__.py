@@ -9,11 +9,13 @@ from .base import (
     WindowGeometry,
     default_data_config,
 )
+from .catalog import imagenet_class_names, is_timm_model, suggest_model_names
 from .cnn import TimmCNNAdapter
 from .errors import (
     FocusVitError,
     ImageReadError,
     InputSizeError,
+    NonFiniteError,
     OfflineWeightsMissingError,
     UnknownModelError,
     UnsupportedFamilyError,
@@ -41,6 +43,7 @@ __all__ = [
     "HFViTAdapter",
     "ImageReadError",
     "InputSizeError",
+    "NonFiniteError",
     "OfflineWeightsMissingError",
     "TimmCNNAdapter",
     "TimmSwinAdapter",
@@ -52,8 +55,11 @@ __all__ = [
     "WindowGeometry",
     "adapt",
     "default_data_config",
+    "imagenet_class_names",
+    "is_timm_model",
     "load_backbone",
     "register_adapter",
     "save_backbone",
+    "suggest_model_names",
     "supported_families",
 ]

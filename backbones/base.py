@@ -34,23 +34,44 @@ AttentionReducer = Callable[[int, Tensor], "Tensor | tuple[Tensor, ...]"]
 class TokenGeometry:
     """Token layout of a columnar ViT for one input size.
 
+    Two layouts exist while a tuner has inserted tokens (VPT prompts)::
+
+        final tokens (adapter.tokens, pooling, head):       [ prefix (P) | patches (N) ]
+        inside the blocks (block inputs, captured attention,
+        outputs of block sub-modules such as gradcam_layer): [ prefix (P) | inserted (T) | patches (N) ]
+
     Attributes:
-        num_prefix_tokens: CLS + register + distillation tokens before the patch tokens.
+        num_prefix_tokens: P, the model's own CLS + register + distillation tokens.
         grid: patch grid ``(h, w)`` for the input size.
         patch_size: ``(ph, pw)`` in pixels.
+        num_inserted_tokens: T, tokens a tuner inserted after the prefix inside the blocks
+            (0 without such a tuner).
     """
 
     num_prefix_tokens: int
     grid: tuple[int, int]
     patch_size: tuple[int, int]
+    num_inserted_tokens: int = 0
 
     @property
     def num_patches(self) -> int:
+        """N = h · w."""
         return self.grid[0] * self.grid[1]
 
     @property
     def num_tokens(self) -> int:
+        """P + N: tokens of the final (normalised) token sequence."""
         return self.num_prefix_tokens + self.num_patches
+
+    @property
+    def num_tokens_before_patches(self) -> int:
+        """P + T: index of the first patch token inside the blocks."""
+        return self.num_prefix_tokens + self.num_inserted_tokens
+
+    @property
+    def num_block_tokens(self) -> int:
+        """P + T + N: tokens inside the blocks (the side of captured attention maps)."""
+        return self.num_tokens_before_patches + self.num_patches
 
 
 @dataclass(frozen=True)
@@ -150,7 +171,8 @@ class BlockInput:
     """The input tokens of one block, made a leaf that requires grad (see ``track_block_input``).
 
     ``tokens`` is ``(B, N, D)`` for ViTs, ``(B, H, W, C)`` or ``(B, H*W, C)`` for Swin, as the
-    block receives it.
+    block receives it. For ViTs ``N = num_tokens_before_patches + patches``: it includes tokens a
+    tuner inserted (VPT prompts).
     """
 
     tokens: Tensor | None = None
@@ -189,12 +211,16 @@ class BackboneAdapter(nn.Module):
     """
 
     family: Family = "vit"
+    _inserted_tokens: int = 0
+    _inserted_refreshed: bool = False
 
     def __init__(self, model: nn.Module, name: str = "", data_config: dict | None = None):
         super().__init__()
         self.model = model
         self.name = name or type(model).__name__
         self.data_config = data_config or default_data_config(224)
+        self._inserted_tokens = 0
+        self._inserted_refreshed = False
 
     # ----------------------------------------------------------------- forward API
     def forward(self, x: Tensor) -> Tensor:
@@ -231,15 +257,66 @@ class BackboneAdapter(nn.Module):
         raise NotImplementedError
 
     def set_head(self, head: nn.Module) -> None:
-        """Replace the classification head, e.g. by one initialised from a support set."""
+        """Replace the existing classification head (see :meth:`replace_head` for models that
+        have none)."""
         if not self.head_name:
             raise UnsupportedMethodError(
                 f"{self.name} has no classification head to replace; load it with "
-                "load_backbone(spec, num_classes=K) to create one"
+                "load_backbone(spec, num_classes=K) or use adapter.replace_head(head), which "
+                "also places a head on a model loaded with num_classes=0"
             )
         parent_name, _, child = self.head_name.rpartition(".")
         parent = self.model.get_submodule(parent_name) if parent_name else self.model
         setattr(parent, child, head)
+
+    def replace_head(self, head: nn.Module) -> None:
+        """Make ``head`` the classification head, also when the model has none.
+
+        ``head`` maps pooled features ``(B, num_features)`` to logits ``(B, K)``, e.g. an
+        ``nn.Linear`` initialised from a support set. Works on models loaded with a head and on
+        models loaded with ``num_classes=0`` (the head slot is created the way the family
+        does it); afterwards ``head_name`` names it and ``logits`` returns ``(B, K)``.
+        :meth:`remove_head` undoes the slot creation.
+
+        Raises:
+            UnsupportedMethodError: the family has no place for a head over pooled features.
+        """
+        if self.head_name:
+            self.set_head(head)
+        else:
+            self._attach_head(head)
+
+    def remove_head(self) -> None:
+        """Remove the classification head: ``logits`` then returns the pooled features
+        ``(B, num_features)``, as for ``load_backbone(spec, num_classes=0)``. A no-op when the
+        model has no head."""
+        if self.head_name:
+            self._detach_head()
+
+    def reset_head(self, num_classes: int) -> None:
+        """A freshly initialised linear head with ``num_classes`` outputs, initialised as the
+        model's library does it (timm: ``reset_classifier``); ``0`` removes the head.
+
+        Draws from torch's global RNG like the library does (seed before calling it for
+        reproducible heads).
+        """
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        if num_classes == 0:
+            self.remove_head()
+        else:
+            self.replace_head(nn.Linear(self.num_features, num_classes))
+
+    def _attach_head(self, head: nn.Module) -> None:
+        """Create the head slot of a model without a head and put ``head`` in it."""
+        raise UnsupportedMethodError(
+            f"{self.name} ({type(self.model).__name__}) has no classification head slot; load "
+            "it with load_backbone(spec, num_classes=K) to create one"
+        )
+
+    def _detach_head(self) -> None:
+        """Remove the (existing) head so that logits are the pooled features."""
+        self.set_head(nn.Identity())
 
     @property
     def num_features(self) -> int:
@@ -306,7 +383,58 @@ class BackboneAdapter(nn.Module):
 
     @property
     def num_prefix_tokens(self) -> int:
+        """P: the model's own tokens before the patch tokens (CLS, registers, distillation
+        token). Tokens a tuner inserts are not counted (see :attr:`inserted_tokens`)."""
         return 0
+
+    @property
+    def inserted_tokens(self) -> int:
+        """T: tokens a tuner (VPT) inserted right after the prefix tokens inside the blocks.
+
+        While T > 0, block inputs, outputs of block sub-modules (e.g. :attr:`gradcam_layer`) and
+        the maps of :meth:`capture_attention` hold ``P + T + N`` tokens laid out
+        ``[prefix (P) | inserted (T) | patches (N)]``; the final tokens of :meth:`tokens`, the
+        pooling and the head still see ``[prefix (P) | patches (N)]``. 0 without such a tuner.
+        """
+        return self._inserted_tokens
+
+    @property
+    def inserted_tokens_refreshed(self) -> bool:
+        """True when every block receives a fresh set of inserted tokens that replaces the
+        previous block's outputs at those positions (deep VPT); False when the tokens inserted
+        before the first block flow through all blocks (shallow VPT). Attention rollout treats
+        refreshed tokens as sources: no attention flows through them to earlier blocks."""
+        return self._inserted_refreshed and self._inserted_tokens > 0
+
+    @property
+    def num_tokens_before_patches(self) -> int:
+        """P + T: index of the first patch token inside the blocks (block inputs, captured
+        attention maps, outputs of block sub-modules). Equals :attr:`num_prefix_tokens` when no
+        tuner inserted tokens."""
+        return self.num_prefix_tokens + self.inserted_tokens
+
+    def set_inserted_tokens(self, count: int, refreshed: bool = False) -> None:
+        """Declare that ``count`` tokens are inserted after the prefix inside the blocks.
+
+        Called by tuners that insert tokens (VPT) when they are applied, and with ``count=0``
+        when they are removed (also on error); not meant for end users.
+
+        Args:
+            count: T >= 0; 0 resets the declaration.
+            refreshed: True when each block gets its own new tokens (deep VPT).
+
+        Raises:
+            UnsupportedMethodError: ``count > 0`` on a family without a token sequence.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"inserted token count must be an int >= 0, got {count!r}")
+        if count and self.family != "vit":
+            raise UnsupportedMethodError(
+                f"{self.name} ({self.family}) has no token sequence to insert tokens into; "
+                "inserted tokens (VPT prompts) apply to columnar ViTs only"
+            )
+        self._inserted_tokens = count
+        self._inserted_refreshed = bool(refreshed) and count > 0
 
     def check_input(self, x: Tensor) -> None:
         """Raise :class:`InputSizeError` when ``x`` is not ``(B, 3, H, W)`` with H, W fitting."""
@@ -338,17 +466,51 @@ class BackboneAdapter(nn.Module):
         return image_size[0] // ph, image_size[1] // pw
 
     def geometry(self, image_size: tuple[int, int]) -> TokenGeometry:
-        return TokenGeometry(self.num_prefix_tokens, self.grid_size(image_size), self.patch_size)
+        """:class:`TokenGeometry` for an input of ``image_size`` ``(H, W)`` pixels, including
+        the tokens a tuner inserted."""
+        return TokenGeometry(
+            self.num_prefix_tokens,
+            self.grid_size(image_size),
+            self.patch_size,
+            self.inserted_tokens,
+        )
+
+    def patch_start(self, num_tokens: int, image_size: tuple[int, int]) -> int:
+        """Index of the first patch token in a sequence of ``num_tokens`` tokens.
+
+        Both layouts are recognised by their length: final tokens ``P + N`` (output of
+        :meth:`tokens`) -> P; tokens inside the blocks ``P + T + N`` (block inputs, captured
+        attention, :attr:`gradcam_layer` outputs) -> P + T.
+
+        Raises:
+            InputSizeError: ``num_tokens`` fits neither layout for ``image_size``.
+        """
+        h, w = self.grid_size(image_size)
+        n = h * w
+        for start in (self.num_prefix_tokens, self.num_tokens_before_patches):
+            if num_tokens == start + n:
+                return start
+        inserted = (
+            f" or {self.num_tokens_before_patches + n} inside the blocks ({self.inserted_tokens} "
+            "tokens inserted by a tuner)"
+            if self.inserted_tokens
+            else ""
+        )
+        raise InputSizeError(
+            f"{num_tokens} tokens do not fill a {h}x{w} patch grid for input {image_size}: "
+            f"{self.name} expects {self.num_prefix_tokens} prefix tokens + {n} patches = "
+            f"{self.num_prefix_tokens + n}{inserted}; pass the image size the tokens were "
+            "computed at"
+        )
 
     def tokens_to_grid(self, tokens: Tensor, image_size: tuple[int, int]) -> Tensor:
-        """Patch tokens ``(B, N_total, D)`` -> feature map ``(B, D, h, w)`` (prefix tokens dropped)."""
+        """Tokens ``(B, N_total, D)`` -> patch feature map ``(B, D, h, w)``.
+
+        Prefix tokens (and tokens a tuner inserted, for tokens taken inside the blocks) are
+        dropped; see :meth:`patch_start` for the two accepted layouts.
+        """
         h, w = self.grid_size(image_size)
-        patches = tokens[:, self.num_prefix_tokens :]
-        if patches.shape[1] != h * w:
-            raise InputSizeError(
-                f"{patches.shape[1]} patch tokens do not fill a {h}x{w} grid for input "
-                f"{image_size}; pass the image size the tokens were computed at"
-            )
+        patches = tokens[:, self.patch_start(tokens.shape[1], image_size) :]
         return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], h, w)
 
     # ----------------------------------------------------------------- attention
@@ -403,8 +565,9 @@ class BackboneAdapter(nn.Module):
             chunk: images per ``reduce`` call (only used with ``reduce``).
 
         Yields:
-            :class:`AttentionRecord` whose i-th map has shape ``(B, heads, N, N)`` (ViT) or
-            ``(B, windows, heads, n, n)`` (Swin), from the most recent forward, in the
+            :class:`AttentionRecord` whose i-th map has shape ``(B, heads, N, N)`` (ViT, with
+            ``N = num_tokens_before_patches + patches``: tokens a tuner inserted are included)
+            or ``(B, windows, heads, n, n)`` (Swin), from the most recent forward, in the
             autograd graph (or the ``reduce`` results). Hooks are removed on exit, also when
             the forward raises.
         """

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .base import BackboneAdapter
 from .errors import UnsupportedFamilyError
+from .timm_vit import TimmHeadMixin
 
 
 def is_timm_cnn(model: nn.Module) -> bool:
@@ -21,7 +22,7 @@ def is_timm_cnn(model: nn.Module) -> bool:
     )
 
 
-class TimmCNNAdapter(BackboneAdapter):
+class TimmCNNAdapter(TimmHeadMixin, BackboneAdapter):
     """timm CNN. ``tokens`` is the last feature map ``(B, C, h, w)`` before global pooling."""
 
     family = "cnn"

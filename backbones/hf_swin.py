@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from .base import AttentionSite, BackboneAdapter, submodule_names, to_tuple2
 from .errors import UnsupportedFamilyError
-from .hf_vit import HF_SSF_BLOCK_PARTS, hf_attention_projections, qk_site
+from .hf_vit import HF_SSF_BLOCK_PARTS, HFHeadMixin, hf_attention_projections, qk_site
 from .timm_swin import SwinAdapterMixin
 
 
@@ -28,9 +28,12 @@ def _relative_bias(attn: nn.Module):
     return bias
 
 
-class HFSwinAdapter(SwinAdapterMixin, BackboneAdapter):
+class HFSwinAdapter(SwinAdapterMixin, HFHeadMixin, BackboneAdapter):
     """HF Swin. Tokens are ``(B, H*W, C)``; attention from the separate q/k projections plus the
-    relative position bias (the shifted-window mask is not part of the logits)."""
+    relative position bias (the shifted-window mask is not part of the logits). Shifted blocks
+    pad the stage grid before rolling it (``window_partition_order = "pad_then_roll"``)."""
+
+    window_partition_order = "pad_then_roll"
 
     def __init__(self, model: nn.Module, name: str = "", data_config: dict | None = None):
         if not is_hf_swin(model):

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import AttentionSite, BackboneAdapter, split_heads, submodule_names, to_tuple2
-from .errors import UnsupportedFamilyError
+from .errors import UnsupportedFamilyError, UnsupportedMethodError
 
 
 def hf_attention_projections(attn: nn.Module) -> tuple[nn.Module, nn.Module, list[str]]:
@@ -84,6 +84,41 @@ HF_SSF_BLOCK_PARTS = (
 )
 
 
+class HFHeadMixin:
+    """Head slot of Hugging Face models: the ``classifier`` child of ``*ForImageClassification``.
+
+    A bare ``*Model`` (what ``load_backbone("hf:...", num_classes=0)`` loads) has no
+    ``classifier``; :meth:`replace_head` adds one as a child module of the model (so the tuners
+    see and train it) and :meth:`remove_head` deletes it again. A ``*ForImageClassification``
+    model keeps its slot; removing its head puts ``nn.Identity`` there (what transformers builds
+    for ``num_labels=0``).
+    """
+
+    model: nn.Module
+    name: str
+    _added_head_slot: bool = False
+
+    def _attach_head(self, head: nn.Module) -> None:
+        model = self.model
+        if "classifier" in model._modules:  # ForImageClassification with its head removed
+            model.classifier = head
+        elif hasattr(model, "classifier"):
+            raise UnsupportedMethodError(
+                f"{self.name}: {type(model).__name__}.classifier is not a module; load the model "
+                "with load_backbone(spec, num_classes=K) to get a classification head"
+            )
+        else:  # bare *Model: add the slot
+            model.add_module("classifier", head)
+            self._added_head_slot = True
+
+    def _detach_head(self) -> None:
+        if self._added_head_slot:
+            del self.model._modules["classifier"]
+            self._added_head_slot = False
+        else:
+            self.model.classifier = nn.Identity()
+
+
 def _base_model(model: nn.Module) -> nn.Module:
     base = getattr(model, "base_model", model)
     return base if base is not None else model
@@ -94,7 +129,7 @@ def is_hf_columnar_vit(model: nn.Module) -> bool:
     return getattr(config, "model_type", None) in HFViTAdapter.MODEL_TYPES
 
 
-class HFViTAdapter(BackboneAdapter):
+class HFViTAdapter(HFHeadMixin, BackboneAdapter):
     """HF ViT / DeiT / Dinov2 (with registers). Pooling follows the model's own head."""
 
     family = "vit"
@@ -140,6 +175,15 @@ class HFViTAdapter(BackboneAdapter):
         if mode == "cls_dist":
             return torch.cat([tokens[:, 0], tokens[:, 1]], dim=1)
         return tokens[:, 0]
+
+    def _attach_head(self, head: nn.Module) -> None:
+        if self._pool_mode == "cls_dist":
+            raise UnsupportedMethodError(
+                f"{self.name} (DeiT with distillation head) averages two classifiers over "
+                "separate tokens; one head over the pooled features cannot replace them. Load "
+                "it as DeiTForImageClassification or DeiTModel instead"
+            )
+        super()._attach_head(head)
 
     def head_from_tokens(self, tokens: Tensor) -> Tensor:
         if self._pool_mode == "cls_dist":

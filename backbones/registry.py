@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from .base import BackboneAdapter, default_data_config
+from .catalog import suggest_model_names
 from .cnn import TimmCNNAdapter, is_timm_cnn
 from .errors import UnknownModelError, UnsupportedFamilyError
 from .hf_swin import HFSwinAdapter, is_hf_swin
@@ -173,7 +174,7 @@ def _load_timm(
     import timm
 
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:12]}*")[:8]
+        close = suggest_model_names(name.split(".")[0][:12], limit=8)
         raise UnknownModelError(
             f"timm has no model {name!r}; similar names: {', '.join(close) or 'none'} "
             "(see timm.list_models('*pattern*'))"

@@ -15,6 +15,7 @@ from .base import (
     to_tuple2,
 )
 from .errors import InputSizeError, UnsupportedFamilyError
+from .timm_vit import TimmHeadMixin
 
 
 def is_timm_swin(model: nn.Module) -> bool:
@@ -29,10 +30,18 @@ def is_timm_swin(model: nn.Module) -> bool:
 
 
 class SwinAdapterMixin:
-    """Geometry shared by the timm and HF Swin adapters (hierarchical, windowed)."""
+    """Geometry shared by the timm and HF Swin adapters (hierarchical, windowed).
+
+    Attributes:
+        window_partition_order: how a shifted block builds its windows when the stage grid is
+            not a multiple of the window: ``"roll_then_pad"`` (timm: roll the ``H × W`` grid by
+            ``-shift``, then pad bottom/right) or ``"pad_then_roll"`` (Hugging Face: pad first,
+            then roll the padded grid). Read by ``focusvit.prompting.swin``.
+    """
 
     family = "swin"
     num_prefix_tokens = 0
+    window_partition_order: str = "roll_then_pad"
 
     def stage_of_block(self) -> list[int]:
         """Stage index of every block in :attr:`blocks` order."""
@@ -86,9 +95,11 @@ class SwinAdapterMixin:
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], h, w)
 
 
-class TimmSwinAdapter(SwinAdapterMixin, BackboneAdapter):
+class TimmSwinAdapter(SwinAdapterMixin, TimmHeadMixin, BackboneAdapter):
     """timm Swin. Attention logits are recomputed from each block's fused ``qkv`` plus the
     relative position bias; the shifted-window mask is not part of the logits."""
+
+    window_partition_order = "roll_then_pad"
 
     def __init__(self, model: nn.Module, name: str = "", data_config: dict | None = None):
         if not is_timm_swin(model):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from .base import AttentionSite, BackboneAdapter, split_heads, submodule_names, to_tuple2
-from .errors import InputSizeError, UnsupportedFamilyError
+from .errors import InputSizeError, UnsupportedFamilyError, UnsupportedMethodError
 
 
 def is_timm_vit(model: nn.Module) -> bool:
@@ -21,7 +21,49 @@ def is_timm_vit(model: nn.Module) -> bool:
     )
 
 
-class TimmViTAdapter(BackboneAdapter):
+class TimmHeadMixin:
+    """Head slot of timm models (ViT, Swin, CNN) through timm's own ``reset_classifier``.
+
+    A model loaded with ``num_classes=0`` has an ``nn.Identity`` head; ``reset_classifier(K)``
+    builds timm's head layout for K classes (and keeps ``model.num_classes`` right) before the
+    given head is put in place, exactly as ``fit_task`` did it before the adapter owned it (so
+    the global RNG stream, and with it seeded runs, are unchanged).
+    """
+
+    model: nn.Module
+    name: str
+
+    def _attach_head(self, head: nn.Module) -> None:
+        reset = getattr(self.model, "reset_classifier", None)
+        out_features = getattr(head, "out_features", None)
+        if not callable(reset) or not isinstance(out_features, int):
+            raise UnsupportedMethodError(
+                f"{self.name} has no classification head slot for a "
+                f"{type(head).__name__}; load it with load_backbone(spec, num_classes=K), or "
+                "pass an nn.Linear head"
+            )
+        reset(out_features)
+        self.set_head(head)  # type: ignore[attr-defined]
+
+    def _detach_head(self) -> None:
+        reset = getattr(self.model, "reset_classifier", None)
+        if callable(reset):
+            reset(0)
+        else:
+            self.set_head(nn.Identity())  # type: ignore[attr-defined]
+
+    def reset_head(self, num_classes: int) -> None:
+        """A fresh head with ``num_classes`` outputs from timm's ``reset_classifier`` (0: none)."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        reset = getattr(self.model, "reset_classifier", None)
+        if callable(reset):
+            reset(num_classes)
+        else:
+            BackboneAdapter.reset_head(self, num_classes)  # type: ignore[arg-type]
+
+
+class TimmViTAdapter(TimmHeadMixin, BackboneAdapter):
     """timm ViT family. Captured attention logits are recomputed from each block's fused ``qkv``
     projection; full probability maps (no ``reduce``) are read from the eager path of the
     captured blocks."""

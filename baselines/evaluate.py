@@ -82,7 +82,9 @@ class BaselineRunner:
         q_labels = episode.query_labels.to(self.device)
         with torch.no_grad():
             if self.cache_features:
-                maps = self._maps.setdefault(id(dataset), _MapCache(dataset, self.model, self.device))
+                maps = self._maps.setdefault(
+                    id(dataset), _MapCache(dataset, self.model, self.device)
+                )
                 predictions = self.model.predict_maps(
                     maps(episode.support), s_labels, maps(episode.query), self.transductive
                 )

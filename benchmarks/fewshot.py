@@ -169,6 +169,8 @@ def rows_for(backbone, methods: set[str] | None) -> tuple[str, ...]:
 
 def fort_for(method: str):
     """The attention-loss settings of a ``+fort`` row: the recipe's, or LoRA's α/τ for VPT."""
+    from dataclasses import replace
+
     from focusvit import FortConfig
     from focusvit.finetune import RECIPES
 
@@ -176,15 +178,21 @@ def fort_for(method: str):
         return None
     if method.startswith("vpt"):
         lora = RECIPES[("vit", "lora")]
-        return FortConfig(alpha=lora.alpha, tau=lora.tau, top_p=lora.top_p)
-    return True
+        return FortConfig(alpha=lora.alpha, tau=lora.tau, top_fraction=lora.top_fraction)
+    return replace(FortConfig())
+
+
+def episode_spec(setting: dict):
+    from focusvit.runs import EpisodeSpec
+
+    return EpisodeSpec(**setting)
 
 
 # ----------------------------------------------------------------------------- evaluation
 def done_episodes(path: Path) -> int:
-    if not path.exists():
-        return 0
-    return sum(1 for line in path.read_text().splitlines() if line.strip().endswith("}"))
+    from focusvit.runs import read_episode_file
+
+    return len(read_episode_file(path)[1])
 
 
 def timed_row(row: str, path: Path, evaluator, *args, **kwargs) -> dict:
@@ -200,10 +208,12 @@ def timed_row(row: str, path: Path, evaluator, *args, **kwargs) -> dict:
 
 def evaluate_row(backbone, dataset, method: str, setting: dict, path: Path, device) -> dict:
     from focusvit import evaluate
+    from focusvit.finetune import parse_method
 
+    choice = parse_method(method)
     return timed_row(
-        method, path, evaluate, backbone, dataset, method=method, device=device,
-        fort=fort_for(method), **setting,
+        method, path, evaluate, backbone, dataset, tuner=choice.tuner, solver=choice.solver,
+        fort=fort_for(method), episodes=episode_spec(setting), device=device,
     )  # fmt: skip
 
 
@@ -223,21 +233,31 @@ def summary(method: str, result, seconds: float) -> dict:
 def focus_numbers(backbone, dataset, methods, setting: dict, count: int, path: Path, device):
     """Attention focus before / after each tuner on the first ``count`` episodes (cached)."""
     from focusvit import FortConfig
-    from focusvit.finetune.recipes import VIT_TOP_P
+    from focusvit.finetune import make_runner, parse_method
+    from focusvit.finetune.recipes import VIT_TOP_FRACTION
     from focusvit.reports.fewshot import attention_focus
-    from focusvit.runconfig import EpisodeSpec
 
     if backbone.family != "vit" or count <= 0:
         return {}
     cache = json.loads(path.read_text()) if path.exists() else {}
-    tuned = {m: {"fort": fort_for(m)} for m in methods if m not in SOLVER_ROWS}
-    spec = EpisodeSpec(**{k: setting[k] for k in ("n_way", "k_shot", "n_query", "seed")})
+    tuned = {
+        m: make_runner(backbone, tuner=parse_method(m).tuner, fort=fort_for(m), device=device)
+        for m in methods
+        if m not in SOLVER_ROWS
+    }
+    spec = episode_spec(setting)
     for index in range(count):
         if str(index) in cache and set(tuned) <= set(cache[str(index)]):
             continue
         print(f"  attention focus, episode {index} (fine-tunes each tuner once)", flush=True)
         focus = attention_focus(
-            backbone, dataset, tuned, index, spec, FortConfig(top_p=VIT_TOP_P), device=device
+            backbone,
+            dataset,
+            tuned,
+            index,
+            spec,
+            FortConfig(top_fraction=VIT_TOP_FRACTION),
+            device=device,
         )
         cache[str(index)] = focus["numbers"]
         cache["patches"] = int(np.prod(focus["grid"]))
@@ -276,7 +296,7 @@ def evaluate_baselines(models, dataset, setting: dict, folder: Path, device) -> 
         path = folder / f"{name.replace('+', '_')}.jsonl"
         rows.append(timed_row(
             name, path, evaluate_baseline, models[method], dataset,
-            transductive=bool(transductive), device=device, **setting,
+            episode_spec(setting), transductive=bool(transductive), device=device,
         ))  # fmt: skip
     return rows
 
@@ -301,7 +321,7 @@ def accuracy_table(results: dict[str, list[dict]], columns: list[str]) -> list[s
 
 def paired_table(results: dict[str, list[dict]]) -> list[str]:
     """``+fort − plain`` per episode (same tasks), mean ± 95% interval, wins/ties/losses."""
-    from focusvit.explainers import mean_and_ci
+    from focusvit.runs import mean_and_ci
 
     lines = [
         f"{'backbone':<12}{'tuner':<8}{'plain %':>9}{'+fort %':>9}{'diff (points)':>17}{'w/t/l':>10}"

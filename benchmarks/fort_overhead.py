@@ -39,7 +39,9 @@ def time_tuner(backbone, images, labels, tuner: str, repeats: int, warmup: int) 
     from focusvit.finetune.trainer import _optimizer, make_prompt_targets, training_step
 
     recipe = recipe_for(backbone.family, tuner)
-    fort = FortConfig(alpha=recipe.alpha, tau=recipe.tau, top_p=recipe.top_p)
+    fort = FortConfig(
+        alpha=recipe.alpha, tau=recipe.tau, top_k=recipe.top_k, top_fraction=recipe.top_fraction
+    )
     targets = make_prompt_targets(backbone, images, labels, fort)
     times: dict[str, list[float]] = {"plain": [], "fort": []}
     with apply_tuner(backbone, make_tuner(tuner)) as tuned:

@@ -78,7 +78,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import focusvit
-    from focusvit.explainers import mean_and_ci, pointing_game, prompt_precision
+    from focusvit.explainers import pointing_game, prompt_precision
+    from focusvit.runs import mean_and_ci
 
     scenes = focusvit.SyntheticScenes(
         "novel", images_per_class=args.per_class, num_classes=args.classes, seed=args.seed
@@ -115,7 +116,7 @@ def main() -> None:
                     backbone, images[index], labels[index], prototypes, method, options
                 )
                 grid = explanation.grid
-                prompt = focusvit.make_prompts(explanation, top_p=14 / 196)
+                prompt = focusvit.make_prompts(explanation, top_fraction=14 / 196)
                 precision.append(prompt_precision(prompt, masks[index]))
                 pointing.append(pointing_game(explanation, masks[index]))
             rows.append(
@@ -128,7 +129,7 @@ def main() -> None:
                 )
             )
         random_scores = torch.rand(len(images), *grid, generator=generator)
-        random_prompt = focusvit.make_prompts(random_scores, top_p=14 / 196)
+        random_prompt = focusvit.make_prompts(random_scores, top_fraction=14 / 196)
         rows.append(
             (
                 name,

@@ -23,7 +23,6 @@ from .metrics import (
     coverage_count,
     deletion,
     insertion,
-    mean_and_ci,
     pointing_game,
     prompt_precision,
 )
@@ -49,7 +48,6 @@ __all__ = [
     "explain",
     "insertion",
     "make_explainer",
-    "mean_and_ci",
     "normalise_per_image",
     "pointing_game",
     "prompt_precision",

@@ -1,8 +1,9 @@
 """Raw attention of the last layer, and the helpers the attention-based explainers share.
 
-The helpers work on head-fused attention maps ``(B, T, T)`` with ``T = P + N`` tokens
-(``P = backbone.num_prefix_tokens`` prefix tokens, then ``N`` patch tokens in row-major grid
-order). Attention is always read through ``backbone.capture_attention``, so the model keeps its
+The helpers work on head-fused attention maps ``(B, T, T)`` with ``T = S + N`` tokens: the
+``S = backbone.num_tokens_before_patches`` tokens before the patches (the model's own prefix
+tokens, then any tokens a tuner such as VPT inserted; the CLS token is always token 0), then
+``N`` patch tokens in row-major grid order. Attention is always read through ``backbone.capture_attention``, so the model keeps its
 fused attention kernels and no module path of timm / Hugging Face is touched here.
 """
 
@@ -97,7 +98,8 @@ def query_rows(attention: Tensor, num_prefix: int, query: str) -> Tensor:
     """Attention paid by the query to every token: ``(B, T, T)`` -> ``(B, T)``.
 
     ``query="cls"`` takes row 0 (the CLS token, also with register / distillation tokens);
-    ``query="mean"`` averages the rows of the patch queries.
+    ``query="mean"`` averages the rows of the patch queries, which start at ``num_prefix``
+    (pass ``backbone.num_tokens_before_patches``).
     """
     if query == "cls":
         return attention[:, 0]
@@ -186,6 +188,7 @@ class AttentionExplainer(Explainer):
             logits = backbone.logits(images)
             _, classes = resolve_targets(logits, target)
             fused = fuse_heads(record[0], self.params["head_fusion"])
-        rows = query_rows(fused, backbone.num_prefix_tokens, self.params["query"])
-        patches = rows[:, backbone.num_prefix_tokens :]
+        start = backbone.num_tokens_before_patches
+        rows = query_rows(fused, start, self.params["query"])
+        patches = rows[:, start:]
         return to_patch_grid(backbone, patches, image_size_of(images)), classes

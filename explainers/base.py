@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter, UnsupportedMethodError
+from focusvit.backbones.errors import NonFiniteError
 
 Target = int | Tensor | Callable[[Tensor], Tensor] | None
 
@@ -89,15 +90,53 @@ class Explainer:
     def __call__(
         self, backbone: BackboneAdapter, images: Tensor, target: Target = None
     ) -> Explanation:
+        """Explain ``images`` ``(B, 3, H, W)``: an :class:`Explanation` with finite scores
+        ``(B, h, w)``.
+
+        Raises:
+            NonFiniteError: ``images`` hold NaN / Inf values, or the method produced non-finite
+                scores (nothing is replaced by zeros).
+        """
         self.check(backbone)
+        check_finite_images(images)
         scores, targets = self.scores(backbone, images, target)
-        scores = torch.nan_to_num(scores.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+        scores = scores.detach().float()
+        bad = _non_finite_items(scores)
+        if bad:
+            raise NonFiniteError(
+                f"explainer {self.name!r} produced NaN or Inf scores for image(s) {bad} of "
+                f"{backbone.name} although the input batch is finite: the model's forward or "
+                "backward overflowed or produced NaN (e.g. under float16 / bfloat16 autocast, "
+                "or NaN weights after a diverged fine-tuning); explain in float32 and check the "
+                "model's weights and logits"
+            )
         return Explanation(
             scores=scores,
             method=self.name,
             params=dict(self.params),
             image_size=(int(images.shape[-2]), int(images.shape[-1])),
             targets=None if targets is None else targets.detach(),
+        )
+
+
+def _non_finite_items(batch: Tensor, limit: int = 8) -> list[int]:
+    """Indices (at most ``limit``) of the items of a batch ``(B, ...)`` holding NaN or Inf."""
+    finite = torch.isfinite(batch.reshape(batch.shape[0], -1)).all(dim=1)
+    if bool(finite.all()):
+        return []
+    return (~finite).nonzero()[:limit, 0].tolist()
+
+
+def check_finite_images(images: Tensor) -> None:
+    """Raise :class:`NonFiniteError` when an image of the batch ``(B, 3, H, W)`` holds NaN/Inf."""
+    if images.ndim == 0 or images.shape[0] == 0:
+        return
+    bad = _non_finite_items(images.detach())
+    if bad:
+        raise NonFiniteError(
+            f"input batch contains NaN or Inf values (image(s) {bad} of {images.shape[0]}); "
+            "check the preprocessing (e.g. a division by a zero std) and the image decoding, or "
+            "build the batch with backbone.preprocess"
         )
 
 

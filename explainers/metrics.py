@@ -10,7 +10,6 @@
   :func:`prompt_precision` (share of prompt patches inside the object) and the pointing game
   (Zhang, Lin, Brandt, Shen, Sclaroff, "Top-down neural attention by excitation backprop",
   ECCV 2016).
-- :func:`mean_and_ci`: mean and 95% interval half width 1.96·std/√n.
 
 Per-image functions take batches and return ``(B,)`` tensors. Patch grids are row-major, as the
 patch tokens. Every shape problem raises ``ValueError`` saying which shape was expected.
@@ -52,7 +51,6 @@ __all__ = [
     "coverage_count",
     "deletion",
     "insertion",
-    "mean_and_ci",
     "pointing_game",
     "prompt_precision",
 ]
@@ -308,7 +306,8 @@ def insertion(
 def cls_attention(backbone: BackboneAdapter, images: Tensor, layer: int = -1) -> Tensor:
     """CLS -> patch attention ``(B, N)`` of one block, mean over heads, renormalised over patches.
 
-    Prefix tokens (CLS, registers, distillation) are dropped from the keys. Runs under
+    Prefix tokens (CLS, registers, distillation) and tokens a tuner inserted (VPT prompts) are
+    dropped from the keys, so N is always the patch count of the input size. Runs under
     ``torch.no_grad`` and ``backbone.evaluating()``.
 
     Args:
@@ -331,7 +330,7 @@ def cls_attention(backbone: BackboneAdapter, images: Tensor, layer: int = -1) ->
     ):
         backbone.logits(images)
         probs = record[0]
-    cls_row = probs[:, :, 0, backbone.num_prefix_tokens :].float().mean(dim=1)
+    cls_row = probs[:, :, 0, backbone.num_tokens_before_patches :].float().mean(dim=1)
     return cls_row / cls_row.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
@@ -382,7 +381,7 @@ def prompt_precision(
 
     A patch counts as inside when at least ``min_overlap`` of its pixels are in the mask (its
     coverage is the area pooling of ``gt_mask`` onto the grid); ``min_overlap=0`` means any
-    overlap. An image with an empty prompt gets NaN (omitted by :func:`mean_and_ci`).
+    overlap. An image with an empty prompt gets NaN (omitted by :func:`focusvit.runs.mean_and_ci`).
 
     Args:
         prompt_mask: ``(B, h, w)`` bool chosen patches, or a :class:`PositionPrompt`.
@@ -430,7 +429,7 @@ def pointing_game(
     ``(y0 + y1 - 1) // 2`` of the patch's pixel rows ``y0..y1-1``, likewise for columns, so
     pixel 3 of an 8 px patch): a hit when a mask
     pixel lies within ``tolerance`` of it (the classic game uses the maximum point and a 15 px
-    tolerance). Images with an empty mask get NaN (omitted by :func:`mean_and_ci`).
+    tolerance). Images with an empty mask get NaN (omitted by :func:`focusvit.runs.mean_and_ci`).
 
     Args:
         scores: :class:`Explanation` or ``(B, h, w)`` patch scores.
@@ -463,32 +462,3 @@ def pointing_game(
 
 
 # ----------------------------------------------------------------------------- summary
-def mean_and_ci(
-    values: Tensor | list[float], nan_policy: Literal["omit", "raise"] = "omit", ddof: int = 0
-) -> tuple[float, float]:
-    """Mean and 95% interval half width ``1.96 · std / √n`` (DESIGN.md section 6).
-
-    Args:
-        values: 1-D per-image or per-episode values.
-        nan_policy: ``"omit"`` drops NaNs (undefined cases, e.g. empty prompts) before counting
-            n; ``"raise"`` raises on them.
-        ddof: delta degrees of freedom of the std; 0 (``np.std``) as in common few-shot
-            evaluation code, 1 for the sample std.
-
-    Returns:
-        ``(mean, half_width)`` as floats; half width 0 for a single value.
-    """
-    data = torch.as_tensor(values, dtype=torch.float64).flatten()
-    finite = ~torch.isnan(data)
-    if not bool(finite.all()):
-        if nan_policy == "raise":
-            raise ValueError("values contain NaN; pass nan_policy='omit' to drop them")
-        data = data[finite]
-    n = int(data.numel())
-    if n == 0:
-        raise ValueError("mean_and_ci needs at least one (non-NaN) value")
-    mean = float(data.mean())
-    if n - ddof <= 0:
-        return mean, 0.0
-    std = float(data.std(correction=ddof))
-    return mean, 1.96 * std / math.sqrt(n)

@@ -83,7 +83,10 @@ class RolloutExplainer(Explainer):
     connection) or ``rownorm(A)``; ``R = A'^L ··· A'^1`` over all tokens; the score of patch j
     is ``R[0, P + j]`` (``query="cls"``: row of the CLS token, also for models with register or
     distillation tokens) or the mean of ``R[P + i, P + j]`` over patch rows i
-    (``query="mean"``). One no-grad forward; columnar ViTs only.
+    (``query="mean"``), with ``P = backbone.num_tokens_before_patches``. Tokens a tuner inserted
+    stay in the product; when they are refreshed at every block (deep VPT) their rows are zeroed
+    (they are sources, nothing flows through them to earlier blocks). One no-grad forward;
+    columnar ViTs only.
 
     Args:
         head_fusion: ``"mean"`` | ``"min"`` | ``"max"``.
@@ -119,10 +122,20 @@ class RolloutExplainer(Explainer):
     ) -> tuple[Tensor, Tensor]:
         """``(scores (B, h, w), targets (B,))`` from one no-grad forward."""
         p = self.params
+        # Tokens a tuner inserted fresh at every block (deep VPT) are sources: what flows into
+        # them at block l+1 does not come from block l, so their rows carry nothing backwards.
+        refreshed = (
+            slice(backbone.num_prefix_tokens, backbone.num_tokens_before_patches)
+            if backbone.inserted_tokens_refreshed
+            else None
+        )
 
         def reduce(_layer: int, probs: Tensor) -> Tensor:
             fused = fuse_heads(probs, p["head_fusion"])
-            return rollout_matrix(fused, p["discard_ratio"], p["identity"])
+            matrix = rollout_matrix(fused, p["discard_ratio"], p["identity"])
+            if refreshed is not None:
+                matrix[:, refreshed] = 0.0
+            return matrix
 
         layers = block_indices(backbone, p["layers"])
         with (
@@ -132,7 +145,7 @@ class RolloutExplainer(Explainer):
         ):
             logits = backbone.logits(images)
             _, classes = resolve_targets(logits, target)
-        prefix = backbone.num_prefix_tokens
+        prefix = backbone.num_tokens_before_patches
         start = torch.zeros_like(matrices[0][:, 0])
         if p["query"] == "cls":
             start[:, 0] = 1.0
@@ -341,7 +354,7 @@ class RolloutSVDExplainer(Explainer):
     ) -> tuple[Tensor, Tensor]:
         """``(scores (B, h, w), targets (B,))`` from one forward and a last-block backward."""
         p = self.params
-        prefix = backbone.num_prefix_tokens
+        prefix = backbone.num_tokens_before_patches  # + tokens a tuner inserted (VPT)
         layers = block_indices(backbone, p["layers"])
         last = backbone.num_layers - 1
         captured = sorted({*layers, last})

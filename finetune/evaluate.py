@@ -81,7 +81,9 @@ def parse_method(method: str) -> MethodChoice:
     return choice
 
 
-def _refuse_fort(tuner: str | None, solver: str | None, fort: bool, family: str | None = None) -> None:
+def _refuse_fort(
+    tuner: str | None, solver: str | None, fort: bool, family: str | None = None
+) -> None:
     if not fort:
         return
     if solver is not None:

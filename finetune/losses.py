@@ -60,7 +60,9 @@ class FortConfig:
                 "give either top_k (a patch count) or top_fraction (a fraction of the patches), "
                 f"not both (got top_k={self.top_k}, top_fraction={self.top_fraction})"
             )
-        if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 1):
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 1
+        ):
             raise ValueError(f"top_k must be a whole number of patches >= 1, got {self.top_k!r}")
         if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
             raise ValueError(f"top_fraction must lie in (0, 1], got {self.top_fraction!r}")
@@ -82,21 +84,17 @@ class FortConfig:
                 raise ValueError("layers must name at least one block, e.g. layers=[-1]")
             self.layers = layers
         if self.weighting not in ("importance", "multi_hot"):
-            raise ValueError(f"weighting must be 'importance' or 'multi_hot', got {self.weighting!r}")
+            raise ValueError(
+                f"weighting must be 'importance' or 'multi_hot', got {self.weighting!r}"
+            )
 
     @property
     def resolved(self) -> bool:
         """True when every recipe-filled field is set (after ``resolve_fort``)."""
-        return None not in (self.alpha, self.tau) and (self.top_k, self.top_fraction) != (None, None)
-
-    @property
-    def prompt_size(self) -> int | float:
-        """``top_k`` (int) or ``top_fraction`` (float), as the prompting functions take it."""
-        if self.top_k is not None:
-            return int(self.top_k)
-        if self.top_fraction is None:
-            raise ValueError("FortConfig has no prompt size yet; resolve it with resolve_fort()")
-        return float(self.top_fraction)
+        return None not in (self.alpha, self.tau) and (self.top_k, self.top_fraction) != (
+            None,
+            None,
+        )
 
     def layer_indices(self, num_layers: int) -> list[int]:
         if self.layers == "last":

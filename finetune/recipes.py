@@ -37,9 +37,15 @@ class Recipe:
 VIT_TOP_FRACTION = 14 / 196
 
 RECIPES: dict[tuple[str, str], Recipe] = {
-    ("vit", "full"): Recipe("adamw", 1e-5, 0.01, steps=5, top_fraction=VIT_TOP_FRACTION, tau=1.0, alpha=0.03),
-    ("vit", "ssf"): Recipe("adamw", 5e-3, steps=10, top_fraction=VIT_TOP_FRACTION, tau=1.0, alpha=0.1),
-    ("vit", "lora"): Recipe("adamw", 5e-3, steps=10, top_fraction=VIT_TOP_FRACTION, tau=1.0, alpha=0.5),
+    ("vit", "full"): Recipe(
+        "adamw", 1e-5, 0.01, steps=5, top_fraction=VIT_TOP_FRACTION, tau=1.0, alpha=0.03
+    ),
+    ("vit", "ssf"): Recipe(
+        "adamw", 5e-3, steps=10, top_fraction=VIT_TOP_FRACTION, tau=1.0, alpha=0.1
+    ),
+    ("vit", "lora"): Recipe(
+        "adamw", 5e-3, steps=10, top_fraction=VIT_TOP_FRACTION, tau=1.0, alpha=0.5
+    ),
     ("swin", "full"): Recipe("adamw", 5e-5, steps=5, top_k=7, tau=10.0, alpha=0.3),
     ("swin", "ssf"): Recipe("adamw", 5e-3, steps=10, top_k=7, tau=20.0, alpha=0.5),
     ("swin", "lora"): Recipe("adamw", 5e-3, steps=10, top_k=7, tau=10.0, alpha=0.3),
@@ -73,11 +79,15 @@ class FitOptions:
 
     def __post_init__(self) -> None:
         if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}; e.g. lr=5e-3 (or None for the recipe)")
+            raise ValueError(
+                f"lr must be > 0, got {self.lr}; e.g. lr=5e-3 (or None for the recipe)"
+            )
         if self.steps is not None and (isinstance(self.steps, bool) or self.steps < 0):
             raise ValueError(f"steps must be a whole number >= 0, got {self.steps}")
         if self.optimizer not in (None, "adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd' (or None), got {self.optimizer!r}")
+            raise ValueError(
+                f"optimizer must be 'adamw' or 'sgd' (or None), got {self.optimizer!r}"
+            )
         if self.weight_decay is not None and self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.momentum is not None and not 0 <= self.momentum < 1:

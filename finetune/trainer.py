@@ -93,7 +93,7 @@ def make_prompt_targets(
     if backbone.family == "swin":
         from focusvit.prompting import swin_window_prompts
 
-        return swin_window_prompts(backbone, images, top_p=fort.prompt_size).targets
+        return swin_window_prompts(backbone, images, fort.top_k, fort.top_fraction).targets
     if backbone.family != "vit":
         raise UnsupportedMethodError(
             f"the attention-enhancement loss needs a transformer; {backbone.name} is a "
@@ -103,16 +103,21 @@ def make_prompt_targets(
     from focusvit.prompting import make_prompts
 
     explanation = explain(backbone, images, method=fort.explainer, target=labels)
-    return make_prompts(explanation, top_p=fort.prompt_size, weighting=fort.weighting).target
+    return make_prompts(
+        explanation, top_k=fort.top_k, top_fraction=fort.top_fraction, weighting=fort.weighting
+    ).target
 
 
-def _attention_loss(
-    backbone: BackboneAdapter, fort: FortConfig, record, targets, extra_tokens: int
-) -> Tensor:
+def _attention_loss(backbone: BackboneAdapter, fort: FortConfig, record, targets) -> Tensor:
     if backbone.family == "swin":
         return swin_attention_loss(list(record), targets, tau=fort.tau)
     return vit_attention_loss(
-        list(record), targets, backbone.num_prefix_tokens, fort.tau, fort.query_rows, extra_tokens
+        list(record),
+        targets,
+        backbone.num_prefix_tokens,
+        fort.tau,
+        fort.query_rows,
+        backbone.inserted_tokens,
     )
 
 
@@ -221,27 +226,18 @@ def fit_task(
 
 
 def _swap_head(backbone: BackboneAdapter, head: torch.nn.Module) -> None:
-    if backbone.head_name:
-        backbone.set_head(head)
-        return
-    reset = getattr(backbone.model, "reset_classifier", None)
-    if callable(reset):  # timm model loaded with num_classes=0
-        reset(head.out_features)
-        backbone.set_head(head)
-        return
-    raise UnsupportedMethodError(
-        f"{backbone.name} has no classification head slot; load it with load_backbone(spec, "
-        "num_classes=N) so fit_task can place the support-set head"
-    )
+    """Put the support-set head ``(B, D) -> (B, N_way)`` in place, also on a model loaded with
+    ``num_classes=0`` (the adapter creates the head slot; it raises UnsupportedMethodError,
+    naming the fix, when the family has none)."""
+    backbone.replace_head(head)
 
 
 def _restore_head(backbone: BackboneAdapter, original: torch.nn.Module | None) -> None:
+    """Put the pretrained head back, or remove the task head when the model had none."""
     if original is not None:
-        backbone.set_head(original)
+        backbone.replace_head(original)
     else:
-        reset = getattr(backbone.model, "reset_classifier", None)
-        if callable(reset):
-            reset(0)
+        backbone.remove_head()
 
 
 def _train(task: TaskModel, tuned, images: Tensor, labels: Tensor) -> None:
@@ -253,12 +249,9 @@ def _train(task: TaskModel, tuned, images: Tensor, labels: Tensor) -> None:
         return
     backbone.train()
     layers = _loss_layers(backbone, fort) if fort is not None else []
-    extra = int(getattr(tuned, "extra_prefix_tokens", 0))
     for _ in range(recipe.steps):
         task.losses.append(
-            training_step(
-                backbone, optimizer, images, labels, fort, task.prompt_targets, layers, extra
-            )
+            training_step(backbone, optimizer, images, labels, fort, task.prompt_targets, layers)
         )
     backbone.eval()
 
@@ -271,7 +264,6 @@ def training_step(
     fort: FortConfig | None = None,
     prompt_targets: Tensor | list[Tensor] | None = None,
     layers: list[int] | None = None,
-    extra_tokens: int = 0,
 ) -> dict[str, float]:
     """One optimiser step on the support set: ``CE + α · attention loss`` (DESIGN.md section 5).
 
@@ -281,7 +273,6 @@ def training_step(
         prompt_targets: the fixed prompts (``(M, N)`` ViT, per-stage window targets for Swin).
         layers: blocks whose attention logits the loss reads (only these compute explicit
             attention; default :func:`_loss_layers`).
-        extra_tokens: tokens a tuner inserts after the prefix tokens (VPT).
 
     Returns:
         ``{"ce", "attn", "total"}`` as floats.
@@ -294,7 +285,7 @@ def training_step(
         logits = backbone.logits(images).float()
         ce = F.cross_entropy(logits, labels)
         attn = (
-            _attention_loss(backbone, fort, record, prompt_targets, extra_tokens).float()
+            _attention_loss(backbone, fort, record, prompt_targets).float()
             if fort is not None
             else ce.new_zeros(())
         )

@@ -11,7 +11,7 @@ returns the backbone bit-identical to its state when the tuner was applied.
 ========  ==================================================================================
 name      trainable (plus the head when the model has one)
 ========  ==================================================================================
-linear    the head only (needs a head: load with ``num_classes`` or ``set_head`` first)
+linear    the head only (needs a head: load with ``num_classes`` or ``replace_head`` first)
 full      every parameter
 lora      low-rank adapters through peft on ``backbone.lora_targets`` (inside the blocks)
 ssf       per-channel scale (init 1) and shift (init 0) after ``backbone.ssf_targets``
@@ -209,7 +209,9 @@ class TunedModel:
         config: the tuner's config.
         extra_prefix_tokens: tokens the tuner inserts right after the prefix tokens inside the
             blocks (VPT: ``num_tokens``; 0 otherwise). Captured attention maps and block inputs
-            have this many more tokens; the final tokens, pooling and head do not.
+            have this many more tokens; the final tokens, pooling and head do not. While the
+            tuner is active the adapter carries the same number as ``backbone.inserted_tokens``
+            (the source explainers, metrics and the loss read).
     """
 
     config_class: ClassVar[type[TunerConfig]] = TunerConfig
@@ -297,9 +299,9 @@ class TunedModel:
 
     def set_head(self, head: nn.Module) -> None:
         """Replace the head for this task (e.g. one initialised from the support set) and make
-        it trainable; the original head comes back on removal."""
+        it trainable; the original head (or none) comes back on removal."""
         self._check_alive()
-        self.backbone.set_head(head)
+        self.backbone.replace_head(head)
         for p in head.parameters():
             p.requires_grad_(True)
 
@@ -326,7 +328,8 @@ class TunedModel:
     @property
     def attention_prefix_tokens(self) -> int:
         """Tokens before the patch tokens in captured attention maps and block inputs:
-        ``backbone.num_prefix_tokens + extra_prefix_tokens``."""
+        ``backbone.num_prefix_tokens + extra_prefix_tokens`` (= the adapter's
+        ``num_tokens_before_patches`` while the tuner is active)."""
         return self.backbone.num_prefix_tokens + self.extra_prefix_tokens
 
     def remove(self) -> None:
@@ -362,8 +365,11 @@ class TunedModel:
             self._eject()
         finally:
             if backbone is not None:
-                if self._head is not None and backbone.head is not self._head:
-                    backbone.set_head(self._head)
+                backbone.set_inserted_tokens(0)  # no tuner inserts tokens any more
+                if self._head is None:
+                    backbone.remove_head()  # a head placed during the task on a headless model
+                elif backbone.head is not self._head:
+                    backbone.replace_head(self._head)
                 with torch.no_grad():
                     for p, saved in self._saved:
                         p.copy_(saved)

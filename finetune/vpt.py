@@ -13,9 +13,14 @@ hooks on block sub-modules and the maps of ``capture_attention``, which are
     [ prefix (P) | prompts (T) | patches (N) ]
 
 Other hooks on the blocks see this layout whenever they were registered (VPT's hooks are
-prepended). ``TunedModel.extra_prefix_tokens`` is T and ``TunedModel.attention_prefix_tokens`` is P + T: code
-that slices patch tokens out of captured attention (the attention-enhancement loss, rollout)
-must skip ``attention_prefix_tokens`` tokens instead of ``backbone.num_prefix_tokens``.
+prepended). The adapter carries the layout while VPT is active: ``backbone.inserted_tokens`` is
+T, ``backbone.inserted_tokens_refreshed`` is True for deep VPT, and
+``backbone.num_tokens_before_patches`` is P + T (``backbone.num_prefix_tokens`` stays P). Code
+that slices patch tokens out of block inputs or captured attention (explainers, metrics, the
+attention-enhancement loss) skips ``backbone.num_tokens_before_patches`` tokens;
+``backbone.tokens_to_grid`` recognises both layouts. VPT declares them when applied and resets
+them on removal, also when applying fails. (``TunedModel.extra_prefix_tokens`` and
+``attention_prefix_tokens`` are the same numbers, kept for existing callers.)
 """
 
 from __future__ import annotations
@@ -143,6 +148,7 @@ class VPTTuned(TunedModel):
                     )
                 )
         self._handles.append(blocks[-1].register_forward_hook(strip, prepend=True))
+        backbone.set_inserted_tokens(t, refreshed=config.deep)
 
     @property
     def prompts(self) -> nn.Parameter:
@@ -150,6 +156,7 @@ class VPTTuned(TunedModel):
         return self._prompts.prompts
 
     def _eject(self) -> None:
+        self.backbone.set_inserted_tokens(0)
         model = self.backbone.model
         if getattr(self, "_prompts", None) is not None and model._modules.get(VPT_CHILD) is (
             self._prompts

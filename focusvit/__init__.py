@@ -7,7 +7,7 @@ Quick start::
     backbone = focusvit.load_backbone("offline:dinov2-s14-imgfocus")
     batch = backbone.preprocess(["cat.jpg", "dog.jpg"])
     explanation = focusvit.explain(backbone, batch, method="rollout_svd")  # scores (B, h, w)
-    prompts = focusvit.make_prompts(explanation, top_p=14)                 # mask (B, h, w)
+    prompts = focusvit.make_prompts(explanation, top_k=14)                 # mask (B, h, w)
     scenes = focusvit.SyntheticScenes("novel")
     spec = focusvit.EpisodeSpec(n_way=5, k_shot=1, n_query=15, episodes=100)
     result = focusvit.evaluate(backbone, scenes, tuner="lora", fort=focusvit.FortConfig(),
@@ -30,7 +30,7 @@ from focusvit.data import (
     sample_episodes,
     sample_photos,
 )
-from focusvit.errors import ConfigError, FocusVitError, SettingsMismatchError
+from focusvit.errors import ConfigError, FocusVitError, NonFiniteError, SettingsMismatchError
 from focusvit.explainers import (
     Explanation,
     attention_mass,
@@ -79,6 +79,7 @@ __all__ = [
     "ImageFolderDataset",
     "LinearConfig",
     "LoraConfig",
+    "NonFiniteError",
     "PositionPrompt",
     "PretrainConfig",
     "SSFConfig",

@@ -331,7 +331,9 @@ def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str,
         context.close()
 
 
-def _focus_runs(cfg, plan: FewshotPlan, backbone, folder: RunDir, runners) -> tuple[list, list[str]]:
+def _focus_runs(
+    cfg, plan: FewshotPlan, backbone, folder: RunDir, runners
+) -> tuple[list, list[str]]:
     """Attention focus of the first ``report.focus_episodes`` episodes, kept in the run
     folder's ``focus`` checkpoint so a resumed run does not fine-tune them again."""
     from focusvit.finetune import resolve_fort

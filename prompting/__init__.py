@@ -2,12 +2,12 @@
 
 Columnar ViTs: :func:`make_prompts` turns an explainer's patch scores into top-P (or mass
 coverage) prompts with multi-hot or importance-weighted targets. Swin: :func:`swin_window_prompts`
-gives per-window binary top-P targets from the last block of every stage. Figures overlay scores
-and prompts on the images.
+gives per-window binary top-P targets from the last block of every stage. Pure tensor functions:
+the overlay figures of scores and prompts are in :mod:`focusvit.reports.figures`.
 """
 
-from .figures import image_to_array, plot_explanation, save_overlay_grid
 from .prompts import (
+    DEFAULT_TOP_K,
     PositionPrompt,
     coverage_counts,
     coverage_mask,
@@ -16,13 +16,14 @@ from .prompts import (
     mass_distribution,
     multi_hot_targets,
     patch_area_fraction,
+    prompt_count,
     rank_patches,
-    resolve_top_p,
-    top_p_mask,
+    top_k_mask,
     upsample_mask,
     upsample_scores,
 )
 from .swin import (
+    WINDOW_TOP_K,
     SwinStagePrompt,
     SwinWindowPrompt,
     grid_to_windows,
@@ -30,19 +31,20 @@ from .swin import (
     partition_order,
     swin_window_prompts,
     window_key_scores,
-    window_top_p,
+    window_top_k,
     window_valid_mask,
     windows_to_grid,
 )
 
 __all__ = [
+    "DEFAULT_TOP_K",
+    "WINDOW_TOP_K",
     "PositionPrompt",
     "SwinStagePrompt",
     "SwinWindowPrompt",
     "coverage_counts",
     "coverage_mask",
     "grid_to_windows",
-    "image_to_array",
     "importance_targets",
     "last_block_of_each_stage",
     "make_prompts",
@@ -50,16 +52,14 @@ __all__ = [
     "multi_hot_targets",
     "partition_order",
     "patch_area_fraction",
-    "plot_explanation",
+    "prompt_count",
     "rank_patches",
-    "resolve_top_p",
-    "save_overlay_grid",
     "swin_window_prompts",
-    "top_p_mask",
+    "top_k_mask",
     "upsample_mask",
     "upsample_scores",
     "window_key_scores",
-    "window_top_p",
+    "window_top_k",
     "window_valid_mask",
     "windows_to_grid",
 ]

@@ -15,7 +15,9 @@ Conventions shared by every function here:
 - patch order is row-major over the ``(h, w)`` grid, the order of the patch tokens;
 - ranking is a stable descending sort, so ties go to the lower patch index (deterministic);
 - for mass coverage the scores are made non-negative by clamping at 0 and normalised per image;
-  an image whose scores are all <= 0 is treated as uniform.
+  an image whose scores are all <= 0 is treated as uniform;
+- scores holding NaN or +Inf raise :class:`~focusvit.backbones.errors.NonFiniteError` (they
+  are never silently replaced); -Inf is a valid "no evidence" score.
 
 Everything is a pure tensor function: no model, no gradient.
 """
@@ -28,6 +30,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from focusvit.backbones.errors import NonFiniteError
 
 if TYPE_CHECKING:
     from focusvit.explainers.base import Explanation
@@ -112,29 +116,54 @@ def as_flat_scores(scores: Tensor, name: str = "scores") -> Tensor:
     )
 
 
-def resolve_top_p(top_p: int | float, num_patches: int) -> int:
-    """Number of patches to choose: an int P, or a float fraction -> ``round(fraction · N)``.
+#: FORT's official prompt size: 14 of the 196 patches of ViT-B/16 at 224 px
+DEFAULT_TOP_K = 14
+
+
+def prompt_count(
+    num_patches: int, top_k: int | None = None, top_fraction: float | None = None
+) -> int:
+    """Number of patches to choose: a count ``top_k``, or ``round(top_fraction · N)`` (at least
+    1); neither given: :data:`DEFAULT_TOP_K` (capped at N).
 
     Raises:
-        ValueError: P outside ``1..N`` or a fraction outside ``(0, 1]``.
+        ValueError: both given, a count outside ``1..N``, or a fraction outside ``(0, 1]``.
     """
-    if isinstance(top_p, bool) or not isinstance(top_p, int | float):
-        raise ValueError(f"top_p must be an int count or a float fraction, got {top_p!r}")
-    if isinstance(top_p, float):
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(
-                f"a float top_p is a fraction of the {num_patches} patches and must lie in "
-                f"(0, 1], got {top_p}; pass an int for a patch count"
-            )
-        count = max(1, round(top_p * num_patches))
-    else:
-        count = top_p
-    if not 1 <= count <= num_patches:
+    if top_k is not None and top_fraction is not None:
         raise ValueError(
-            f"top_p={top_p} asks for {count} patches but the grid has {num_patches}; "
-            f"choose 1..{num_patches} (official FORT: 14 of 196, about 0.07)"
+            f"give either top_k (a patch count) or top_fraction (a fraction of the patches), "
+            f"not both (got top_k={top_k}, top_fraction={top_fraction})"
         )
-    return int(count)
+    if top_fraction is not None:
+        if isinstance(top_fraction, bool) or not 0.0 < float(top_fraction) <= 1.0:
+            raise ValueError(
+                f"top_fraction is a fraction of the {num_patches} patches and must lie in "
+                f"(0, 1], got {top_fraction!r}; use top_k for a patch count"
+            )
+        return max(1, round(float(top_fraction) * num_patches))
+    if top_k is None:
+        return min(DEFAULT_TOP_K, num_patches)
+    if isinstance(top_k, bool) or int(top_k) != top_k or not 1 <= top_k <= num_patches:
+        raise ValueError(
+            f"top_k={top_k!r} must be a whole number of patches in 1..{num_patches} (the grid "
+            f"has {num_patches}); official FORT: 14 of 196, or top_fraction=14/196"
+        )
+    return int(top_k)
+
+
+def check_finite_scores(scores: Tensor, name: str = "scores") -> None:
+    """Raise :class:`NonFiniteError` when ``scores`` ``(B, N)`` hold NaN or +Inf.
+
+    -Inf is allowed (it ranks last and clamps to zero mass).
+    """
+    bad = torch.isnan(scores) | torch.isposinf(scores)
+    if bool(bad.any()):
+        images = bad.reshape(bad.shape[0], -1).any(dim=1).nonzero()[:8, 0].tolist()
+        raise NonFiniteError(
+            f"{name} contain NaN or +Inf values (image(s) {images}); position prompts need "
+            "finite scores: check the explainer's input images (NaN after preprocessing) and "
+            "run the explainer in float32"
+        )
 
 
 # ----------------------------------------------------------------------------- selection
@@ -143,15 +172,16 @@ def rank_patches(scores: Tensor) -> Tensor:
     return torch.sort(as_flat_scores(scores), dim=1, descending=True, stable=True).indices
 
 
-def top_p_mask(scores: Tensor, top_p: int | float) -> Tensor:
+def top_k_mask(scores: Tensor, count: int) -> Tensor:
     """The top-P patches of each image as a ``(B, N)`` bool mask.
 
     Args:
         scores: ``(B, N)`` or ``(B, h, w)`` patch scores.
-        top_p: int count P or float fraction of N (see :func:`resolve_top_p`).
+        count: number of patches P (see :func:`prompt_count`).
     """
     flat = as_flat_scores(scores)
-    count = resolve_top_p(top_p, flat.shape[1])
+    if not 1 <= count <= flat.shape[1]:
+        raise ValueError(f"count must lie in 1..{flat.shape[1]}, got {count}")
     order = rank_patches(flat)[:, :count]
     return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
 
@@ -160,9 +190,13 @@ def mass_distribution(scores: Tensor) -> Tensor:
     """Non-negative normalised masses ``(B, N)`` float64 from scores ``(B, N)``.
 
     Negative scores are clamped to 0; an image with no positive score gets a uniform mass.
+
+    Raises:
+        NonFiniteError: the scores hold NaN or +Inf.
     """
-    flat = as_flat_scores(scores).double().clamp_min(0.0)
-    flat = torch.nan_to_num(flat, nan=0.0, posinf=0.0)
+    flat = as_flat_scores(scores).double()
+    check_finite_scores(flat)
+    flat = flat.clamp_min(0.0)
     total = flat.sum(dim=1, keepdim=True)
     uniform = torch.full_like(flat, 1.0 / flat.shape[1])
     return torch.where(total > 0, flat / total.clamp_min(1e-300), uniform)
@@ -237,7 +271,8 @@ def importance_targets(scores: Tensor, mask: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- prompts
 def make_prompts(
     explanation: Explanation | Tensor,
-    top_p: int | float = 14,
+    top_k: int | None = None,
+    top_fraction: float | None = None,
     coverage: float | None = None,
     weighting: Weighting = "importance",
     image_size: tuple[int, int] | None = None,
@@ -248,9 +283,11 @@ def make_prompts(
     Args:
         explanation: an :class:`~focusvit.explainers.Explanation` (scores ``(B, h, w)``), or a
             scores tensor ``(B, h, w)`` / ``(h, w)`` (a single map behaves as B=1).
-        top_p: int P or float fraction of the N patches (``round(fraction · N)``); official 14.
-        coverage: when given, choose instead the smallest set covering this fraction of the
-            (clamped non-negative, normalised) score mass; ``top_p`` is then ignored.
+        top_k: the number P of patches to choose (official 14; the default when neither size
+            is given).
+        top_fraction: instead, a fraction of the N patches (``round(fraction · N)``, at least 1).
+        coverage: instead, the smallest set covering this fraction of the (clamped
+            non-negative, normalised) score mass; refused together with a size.
         weighting: ``"importance"`` (scores in the set rescaled to sum to its size) or
             ``"multi_hot"``.
         image_size: ``(H, W)`` for a raw tensor (taken from the explanation otherwise).
@@ -277,7 +314,16 @@ def make_prompts(
     scores = scores.detach()
     batch, h, w = scores.shape
     flat = scores.reshape(batch, h * w)
-    chosen = coverage_mask(flat, coverage) if coverage is not None else top_p_mask(flat, top_p)
+    check_finite_scores(flat)
+    if coverage is not None and (top_k is not None or top_fraction is not None):
+        raise ValueError(
+            "give a prompt size (top_k or top_fraction) or coverage, not both; coverage "
+            "chooses the size itself"
+        )
+    if coverage is not None:
+        chosen = coverage_mask(flat, coverage)
+    else:
+        chosen = top_k_mask(flat, prompt_count(flat.shape[1], top_k, top_fraction))
     target = importance_targets(flat, chosen) if weighting == "importance" else chosen.float()
     order = rank_patches(flat)
     counts = chosen.sum(dim=1).tolist()

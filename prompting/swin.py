@@ -29,7 +29,10 @@ from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter, UnsupportedMethodError, WindowGeometry
 
-from .prompts import resolve_top_p
+from .prompts import prompt_count
+
+#: FORT's official per-window prompt size on Swin: 7 of the 49 tokens of a 7x7 window
+WINDOW_TOP_K = 7
 
 PartitionOrder = Literal["roll_then_pad", "pad_then_roll"]
 ORDERS = ("roll_then_pad", "pad_then_roll")
@@ -67,13 +70,13 @@ class SwinWindowPrompt:
 
     Attributes:
         stages: one :class:`SwinStagePrompt` per stage, in stage order.
-        top_p: number of tokens chosen per window.
+        top_k: number of tokens chosen per window.
         image_size: ``(H, W)`` of the input batch.
         method: name of the scoring rule.
     """
 
     stages: tuple[SwinStagePrompt, ...]
-    top_p: int
+    top_k: int
     image_size: tuple[int, int]
     method: str = "swin-window-logits"
 
@@ -98,17 +101,21 @@ def _check_order(order: str) -> None:
 
 
 def partition_order(backbone: BackboneAdapter) -> PartitionOrder:
-    """Window partition order of a Swin adapter: HF pads before the shift, timm after.
+    """Window partition order of a Swin adapter, as it declares it in its
+    ``window_partition_order`` attribute (HF pads before the shift, timm after).
 
-    An adapter may declare it with a ``window_partition_order`` attribute.
+    Raises:
+        UnsupportedMethodError: the adapter declares no order (not a Swin adapter).
+        ValueError: the declared order is not one of :data:`ORDERS`.
     """
     declared = getattr(backbone, "window_partition_order", None)
-    if declared is not None:
-        _check_order(declared)
-        return declared
-    from focusvit.backbones import HFSwinAdapter
-
-    return "pad_then_roll" if isinstance(backbone, HFSwinAdapter) else "roll_then_pad"
+    if declared is None:
+        raise UnsupportedMethodError(
+            f"{getattr(backbone, 'name', type(backbone).__name__)} declares no "
+            f"window_partition_order; Swin adapters set it to one of {ORDERS}"
+        )
+    _check_order(declared)
+    return declared
 
 
 def _pad_amounts(geometry: WindowGeometry) -> tuple[int, int]:
@@ -219,7 +226,12 @@ def window_key_scores(logits: Tensor, valid: Tensor | None = None) -> Tensor:
     return (per_query * weight).sum(dim=2) / weight.sum(dim=2).clamp_min(1.0)
 
 
-def window_top_p(scores: Tensor, top_p: int | float, valid: Tensor | None = None) -> Tensor:
+def window_top_k(
+    scores: Tensor,
+    top_k: int | None = None,
+    top_fraction: float | None = None,
+    valid: Tensor | None = None,
+) -> Tensor:
     """Binary top-P per window ``(B, windows, n)`` float.
 
     Ties go to the lower token index; padded positions (``valid`` False) are never chosen, so a
@@ -227,12 +239,12 @@ def window_top_p(scores: Tensor, top_p: int | float, valid: Tensor | None = None
 
     Args:
         scores: ``(B, windows, n)`` per-window scores.
-        top_p: int P or float fraction of the n tokens of a window (official 7 of 49).
+        top_k: tokens P per window (official 7 of 49); or ``top_fraction`` of the window.
         valid: optional ``(windows, n)`` bool mask of real tokens.
     """
     if scores.ndim != 3:
         raise ValueError(f"scores must have shape (B, windows, n), got {tuple(scores.shape)}")
-    count = resolve_top_p(top_p, scores.shape[-1])
+    count = prompt_count(scores.shape[-1], top_k, top_fraction)
     if valid is not None:
         scores = scores.masked_fill(~valid[None].to(scores.device), float("-inf"))
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :count]
@@ -250,7 +262,10 @@ def last_block_of_each_stage(backbone: BackboneAdapter) -> list[int]:
 
 # ----------------------------------------------------------------------------- entry point
 def swin_window_prompts(
-    backbone: BackboneAdapter, images: Tensor, top_p: int | float = 7
+    backbone: BackboneAdapter,
+    images: Tensor,
+    top_k: int | None = None,
+    top_fraction: float | None = None,
 ) -> SwinWindowPrompt:
     """FORT's per-window prompts of a Swin backbone (Wang, Jie, Deng, NeurIPS 2023).
 
@@ -262,11 +277,14 @@ def swin_window_prompts(
     Args:
         backbone: a Swin adapter (``backbone.family == "swin"``).
         images: ``(B, 3, H, W)`` preprocessed batch, or ``(3, H, W)`` for one image.
-        top_p: tokens per window, int or float fraction of the window (official 7 of 49).
+        top_k: tokens per window (official and default: 7 of 49).
+        top_fraction: instead, a fraction of a window's tokens.
 
     Returns:
         :class:`SwinWindowPrompt` with one :class:`SwinStagePrompt` per stage.
     """
+    if top_k is None and top_fraction is None:
+        top_k = WINDOW_TOP_K
     if getattr(backbone, "family", None) != "swin":
         raise UnsupportedMethodError(
             f"swin_window_prompts needs a Swin backbone, got family "
@@ -287,11 +305,11 @@ def swin_window_prompts(
     geometries = backbone.window_geometry(image_size)  # after the forward (HF clamps windows)
     order = partition_order(backbone)
     stages = tuple(
-        _stage_prompt(block, geometries[block], order, logits, top_p)
+        _stage_prompt(block, geometries[block], order, logits, top_k, top_fraction)
         for block, logits in zip(blocks, maps, strict=True)
     )
-    count = resolve_top_p(top_p, stages[0].scores.shape[-1])
-    return SwinWindowPrompt(stages=stages, top_p=count, image_size=image_size)
+    count = prompt_count(stages[0].scores.shape[-1], top_k, top_fraction)
+    return SwinWindowPrompt(stages=stages, top_k=count, image_size=image_size)
 
 
 def _stage_prompt(
@@ -299,7 +317,8 @@ def _stage_prompt(
     geometry: WindowGeometry,
     order: PartitionOrder,
     logits: Tensor,
-    top_p: int | float,
+    top_k: int | None,
+    top_fraction: float | None,
 ) -> SwinStagePrompt:
     n = geometry.window[0] * geometry.window[1]
     if logits.shape[1] != geometry.num_windows or logits.shape[-1] != n:
@@ -309,7 +328,7 @@ def _stage_prompt(
         )
     valid = window_valid_mask(geometry, order).to(logits.device)
     scores = window_key_scores(logits, valid)
-    targets = window_top_p(scores, top_p, valid)
+    targets = window_top_k(scores, top_k, top_fraction, valid)
     return SwinStagePrompt(
         stage=geometry.stage,
         block=block,

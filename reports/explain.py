@@ -22,11 +22,12 @@ from focusvit.explainers import (
     deletion,
     explain,
     insertion,
-    mean_and_ci,
     pointing_game,
     prompt_precision,
 )
-from focusvit.prompting import PositionPrompt, plot_explanation, save_overlay_grid
+from focusvit.prompting import PositionPrompt
+from focusvit.reports.figures import plot_explanation, save_overlay_grid
+from focusvit.runs import mean_and_ci
 
 from . import html as H
 

@@ -54,7 +54,7 @@ def episode_prompts(backbone: BackboneAdapter, support: Tensor, labels: Tensor, 
         return (F.normalize(logits.float(), dim=1) * prototypes.to(logits.device)).sum(dim=1)
 
     explanation = explain(backbone, support, method=fort.explainer, target=target)
-    return make_prompts(explanation, top_p=fort.prompt_size).mask.cpu()
+    return make_prompts(explanation, top_k=fort.top_k, top_fraction=fort.top_fraction).mask.cpu()
 
 
 def attention_focus(

@@ -10,10 +10,15 @@ from torch import nn
 
 import focusvit
 from focusvit.backbones import (
+    HFSwinAdapter,
     InputSizeError,
+    TimmSwinAdapter,
     UnknownModelError,
     UnsupportedFamilyError,
     UnsupportedMethodError,
+    imagenet_class_names,
+    is_timm_model,
+    suggest_model_names,
 )
 from focusvit.backbones.tiny import build_tiny
 
@@ -321,6 +326,40 @@ def test_non_square_input_grid_and_tokens_to_grid(name):
     torch.testing.assert_close(grid[:, :, 2, 0], tokens[:, p + 2 * 5])
 
 
+@pytest.mark.parametrize("name", ["timm-vit-reg", "hf-vit"])
+def test_inserted_tokens_shift_the_patches_inside_the_blocks(name):
+    adapter = tiny_adapter(name)
+    p, size = adapter.num_prefix_tokens, (32, 32) if name == "hf-vit" else (28, 28)
+    tokens = torch.randn(2, p + 16, 8)
+    inside = torch.cat([tokens[:, :p], torch.randn(2, 3, 8), tokens[:, p:]], dim=1)
+    assert adapter.inserted_tokens == 0 and adapter.num_tokens_before_patches == p
+    with pytest.raises(InputSizeError, match="do not fill a 4x4"):
+        adapter.tokens_to_grid(inside, size)
+    adapter.set_inserted_tokens(3, refreshed=True)
+    assert adapter.num_prefix_tokens == p and adapter.num_tokens_before_patches == p + 3
+    assert adapter.inserted_tokens_refreshed
+    geometry = adapter.geometry(size)
+    assert (geometry.num_tokens, geometry.num_block_tokens) == (p + 16, p + 3 + 16)
+    assert adapter.patch_start(p + 16, size) == p and adapter.patch_start(p + 19, size) == p + 3
+    final, in_blocks = adapter.tokens_to_grid(tokens, size), adapter.tokens_to_grid(inside, size)
+    torch.testing.assert_close(final, in_blocks)
+    with pytest.raises(InputSizeError, match="3 tokens inserted by a tuner"):
+        adapter.tokens_to_grid(tokens[:, 1:], size)
+    adapter.set_inserted_tokens(0)
+    assert adapter.inserted_tokens == 0 and not adapter.inserted_tokens_refreshed
+    with pytest.raises(ValueError, match=">= 0"):
+        adapter.set_inserted_tokens(-1)
+
+
+@pytest.mark.parametrize("name", [*SWIN_MODELS, "timm-cnn"])
+def test_only_columnar_vits_take_inserted_tokens(name):
+    adapter = tiny_adapter(name)
+    with pytest.raises(UnsupportedMethodError, match="columnar ViTs"):
+        adapter.set_inserted_tokens(2)
+    adapter.set_inserted_tokens(0)
+    assert adapter.num_tokens_before_patches == 0
+
+
 def test_prefix_token_counts():
     assert tiny_adapter("timm-vit").num_prefix_tokens == 1
     assert tiny_adapter("timm-vit-reg").num_prefix_tokens == 3
@@ -337,6 +376,101 @@ def test_swin_window_geometry(name):
     assert geometry[0].num_windows == 16 and geometry[2].num_windows == 4
     tokens = adapter.tokens(input_for(adapter))
     assert adapter.tokens_to_grid(tokens, (64, 64)).shape == (2, 32, 8, 8)
+
+
+def test_swin_window_partition_order_is_declared_as_data():
+    assert TimmSwinAdapter.window_partition_order == "roll_then_pad"
+    assert HFSwinAdapter.window_partition_order == "pad_then_roll"
+    assert tiny_adapter("hf-swin").window_partition_order == "pad_then_roll"
+
+
+# ----------------------------------------------------------------------------- heads
+HEAD_MODELS = [*TRANSFORMER_MODELS, "timm-cnn"]
+
+
+def head_input(adapter) -> torch.Tensor:
+    return input_for(adapter, size=(64, 64) if adapter.family == "cnn" else None)
+
+
+@pytest.mark.parametrize("name", HEAD_MODELS)
+def test_replace_and_remove_head_on_a_headless_model(name):
+    adapter = tiny_adapter(name, num_classes=0)
+    x = head_input(adapter)
+    keys = set(adapter.model.state_dict())
+    with torch.no_grad():
+        features = adapter.features(x)
+        assert not adapter.head_name and torch.equal(adapter.logits(x), features)
+    head = nn.Linear(adapter.num_features, 3)
+    adapter.replace_head(head)
+    assert adapter.head is head and adapter.head_name and adapter.num_classes == 3
+    assert any(p is head.weight for p in adapter.model.parameters())  # tuners see and train it
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.logits(x), head(features))
+        other = nn.Linear(adapter.num_features, 4)
+        adapter.replace_head(other)
+        assert adapter.head is other and adapter.logits(x).shape == (2, 4)
+    adapter.remove_head()
+    assert not adapter.head_name and adapter.num_classes == 0
+    assert set(adapter.model.state_dict()) == keys
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.logits(x), features)
+    adapter.remove_head()  # no head: nothing to do
+
+
+@pytest.mark.parametrize("name", HEAD_MODELS)
+def test_reset_remove_and_restore_the_pretrained_head(name):
+    adapter = tiny_adapter(name)
+    x = head_input(adapter)
+    pretrained = adapter.head
+    with torch.no_grad():
+        reference = adapter.logits(x)
+    adapter.remove_head()
+    assert adapter.num_classes == 0 and adapter.logits(x).shape == (2, adapter.num_features)
+    adapter.reset_head(7)
+    assert adapter.num_classes == 7 and adapter.logits(x).shape == (2, 7)
+    adapter.replace_head(pretrained)
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.logits(x), reference)
+    adapter.reset_head(0)
+    assert adapter.num_classes == 0
+    with pytest.raises(ValueError, match=">= 0"):
+        adapter.reset_head(-1)
+
+
+def test_timm_reset_head_initialises_like_timm():
+    adapter = tiny_adapter("timm-vit", num_classes=0)
+    torch.manual_seed(3)
+    adapter.reset_head(4)
+    reference = build_tiny("timm-vit", num_classes=0)
+    torch.manual_seed(3)
+    reference.reset_classifier(4)
+    assert torch.equal(adapter.head.weight, reference.head.weight)
+    assert adapter.model.num_classes == 4
+
+
+def test_hf_deit_with_distillation_head_cannot_take_one_head():
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+    config = DeiTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=3,
+    )  # fmt: skip
+    adapter = focusvit.adapt(DeiTForImageClassificationWithTeacher(config).eval())
+    with pytest.raises(UnsupportedMethodError, match="distillation"):
+        adapter.replace_head(nn.Linear(adapter.num_features, 3))
+
+
+# ----------------------------------------------------------------------------- catalogues
+def test_timm_names_and_imagenet_classes_without_importing_timm_elsewhere():
+    assert is_timm_model("vit_small_patch16_224") and not is_timm_model("no_such_model_xyz")
+    close = suggest_model_names("vit_small_patch16", limit=3)
+    assert 0 < len(close) <= 3 and all("vit_small_patch16" in n for n in close)
+    assert suggest_model_names("swin_tiny_*", limit=0)[0].startswith("swin_tiny_")
+    assert suggest_model_names("no_such_model_xyz") == []
+    names = imagenet_class_names()
+    assert len(names) == 1000 and names[0].startswith("tench") and "tabby" in names[281]
+    names.append("x")  # a copy: the cached list is not changed
+    assert len(imagenet_class_names()) == 1000
 
 
 @pytest.mark.parametrize("name", [*TRANSFORMER_MODELS, "timm-cnn"])

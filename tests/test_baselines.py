@@ -40,8 +40,8 @@ from focusvit.baselines import (
     transductive_scores,
 )
 from focusvit.data import TensorDataset
-from focusvit.explainers.base import Explanation
 from focusvit.errors import SettingsMismatchError
+from focusvit.explainers.base import Explanation
 from focusvit.finetune import evaluate
 from focusvit.runs import EpisodeSpec, load_state
 
@@ -324,7 +324,9 @@ def test_training_resumes_to_the_same_weights_and_selects_on_validation(method, 
     assert [v["episode"] for v in result.validations] == [2, 4]
     best = max(result.validations, key=lambda v: v["accuracy"])
     assert result.best_accuracy == best["accuracy"]
-    assert (tmp_path / "whole" / "best.safetensors").exists() and (tmp_path / "whole" / "last.safetensors").exists()
+    assert (tmp_path / "whole" / "best.safetensors").exists() and (
+        tmp_path / "whole" / "last.safetensors"
+    ).exists()
 
     torch.manual_seed(0)
     part = tiny(method)  # the same initial weights as ``whole``

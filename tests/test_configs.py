@@ -98,7 +98,9 @@ def test_every_config_composes_and_instantiates(group, option, image_folder):
     ):
         overrides.append(f"data.path={image_folder}")
     cfg = _compose("fewshot", overrides)
-    built = {name: rc.build(cfg, name) for name in ("backbone", "episodes", "tuner", "fort", "trainer")}
+    built = {
+        name: rc.build(cfg, name) for name in ("backbone", "episodes", "tuner", "fort", "trainer")
+    }
     assert isinstance(built["backbone"], BackboneSpec)
     assert isinstance(built["episodes"], EpisodeSpec)
     assert isinstance(built["tuner"], TunerConfig)

@@ -21,7 +21,9 @@ from focusvit.data.synthetic import (
 
 def test_class_splits_are_disjoint_and_cover_the_glyphs():
     splits = class_splits()
+    assert list(splits) == ["base", "val", "novel"]
     sets = [set(v) for v in splits.values()]
+    assert all(len(s) > 0 for s in sets)  # else the pairwise check below is vacuous
     assert all(len(a & b) == 0 for i, a in enumerate(sets) for b in sets[i + 1 :])
     assert sum(len(s) for s in sets) == len(glyph_bank()[0]) >= 300
 

@@ -10,9 +10,12 @@ from conftest import SWIN_MODELS, VIT_MODELS, input_for, tiny_adapter
 from PIL import Image
 from torch import nn
 
-from focusvit.backbones import InputSizeError, UnsupportedMethodError
+from focusvit.backbones import InputSizeError, NonFiniteError, UnsupportedMethodError
 from focusvit.explainers import EXPLAINERS, Explanation, explain, svd_gradient_term
+from focusvit.explainers.base import Explainer
+from focusvit.explainers.metrics import cls_attention, deletion
 from focusvit.explainers.rollout import leading_component
+from focusvit.finetune import apply_tuner
 
 ALL_METHODS = ["cam", "gradcam", "attention", "rollout", "rollout_svd"]
 VIT_ONLY = ["attention", "rollout", "rollout_svd"]
@@ -480,3 +483,130 @@ def test_cam_on_a_vit_applies_the_head_to_every_patch_token():
     torch.testing.assert_close(out.scores, expected)
     dinov2 = tiny_adapter("hf-dinov2")  # head over [CLS, mean of patches]: the patch half is used
     assert explain(dinov2, small_input(dinov2), "cam").scores.shape == (3, 4, 4)
+
+
+# ----------------------------------------------------------------------------- VPT-tuned models
+VPT_MODELS = ["timm-vit", "hf-vit", "hf-dinov2", "timm-vit-reg", "timm-deit-distilled"]
+
+
+@pytest.mark.parametrize("deep", [True, False], ids=["deep", "shallow"])
+@pytest.mark.parametrize("name", VPT_MODELS)
+def test_every_vit_method_and_metric_works_on_a_vpt_tuned_model(name, deep):
+    adapter = tiny_adapter(name)
+    x = small_input(adapter, batch=2)
+    size = tuple(x.shape[-2:])
+    grid = adapter.grid_size(size)
+    untuned = {m: explain(adapter, x, m).scores.shape for m in ALL_METHODS}
+    with apply_tuner(adapter, "vpt", num_tokens=3, deep=deep):
+        assert adapter.inserted_tokens == 3 and adapter.inserted_tokens_refreshed is deep
+        assert adapter.num_tokens_before_patches == adapter.num_prefix_tokens + 3
+        assert adapter.geometry(size).num_block_tokens == adapter.num_prefix_tokens + 3 + 16
+        for method in ALL_METHODS:
+            out = explain(adapter, x, method)
+            assert out.scores.shape == untuned[method] == (2, *grid), method
+            assert torch.isfinite(out.scores).all(), method
+        attention = cls_attention(adapter, x)
+        assert attention.shape == (2, grid[0] * grid[1])
+        torch.testing.assert_close(attention.sum(dim=1), torch.ones(2))
+        curve = deletion(adapter, x, explain(adapter, x, "rollout"), steps=4)
+        assert torch.isfinite(curve.auc).all()
+    assert adapter.inserted_tokens == 0 and adapter.num_tokens_before_patches == (
+        adapter.num_prefix_tokens
+    )
+
+
+@pytest.mark.parametrize("deep", [True, False], ids=["deep", "shallow"])
+@pytest.mark.parametrize("query", ["cls", "mean"])
+def test_rollout_on_vpt_matches_an_independent_loop(deep, query):
+    """Prompt tokens stay in the product; refreshed (deep) prompts are sources: their rows are
+    zero, nothing flows through them to the previous block."""
+    adapter = tiny_adapter("timm-vit")
+    x = small_input(adapter)
+    p, t = adapter.num_prefix_tokens, 2
+    with apply_tuner(adapter, "vpt", num_tokens=t, deep=deep):
+        out = explain(adapter, x, "rollout", query=query)
+        for b in range(x.shape[0]):
+            attention, _ = eager_attention_and_gradient(adapter, x[b], int(out.targets[b]))
+            tokens = attention[0].shape[-1]
+            assert tokens == p + t + 16
+            rollout = torch.eye(tokens, dtype=torch.float64)
+            for att in attention:
+                a = att.mean(0) + torch.eye(tokens, dtype=torch.float64)
+                a = a / a.sum(dim=1, keepdim=True)
+                if deep:
+                    a[p : p + t] = 0.0
+                rollout = a @ rollout
+            start = p + t
+            expected = rollout[0, start:] if query == "cls" else rollout[start:, start:].mean(0)
+            torch.testing.assert_close(
+                out.scores[b].flatten().double(), expected, atol=1e-5, rtol=1e-4
+            )
+
+
+def test_rollout_svd_on_vpt_uses_the_patch_block_after_the_prompts():
+    adapter = tiny_adapter("timm-vit")
+    x = small_input(adapter)
+    start = adapter.num_prefix_tokens + 3
+    with apply_tuner(adapter, "vpt", num_tokens=3, deep=True):
+        out = explain(adapter, x, "rollout_svd")
+        for b in range(x.shape[0]):
+            attention, gradient = eager_attention_and_gradient(adapter, x[b], int(out.targets[b]))
+            grad = gradient[start:] - gradient[start:].mean(dim=0, keepdim=True)
+            g = grad @ torch.linalg.svd(grad, full_matrices=False)[2][0]
+            reference = attention[-1].mean(dim=(0, 1))[start:]
+            if ((g - g.mean()) * (reference - reference.mean())).sum() < 0:
+                g = -g
+            g = g / g.abs().sum()
+            n = g.shape[0]
+            rollout = torch.eye(n, dtype=torch.float64)
+            for att in attention:
+                a = torch.eye(n, dtype=torch.float64) + att.mean(0)[start:, start:] + g[None]
+                a = a.clamp_min(0.0)
+                rollout = (a / a.sum(dim=1, keepdim=True)) @ rollout
+            torch.testing.assert_close(
+                out.scores[b].flatten().double(), rollout.mean(0), atol=1e-5, rtol=1e-4
+            )
+
+
+# ----------------------------------------------------------------------------- non-finite values
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_nan_or_inf_input_raises_naming_the_images(method):
+    adapter = tiny_adapter("timm-vit")
+    x = small_input(adapter)
+    x[1, 0, 3, 3] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"input batch contains NaN or Inf.*\[1\]"):
+        explain(adapter, x, method)
+    x[1, 0, 3, 3] = float("inf")
+    with pytest.raises(NonFiniteError, match="preprocessing"):
+        explain(adapter, x, method)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_normal_input_gives_finite_scores_without_sanitising(method, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("scores must not be sanitised with torch.nan_to_num")
+
+    monkeypatch.setattr(torch, "nan_to_num", forbidden)
+    adapter = tiny_adapter("hf-vit")
+    out = explain(adapter, small_input(adapter), method)
+    assert torch.isfinite(out.scores).all()
+
+
+def test_non_finite_scores_are_an_error_not_zeros():
+    class Broken(Explainer):
+        name = "broken"
+
+        def scores(self, backbone, images, target):
+            scores = torch.ones(images.shape[0], 4, 4)
+            scores[0, 1, 1] = float("nan")
+            scores[1, 2, 2] = float("inf")
+            return scores, torch.zeros(images.shape[0], dtype=torch.long)
+
+    adapter = tiny_adapter("timm-vit")
+    with pytest.raises(NonFiniteError, match=r"'broken' produced NaN or Inf scores.*\[0, 1\]"):
+        Broken()(adapter, small_input(adapter))
+    with torch.no_grad():  # a model whose head went NaN: CAM and Grad-CAM scores are NaN
+        adapter.head.weight[0, 0] = float("nan")
+    for method in ("cam", "gradcam"):
+        with pytest.raises(NonFiniteError, match="float32"):
+            explain(adapter, small_input(adapter), method, target=0)

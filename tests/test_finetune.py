@@ -11,8 +11,8 @@ from conftest import SWIN_MODELS, VIT_MODELS, tiny_adapter
 from focusvit.backbones import UnsupportedMethodError
 from focusvit.data import SyntheticScenes, TensorDataset
 from focusvit.data.synthetic import SceneConfig
-from focusvit.finetune import FortConfig, evaluate, fit_task, recipe_for
 from focusvit.errors import ConfigError, SettingsMismatchError
+from focusvit.finetune import FortConfig, evaluate, fit_task, recipe_for
 from focusvit.finetune.evaluate import MethodChoice, parse_method
 from focusvit.runs import EpisodeSpec
 
@@ -318,9 +318,19 @@ def test_evaluate_bad_input():
     backbone = tiny_adapter("timm-vit")
     data = tensor_dataset(classes=3, per_class=3)
     with pytest.raises(ValueError, match="class"):
-        evaluate(backbone, data, solver="ridge", episodes=EpisodeSpec(n_way=4, k_shot=1, n_query=1, episodes=1))
+        evaluate(
+            backbone,
+            data,
+            solver="ridge",
+            episodes=EpisodeSpec(n_way=4, k_shot=1, n_query=1, episodes=1),
+        )
     with pytest.raises(ValueError, match="3 images"):
-        evaluate(backbone, data, solver="ridge", episodes=EpisodeSpec(n_way=2, k_shot=1, n_query=5, episodes=1))
+        evaluate(
+            backbone,
+            data,
+            solver="ridge",
+            episodes=EpisodeSpec(n_way=2, k_shot=1, n_query=5, episodes=1),
+        )
     with pytest.raises(ConfigError, match="\\+fort"):
         parse_method("lora+focus")
 
@@ -362,6 +372,6 @@ def test_attention_loss_alone_has_gradient_on_the_tuner_parameters(name, tuner):
         assert own, [n for n, _ in tuned.named_trainable_parameters()]
         with backbone.capture_attention(_loss_layers(backbone, fort), kind="logits") as record:
             backbone.logits(images)
-        _attention_loss(backbone, fort, record, targets, 0).backward()
+        _attention_loss(backbone, fort, record, targets).backward()
         with_grad = [n for n, p in own if p.grad is not None and p.grad.abs().sum() > 0]
         assert with_grad, "the attention loss does not reach the tuner's parameters"

@@ -101,8 +101,14 @@ def test_loss_on_a_tiny_model_has_gradient_on_qkv():
 def test_fort_config_validates():
     assert FortConfig(layers="all").layer_indices(4) == [0, 1, 2, 3]
     assert FortConfig().layer_indices(4) == [3]
-    assert not FortConfig(alpha=0).enabled
-    for bad in ({"alpha": -1}, {"tau": 0}, {"query_rows": "patches"}, {"layers": "first"}):
+    assert FortConfig(layers=[0, -1]).layer_indices(4) == [0, 3]
+    assert FortConfig(layers=[0, -1]).layers == (0, -1)  # lists from configs become tuples
+    bad_values = (
+        {"alpha": -1}, {"tau": 0}, {"query_rows": "patches"}, {"layers": "first"}, {"layers": []},
+        {"top_k": 0}, {"top_fraction": 1.5}, {"top_k": 3, "top_fraction": 0.1},
+        {"weighting": "soft"},
+    )  # fmt: skip
+    for bad in bad_values:
         with pytest.raises(ValueError):
             FortConfig(**bad)
 

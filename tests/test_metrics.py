@@ -22,11 +22,11 @@ from focusvit.explainers.metrics import (
     deletion,
     insertion,
     make_baseline,
-    mean_and_ci,
     pointing_game,
     prompt_precision,
 )
 from focusvit.prompting import make_prompts
+from focusvit.runs import mean_and_ci
 
 
 # ----------------------------------------------------------------------------- attention focus
@@ -72,7 +72,7 @@ def test_attention_mass():
     half[:, :8] = True
     torch.testing.assert_close(attention_mass(attention, half), attention[:, :8].sum(1))
     # grids and prompts work too
-    prompt = make_prompts(attention.view(3, 4, 4), top_p=2)
+    prompt = make_prompts(attention.view(3, 4, 4), top_k=2)
     top2 = attention.topk(2, dim=1).values.sum(1)
     torch.testing.assert_close(attention_mass(attention.view(3, 4, 4), prompt), top2)
     with pytest.raises(ValueError, match="same patches"):
@@ -126,7 +126,7 @@ def test_prompt_precision_batched_with_position_prompts():
     scores = torch.zeros(2, 4, 4)
     scores[0, :, 0] = 1.0  # image 0 points left (inside)
     scores[1, :, 3] = 1.0  # image 1 points right (outside)
-    prompt = make_prompts(scores, top_p=4)
+    prompt = make_prompts(scores, top_k=4)
     values = prompt_precision(prompt, half_mask(2))
     assert values.tolist() == [1.0, 0.0]
     for b in range(2):
@@ -268,7 +268,11 @@ def test_swin_coarse_grid_regions():
     images = torch.randn(2, 3, 64, 64)
     result = deletion(adapter, images, torch.rand(2, 8, 8), steps=4)
     assert result.curve.shape == (2, 5)
-    torch.testing.assert_close(
-        result.curve[:, 0],
-        torch.softmax(adapter.logits(images), 1).gather(1, result.targets[:, None])[:, 0].detach(),
-    )
+
+    def probability(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.softmax(adapter.logits(x), 1).gather(1, result.targets[:, None])[:, 0]
+
+    torch.testing.assert_close(result.curve[:, 0], probability(images))
+    # the last step has every region replaced by the (default, mean-colour) baseline
+    torch.testing.assert_close(result.curve[:, -1], probability(make_baseline(images, "mean")))

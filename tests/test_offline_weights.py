@@ -192,9 +192,16 @@ def test_unreadable_cache_is_rebuilt(tmp_path: Path, monkeypatch) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [cached.name]  # no temp files left
 
 
-def test_cache_dir_default(monkeypatch) -> None:
-    monkeypatch.delenv("FOCUSVIT_CACHE", raising=False)
-    assert offline.cache_dir() == Path.home() / ".cache" / "focusvit"
+def test_cache_dir_follows_focusvit_cache_else_home(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FOCUSVIT_CACHE", str(tmp_path / "elsewhere"))
+    assert offline.cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.setenv("FOCUSVIT_CACHE", "~/weights")  # ~ is expanded
+    assert offline.cache_dir() == tmp_path / "home" / "weights"
+    monkeypatch.setenv("FOCUSVIT_CACHE", "")  # empty counts as unset
+    assert offline.cache_dir() == tmp_path / "home" / ".cache" / "focusvit"
+    monkeypatch.delenv("FOCUSVIT_CACHE")
+    assert offline.cache_dir() == tmp_path / "home" / ".cache" / "focusvit"
 
 
 # --------------------------------------------------------------------------- registry, errors

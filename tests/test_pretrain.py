@@ -17,7 +17,6 @@ import focusvit
 import focusvit.pretraining
 import focusvit.pretraining_cli
 import focusvit.runconfig as rc
-from focusvit.runs import load_state
 from focusvit.pretraining import (
     CHECKPOINT,
     PretrainConfig,
@@ -27,6 +26,7 @@ from focusvit.pretraining import (
 )
 from focusvit.pretraining_cli import pretrain_config, pretrain_main
 from focusvit.runconfig import ConfigError
+from focusvit.runs import load_state
 
 TINY = PretrainConfig(
     model_kwargs={"embed_dim": 32, "depth": 1, "num_heads": 2},

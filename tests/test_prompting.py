@@ -1,34 +1,38 @@
 """Position prompts (DESIGN.md section 4): top-P / coverage sets, targets, Swin window prompts,
-window layout round trips, upsampling and overlay figures."""
+window layout round trips and upsampling (the overlay figures are tested in test_figures.py)."""
 
 from __future__ import annotations
 
 import itertools
 import math
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
 from conftest import SWIN_MODELS, tiny_adapter
-from PIL import Image
 from torch import nn
 
-from focusvit.backbones import HFSwinAdapter, UnsupportedMethodError, WindowGeometry, adapt
+from focusvit.backbones import (
+    HFSwinAdapter,
+    NonFiniteError,
+    UnsupportedMethodError,
+    WindowGeometry,
+    adapt,
+)
 from focusvit.backbones.hf_vit import hf_attention_projections
 from focusvit.explainers.base import Explanation
 from focusvit.prompting import (
     PositionPrompt,
+    coverage_counts,
     coverage_mask,
     grid_to_windows,
     importance_targets,
     make_prompts,
+    mass_distribution,
     partition_order,
-    plot_explanation,
-    resolve_top_p,
-    save_overlay_grid,
+    prompt_count,
     swin_window_prompts,
-    top_p_mask,
+    top_k_mask,
     upsample_mask,
     upsample_scores,
     window_valid_mask,
@@ -43,7 +47,7 @@ def explanation(scores: torch.Tensor, image_size=(224, 224), method="rollout") -
 # ----------------------------------------------------------------------------- top-P
 def test_top_p_picks_exactly_the_p_highest():
     scores = torch.rand(3, 14, 14)
-    prompt = make_prompts(explanation(scores), top_p=14)
+    prompt = make_prompts(explanation(scores), top_k=14)
     flat = scores.flatten(1)
     assert prompt.mask.shape == (3, 14, 14) and prompt.mask.dtype == torch.bool
     assert prompt.counts.tolist() == [14, 14, 14]
@@ -59,32 +63,51 @@ def test_top_p_picks_exactly_the_p_highest():
 
 def test_ties_go_to_the_lower_index():
     scores = torch.zeros(1, 4, 4)
-    assert top_p_mask(scores, 3).flatten().nonzero().flatten().tolist() == [0, 1, 2]
+    assert top_k_mask(scores, 3).flatten().nonzero().flatten().tolist() == [0, 1, 2]
     scores = torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.5, 2.0]])
-    assert top_p_mask(scores, 2).nonzero()[:, 1].tolist() == [1, 2]
-    assert make_prompts(scores.view(1, 2, 3), top_p=2).indices[0].tolist() == [1, 2]
+    assert top_k_mask(scores, 2).nonzero()[:, 1].tolist() == [1, 2]
+    assert make_prompts(scores.view(1, 2, 3), top_k=2).indices[0].tolist() == [1, 2]
 
 
 @pytest.mark.parametrize(
     ("fraction", "n", "expected"), [(0.07, 196, 14), (0.3, 16, 5), (1.0, 9, 9)]
 )
 def test_fraction_is_rounded_share_of_patches(fraction, n, expected):
-    assert resolve_top_p(fraction, n) == expected == round(fraction * n)
+    assert prompt_count(n, top_fraction=fraction) == expected == round(fraction * n)
     grid = math.isqrt(n)
-    prompt = make_prompts(torch.rand(2, grid, grid), top_p=fraction)
+    prompt = make_prompts(torch.rand(2, grid, grid), top_fraction=fraction)
     assert prompt.counts.tolist() == [expected, expected]
 
 
-@pytest.mark.parametrize("bad", [0, 197, 0.0, 1.5, -0.1, True, "14"])
-def test_bad_top_p_raises(bad):
-    with pytest.raises(ValueError, match="top_p"):
-        make_prompts(torch.rand(1, 14, 14), top_p=bad)
+def test_count_and_fraction_are_two_names_never_one_overload():
+    """1 as a count is one patch and 1.0 as a fraction is every patch, under two names."""
+    scores = torch.rand(1, 4, 4)
+    assert make_prompts(scores, top_k=1).counts.tolist() == [1]
+    assert make_prompts(scores, top_fraction=1.0).counts.tolist() == [16]
+    assert make_prompts(torch.rand(1, 14, 14)).counts.tolist() == [14]  # the official default
+    with pytest.raises(TypeError):
+        make_prompts(scores, top_p=1)  # the old overloaded name is gone
+    with pytest.raises(ValueError, match="not both"):
+        make_prompts(scores, top_k=2, top_fraction=0.5)
+    with pytest.raises(ValueError, match="coverage"):
+        make_prompts(scores, top_k=2, coverage=0.5)
+
+
+@pytest.mark.parametrize(
+    ("size", "match"),
+    [({"top_k": 0}, "top_k"), ({"top_k": 197}, "top_k"), ({"top_k": True}, "top_k"),
+     ({"top_k": 2.5}, "top_k"), ({"top_fraction": 0.0}, "top_fraction"),
+     ({"top_fraction": 1.5}, "top_fraction"), ({"top_fraction": -0.1}, "top_fraction")],
+)  # fmt: skip
+def test_bad_prompt_size_raises(size, match):
+    with pytest.raises(ValueError, match=match):
+        make_prompts(torch.rand(1, 14, 14), **size)
 
 
 # ----------------------------------------------------------------------------- targets
 def test_importance_targets_sum_to_p_and_follow_scores():
     scores = torch.rand(4, 7, 7) + 0.1
-    prompt = make_prompts(explanation(scores), top_p=5, weighting="importance")
+    prompt = make_prompts(explanation(scores), top_k=5, weighting="importance")
     flat = scores.flatten(1)
     assert prompt.target.shape == (4, 49)
     torch.testing.assert_close(prompt.target.sum(1), torch.full((4,), 5.0))
@@ -101,19 +124,19 @@ def test_multi_hot_targets_and_row_major_layout():
     scores = torch.zeros(2, 3, 4)
     scores[0, 1, 2] = 5.0  # row 1, col 2 -> token 6
     scores[1, 2, 0] = 5.0  # row 2, col 0 -> token 8
-    prompt = make_prompts(scores, top_p=1, weighting="multi_hot")
+    prompt = make_prompts(scores, top_k=1, weighting="multi_hot")
     assert prompt.target.sum(1).tolist() == [1.0, 1.0]
     assert prompt.target[0, 6] == 1.0 and prompt.target[1, 8] == 1.0
     assert torch.equal(prompt.mask.flatten(1), prompt.target > 0)
     assert torch.equal(prompt.target.view(2, 3, 4) > 0, prompt.mask)
-    prompt = make_prompts(torch.rand(2, 5, 5), top_p=6, weighting="multi_hot")
+    prompt = make_prompts(torch.rand(2, 5, 5), top_k=6, weighting="multi_hot")
     assert prompt.target.sum(1).tolist() == [6.0, 6.0]
     assert set(prompt.target.unique().tolist()) == {0.0, 1.0}
 
 
 def test_importance_falls_back_to_multi_hot_without_positive_mass():
     scores = -torch.rand(1, 9)
-    mask = top_p_mask(scores, 3)
+    mask = top_k_mask(scores, 3)
     torch.testing.assert_close(importance_targets(scores, mask), mask.float())
 
 
@@ -150,17 +173,41 @@ def test_coverage_clamps_negative_scores_and_sets_targets():
     torch.testing.assert_close(prompt.target[0, [0, 2]], torch.tensor([8 / 7, 6 / 7]))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_scores_raise_instead_of_being_zeroed(bad):
+    scores = torch.rand(3, 4, 4)
+    scores[2, 1, 3] = bad
+    for build in (
+        lambda: mass_distribution(scores.flatten(1)),
+        lambda: coverage_counts(scores, 0.9),
+        lambda: coverage_mask(scores, 0.9),
+        lambda: make_prompts(scores, top_k=3),
+        lambda: make_prompts(scores, coverage=0.9),
+    ):
+        with pytest.raises(NonFiniteError, match=r"NaN or \+Inf.*\[2\]"):
+            build()
+
+
+def test_minus_inf_scores_mean_no_evidence():
+    scores = torch.tensor([[2.0, float("-inf"), 1.0, 1.0]])
+    torch.testing.assert_close(
+        mass_distribution(scores), torch.tensor([[0.5, 0.0, 0.25, 0.25]], dtype=torch.float64)
+    )
+    prompt = make_prompts(scores.view(1, 2, 2), top_k=2)
+    assert prompt.indices[0].tolist() == [0, 2]
+
+
 def test_single_image_behaves_as_batch_of_one():
     scores = torch.rand(2, 6, 6)
-    batched = make_prompts(scores, top_p=4)
-    single = make_prompts(scores[1], top_p=4)
+    batched = make_prompts(scores, top_k=4)
+    single = make_prompts(scores[1], top_k=4)
     assert single.mask.shape == (1, 6, 6) and single.target.shape == (1, 36)
     assert torch.equal(single.mask[0], batched.mask[1])
     torch.testing.assert_close(single.target[0], batched.target[1])
 
 
 def test_prompt_records_source_and_geometry():
-    prompt = make_prompts(explanation(torch.rand(1, 4, 4), (32, 32), "gradcam"), top_p=2)
+    prompt = make_prompts(explanation(torch.rand(1, 4, 4), (32, 32), "gradcam"), top_k=2)
     assert isinstance(prompt, PositionPrompt)
     assert (prompt.grid, prompt.image_size, prompt.method) == ((4, 4), (32, 32), "gradcam")
     pixels = prompt.pixel_mask()
@@ -254,6 +301,18 @@ def _model_windows(adapter, images: torch.Tensor, block_index: int):
     return seen["grid"], seen["windows"]
 
 
+def test_partition_order_is_read_from_the_adapter():
+    class Declared:
+        window_partition_order = "pad_then_roll"
+
+    assert partition_order(Declared()) == "pad_then_roll"
+    Declared.window_partition_order = "sideways"
+    with pytest.raises(ValueError, match="order must be one of"):
+        partition_order(Declared())
+    with pytest.raises(UnsupportedMethodError, match="window_partition_order"):
+        partition_order(tiny_adapter("timm-vit"))
+
+
 @pytest.mark.parametrize("name", SWIN_MODELS)
 def test_partition_matches_the_models_own_windows(name):
     """72 px -> grids 18x18 and 9x9, not multiples of the window 4, with shifted blocks."""
@@ -291,10 +350,10 @@ def test_swin_window_prompts(name):
     adapter.train()
     images = torch.randn(2, 3, 64, 64)
     hooks = hook_count(adapter)
-    prompt = swin_window_prompts(adapter, images, top_p=7)
+    prompt = swin_window_prompts(adapter, images, top_k=7)
     assert adapter.training and all(m.training for m in adapter.modules())
     assert hook_count(adapter) == hooks
-    assert prompt.blocks == [1, 3] and len(prompt) == 2 and prompt.top_p == 7
+    assert prompt.blocks == [1, 3] and len(prompt) == 2 and prompt.top_k == 7
     geometries = adapter.window_geometry((64, 64))
     with torch.no_grad(), adapter.evaluating():
         with adapter.capture_attention(layers=prompt.blocks, kind="logits") as logits:
@@ -327,7 +386,7 @@ def test_swin_window_prompts(name):
 
 def test_swin_prompts_skip_padding_and_reject_vits():
     adapter = tiny_adapter("hf-swin")
-    prompt = swin_window_prompts(adapter, torch.randn(1, 3, 72, 72), top_p=7)
+    prompt = swin_window_prompts(adapter, torch.randn(1, 3, 72, 72), top_k=7)
     for item in prompt.stages:
         valid = window_valid_mask(item.geometry, item.order)
         assert torch.all(item.targets[:, ~valid] == 0)
@@ -336,45 +395,3 @@ def test_swin_prompts_skip_padding_and_reject_vits():
         assert int(item.grid_mask.sum()) == int(expected.sum())
     with pytest.raises(UnsupportedMethodError, match="Swin"):
         swin_window_prompts(tiny_adapter("timm-vit"), torch.randn(1, 3, 32, 32))
-
-
-# ----------------------------------------------------------------------------- figures
-def png_size(path) -> tuple[int, int]:
-    with Image.open(path) as image:
-        return image.size
-
-
-def test_save_overlay_grid_writes_png_growing_with_methods(tmp_path):
-    plt.close("all")
-    images = torch.rand(2, 3, 32, 32)
-    methods = {name: explanation(torch.rand(2, 4, 4), (32, 32), name) for name in ("a", "b", "c")}
-    prompts = {
-        "a": make_prompts(methods["a"], top_p=3),
-        "b": make_prompts(methods["b"], top_p=1).mask,
-    }
-    one = save_overlay_grid(images, {"a": methods["a"]}, None, tmp_path / "one.png")
-    three = save_overlay_grid(images, methods, prompts, tmp_path / "sub" / "three.png")
-    assert (tmp_path / "one.png").stat().st_size > 1000
-    (w1, h1), (w3, h3) = png_size(tmp_path / "one.png"), png_size(tmp_path / "sub" / "three.png")
-    assert w3 > w1 and h3 == h1
-    assert len(three.axes) == 2 * 4 and len(one.axes) == 2 * 2
-    assert plt.get_fignums() == []
-    with pytest.raises(ValueError, match="maps for 3 images"):
-        save_overlay_grid(torch.rand(3, 3, 32, 32), methods, None, tmp_path / "bad.png")
-
-
-def test_plot_explanation_accepts_pil_and_axes():
-    plt.close("all")
-    image = Image.fromarray((np.random.rand(32, 48, 3) * 255).astype(np.uint8))
-    mask = torch.zeros(4, 6, dtype=torch.bool)
-    mask[1, 2] = mask[2, 2] = True
-    fig = plot_explanation(image, torch.rand(4, 6), mask, title="x")
-    ax = fig.axes[0]
-    assert len(ax.images) == 2 and ax.get_title() == "x"
-    assert len(ax.collections) >= 1  # contour / markers of the prompt
-    fig2, ax2 = plt.subplots()
-    assert plot_explanation(torch.rand(3, 32, 48), torch.rand(4, 6), ax=ax2) is fig2
-    plt.close(fig2)
-    assert plt.get_fignums() == []
-    with pytest.raises(ValueError, match="grid"):
-        plot_explanation(image, torch.rand(4, 6), torch.zeros(2, 2, dtype=torch.bool))

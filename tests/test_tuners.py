@@ -146,7 +146,8 @@ def test_linear_needs_a_head():
     with pytest.raises(UnsupportedMethodError, match="num_classes"):
         apply_tuner(adapter, "linear")
     with apply_tuner(adapter, "lora") as tuned:  # others train features without a head
-        assert all(".lora_" in n for n, _ in tuned.named_trainable_parameters())
+        names = [n for n, _ in tuned.named_trainable_parameters()]
+        assert names and all(".lora_" in n for n in names)
 
 
 def test_configs_validate():
@@ -182,9 +183,8 @@ def test_one_tuner_at_a_time_and_fresh_parameters_per_task():
         with apply_tuner(adapter, tuner) as tuned:
             params = dict(tuned.named_trainable_parameters())
             if tuner == "ssf":
-                assert all(
-                    torch.equal(p, torch.ones_like(p)) for n, p in params.items() if own in n
-                )
+                scales = [p for n, p in params.items() if own in n]
+                assert scales and all(torch.equal(p, torch.ones_like(p)) for p in scales)
             else:
                 assert params[own].abs().max() <= (6 / (3 * 64 + 32)) ** 0.5
 
@@ -270,7 +270,7 @@ def test_capture_attention_sees_lora_updated_projections(name):
         adapter.logits(x)
     with apply_tuner(adapter, "lora", alpha=8.0) as tuned:
         site = adapter.attention_sites()[0]
-        assert all(hasattr(m, "lora_A") for m in site.modules)  # hooks land on the LoRA layers
+        assert site.modules and all(hasattr(m, "lora_A") for m in site.modules)  # hooks on LoRA
         with torch.no_grad(), adapter.capture_attention(kind="logits") as at_init:
             adapter.logits(x)
         for a, b in zip(at_init, original, strict=True):
@@ -335,6 +335,8 @@ def test_vpt_layout_deep_prompts_and_attention(name):
     t = 4
     with apply_tuner(adapter, "vpt", num_tokens=t, deep=True) as tuned:
         assert tuned.extra_prefix_tokens == t and tuned.attention_prefix_tokens == p + t
+        assert adapter.inserted_tokens == t and adapter.inserted_tokens_refreshed
+        assert adapter.num_tokens_before_patches == p + t and adapter.num_prefix_tokens == p
         assert tuned.prompts.shape == (adapter.num_layers, t, adapter.embed_dim)
         seen: dict[int, torch.Tensor] = {}
         handles = [
@@ -366,6 +368,74 @@ def test_vpt_layout_deep_prompts_and_attention(name):
         )
         with torch.no_grad():
             assert adapter.logits(x).shape == out.shape
+
+
+@pytest.mark.parametrize("name", ["timm-vit", "hf-vit"])
+def test_vpt_declares_its_tokens_on_the_adapter_and_resets_them_also_on_error(name, monkeypatch):
+    from focusvit.finetune.vpt import VPTTuned
+
+    adapter = tiny_adapter(name)
+    p = adapter.num_prefix_tokens
+    with apply_tuner(adapter, "vpt", num_tokens=2, deep=False):
+        assert adapter.inserted_tokens == 2 and not adapter.inserted_tokens_refreshed
+        assert adapter.num_tokens_before_patches == p + 2
+    assert adapter.inserted_tokens == 0 and adapter.num_tokens_before_patches == p
+    with pytest.raises(ZeroDivisionError), apply_tuner(adapter, "vpt", num_tokens=3):
+        assert adapter.inserted_tokens == 3
+        _ = 1 / 0
+    assert adapter.inserted_tokens == 0 and not adapter.inserted_tokens_refreshed
+    before = snapshot(adapter.model)
+    inject = VPTTuned._inject
+
+    def failing_inject(self):
+        inject(self)
+        assert adapter.inserted_tokens == 4
+        raise RuntimeError("injection failed")
+
+    monkeypatch.setattr(VPTTuned, "_inject", failing_inject)
+    with pytest.raises(RuntimeError, match="injection failed"):
+        apply_tuner(adapter, "vpt", num_tokens=4)
+    assert adapter.inserted_tokens == 0 and adapter.num_tokens_before_patches == p
+    assert_restored(adapter.model, before)
+    for tuner in ("lora", "ssf", "full"):  # tuners that insert no tokens leave it at 0
+        with apply_tuner(adapter, tuner):
+            assert adapter.inserted_tokens == 0
+
+
+def test_head_set_during_a_task_on_a_headless_model_is_removed_again():
+    adapter = tiny_adapter("hf-dinov2", num_classes=0)
+    before = snapshot(adapter.model)
+    with apply_tuner(adapter, "lora") as tuned:
+        tuned.set_head(nn.Linear(adapter.num_features, 3))
+        assert adapter.num_classes == 3
+        assert {"classifier.weight", "classifier.bias"} <= {
+            n for n, _ in tuned.named_trainable_parameters()
+        }
+    assert not adapter.head_name and adapter.num_classes == 0
+    assert_restored(adapter.model, before)
+
+
+# ----------------------------------------------------------------------------- fit_task heads
+@pytest.mark.parametrize("name", ["hf-vit", "hf-dinov2", "timm-vit"])
+@pytest.mark.parametrize("tuner", ["lora", "vpt", "linear"])
+def test_fit_task_places_the_head_on_a_model_loaded_without_one(name, tuner):
+    from focusvit.backbones import load_backbone
+    from focusvit.finetune import fit_task
+
+    adapter = load_backbone(f"tiny:{name}", num_classes=0)
+    x = batch_for(adapter, batch=6)
+    labels = torch.arange(6) % 3
+    before = snapshot(adapter.model)
+    with torch.no_grad():
+        features = adapter.logits(x)
+    with fit_task(adapter, x, labels, tuner=tuner, steps=2) as task:
+        assert adapter.num_classes == 3 and task.logits(x).shape == (6, 3)
+        assert len(task.losses) == 2
+        assert all(torch.isfinite(torch.tensor(loss["total"])) for loss in task.losses)
+    assert not adapter.head_name and adapter.inserted_tokens == 0
+    assert_restored(adapter.model, before)
+    with torch.no_grad():
+        assert torch.equal(adapter.logits(x), features)
 
 
 def test_vpt_handles_hf_eager_blocks_and_inserts_before_patches():

@@ -93,7 +93,10 @@ def _shares_storage(tensor: Tensor, tensors: dict[str, Tensor]) -> bool:
     if tensor.numel() == 0:
         return False
     pointer = tensor.untyped_storage().data_ptr()
-    return sum(t.numel() > 0 and t.untyped_storage().data_ptr() == pointer for t in tensors.values()) > 1
+    return (
+        sum(t.numel() > 0 and t.untyped_storage().data_ptr() == pointer for t in tensors.values())
+        > 1
+    )
 
 
 def load_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:

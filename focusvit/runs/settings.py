@@ -113,7 +113,9 @@ def weights_fingerprint(module) -> str:
     digest = hashlib.sha256()
     for name, tensor in tensors:
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(
+            tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        )
     value = digest.hexdigest()[:16]
     _WEIGHTS_CACHE[id(module)] = (versions, value)
     return value

@@ -53,7 +53,9 @@ class EpisodeSpec:
                     "EpisodeSpec(n_way=5, k_shot=1, n_query=15, episodes=600)"
                 )
         if self.n_way < 2:
-            raise ValueError(f"EpisodeSpec.n_way must be >= 2 (a task of one class is trivial), got {self.n_way}")
+            raise ValueError(
+                f"EpisodeSpec.n_way must be >= 2 (a task of one class is trivial), got {self.n_way}"
+            )
 
     def settings(self) -> dict[str, Any]:
         """The settings that change a result (every field but ``episodes``, which may grow)."""
@@ -104,7 +106,9 @@ class BackboneSpec:
         if self.num_classes is not None and self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0 or None, got {self.num_classes}")
         if self.image_size is not None and self.image_size < 1:
-            raise ValueError(f"image_size must be a positive number of pixels, got {self.image_size}")
+            raise ValueError(
+                f"image_size must be a positive number of pixels, got {self.image_size}"
+            )
 
     def load(self):
         """The adapter, with ``image_size`` applied to its preprocessing."""

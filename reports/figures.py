@@ -1,4 +1,5 @@
-"""Overlay figures of explanations and position prompts.
+"""Overlay figures of explanations and position prompts (used by the reports; the public
+:func:`focusvit.plot_explanation` and :func:`focusvit.save_overlay_grid`).
 
 Figures are built as plain :class:`matplotlib.figure.Figure` objects (rendered with Agg when
 saved), never through ``pyplot``: nothing is displayed, the global backend is untouched and no
@@ -16,7 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .prompts import PositionPrompt, as_batch_scores, upsample_mask, upsample_scores
+from focusvit.prompting.prompts import (
+    PositionPrompt,
+    as_batch_scores,
+    upsample_mask,
+    upsample_scores,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

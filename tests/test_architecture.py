@@ -1,0 +1,100 @@
+"""Architecture rule of DESIGN.md section 2-3: ``focusvit.backbones`` is the only place that knows
+timm / Hugging Face internals. No module outside ``backbones/`` (and the tests and benchmarks)
+may import ``timm`` or ``transformers`` or any of their submodules; what those modules need
+comes from ``focusvit.backbones`` (adapters, ``load_backbone``, ``is_timm_model``,
+``suggest_model_names``, ``imagenet_class_names``, ``adapter.reset_head`` ...).
+
+The check reads the source with :mod:`ast` (nothing is imported), so it also sees imports inside
+functions, ``TYPE_CHECKING`` blocks and ``importlib.import_module("timm...")`` calls.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCANNED = ("explainers", "prompting", "finetune", "baselines", "data", "reports", "focusvit")
+FORBIDDEN = ("timm", "transformers")
+
+
+def _forbidden(module: str | None) -> bool:
+    return module is not None and module.split(".")[0] in FORBIDDEN
+
+
+def forbidden_imports(path: Path) -> list[tuple[int, str]]:
+    """``(line, statement)`` of every import of timm / transformers (or a submodule) in a file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, f"import {a.name}") for a in node.names if _forbidden(a.name)]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0 and _forbidden(node.module):
+                names = ", ".join(a.name for a in node.names)
+                found.append((node.lineno, f"from {node.module} import {names}"))
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first = node.args[0] if node.args else None
+            if (
+                name in ("import_module", "__import__")
+                and isinstance(first, ast.Constant)
+                and isinstance(first.value, str)
+                and _forbidden(first.value)
+            ):
+                found.append((node.lineno, f"{name}({first.value!r})"))
+    return sorted(found)
+
+
+def scanned_files() -> list[Path]:
+    files = []
+    for folder in SCANNED:
+        files += [p for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts]
+    return sorted(files)
+
+
+def offenders() -> dict[str, list[tuple[int, str]]]:
+    out = {}
+    for path in scanned_files():
+        hits = forbidden_imports(path)
+        if hits:
+            out[path.relative_to(ROOT).as_posix()] = hits
+    return out
+
+
+def test_the_scan_covers_the_packages():
+    files = {p.relative_to(ROOT).as_posix() for p in scanned_files()}
+    for folder in SCANNED:
+        assert any(f.startswith(f"{folder}/") for f in files), folder
+    assert not any(f.startswith(("backbones/", "tests/", "benchmarks/")) for f in files)
+
+
+def test_only_backbones_import_timm_or_transformers():
+    found = offenders()
+    report = "\n".join(
+        f"  {path}:{line}: {statement}" for path, hits in found.items() for line, statement in hits
+    )
+    assert not found, (
+        "only focusvit.backbones may import timm / transformers; use the adapter API or a "
+        f"focusvit.backbones helper instead:\n{report}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("import timm\n", [(1, "import timm")]),
+        ("import os, transformers.models.vit as v\n", [(1, "import transformers.models.vit")]),
+        ("def f():\n    from timm.data import ImageNetInfo\n", [(2, "from timm.data import ImageNetInfo")]),
+        ("import importlib\nimportlib.import_module('transformers')\n", [(2, "import_module('transformers')")]),
+        ("from . import timm\nfrom .timm_vit import x\nimport timmy\nfrom focusvit import timm\n", []),
+        ("x = 'import timm'  # only a string\n", []),
+    ],
+)  # fmt: skip
+def test_the_scan_finds_every_import_form(tmp_path, source, expected):
+    path = tmp_path / "module.py"
+    path.write_text(source)
+    assert forbidden_imports(path) == expected
