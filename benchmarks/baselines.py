@@ -24,6 +24,7 @@ from focusvit.baselines import (
     train_episodic,
 )
 from focusvit.data import SceneConfig, SyntheticScenes, TensorDataset
+from focusvit.runs import EpisodeSpec
 
 
 def parse_args() -> argparse.Namespace:
@@ -75,7 +76,7 @@ def main() -> None:
     novel = tensors("novel", 40, args.images_per_class, reference)
     print(f"data: {len(base)} base / {len(val)} val / {len(novel)} novel images "
           f"({time.time() - start:.0f} s)")  # fmt: skip
-    shots = {"n_way": 5, "k_shot": 1, "n_query": 15, "episodes": args.eval_episodes, "seed": 0}
+    shots = {"episodes": EpisodeSpec(5, 1, 15, args.eval_episodes, seed=0)}
     rows = []
     start = time.time()
     rows.append(row(f"untrained {args.encoder} prototype",

@@ -39,7 +39,7 @@ def episode_times(episodes: int, image_size: int, device: str = "cpu") -> None:
     from explain_speed import synchronize  # sibling script (benchmarks/ is on sys.path)
 
     import focusvit
-    from focusvit.finetune.evaluate import episode_tensors, run_episode
+    from focusvit.finetune import episode_tensors, make_runner, parse_method
 
     where = torch.device(device)
 
@@ -60,16 +60,23 @@ def episode_times(episodes: int, image_size: int, device: str = "cpu") -> None:
         f"\noffline DINOv2-S/14 on {device}, 5-way 1-shot, 15 queries/class, {side} px, median of "
         f"{episodes} episodes after one warm-up (images already loaded); recipes of DESIGN.md section 6\n"
     )
+
+    def runner(method: str):
+        choice = parse_method(method)
+        fort = focusvit.FortConfig() if choice.fort else None
+        return make_runner(backbone, choice.tuner, choice.solver, fort, device=device)
+
     support, support_labels, query, _ = batches[0]
-    run_episode(backbone, support, support_labels, query, "prototype")  # warm-up
+    runner("prototype").predict(support, support_labels, query)  # warm-up
     print(f"{'method':<10} {'s/episode':>10} {'x prototype':>12}")
     reference = None
     for method in EPISODE_METHODS:
+        method_runner = runner(method)
         times = []
         for support, support_labels, query, _ in batches:
             synchronize(where)
             start = time.perf_counter()
-            run_episode(backbone, support, support_labels, query, method)
+            method_runner.predict(support, support_labels, query)
             synchronize(where)
             times.append(time.perf_counter() - start)
         median = statistics.median(times)

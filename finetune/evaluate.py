@@ -160,9 +160,15 @@ class SolverRunner:
         support, s_labels, query, q_labels = episode_tensors(
             dataset, episode, self.backbone, self.device
         )
+        return *self.predict(support, s_labels, query)[:1], q_labels, {}
+
+    def predict(
+        self, support: Tensor, support_labels: Tensor, query: Tensor
+    ) -> tuple[Tensor, dict]:
+        """Query predictions ``(Q,)`` from preprocessed support ``(M,3,H,W)`` and query images."""
         feats_s = support_features(self.backbone, support)
         feats_q = support_features(self.backbone, query)
-        return solve(self.solver, feats_s, s_labels, feats_q), q_labels, {}
+        return solve(self.solver, feats_s, support_labels, feats_q), {}
 
 
 @dataclass
@@ -196,8 +202,16 @@ class TunerRunner:
         support, s_labels, query, q_labels = episode_tensors(
             dataset, episode, self.backbone, self.device
         )
+        predictions, info = self.predict(support, s_labels, query)
+        return predictions, q_labels, info
+
+    def predict(
+        self, support: Tensor, support_labels: Tensor, query: Tensor
+    ) -> tuple[Tensor, dict]:
+        """Fine-tune on the preprocessed support set ``(M,3,H,W)``; query predictions ``(Q,)``
+        and the record's extra info (final losses, trainable parameter count)."""
         with fit_task(
-            self.backbone, support, s_labels, tuner=self.tuner, fort=self.fort,
+            self.backbone, support, support_labels, tuner=self.tuner, fort=self.fort,
             options=self.options,
         ) as task:  # fmt: skip
             predictions = task.predict(query)
@@ -205,7 +219,7 @@ class TunerRunner:
                 "final_loss": task.losses[-1] if task.losses else None,
                 "trainable": task.parameter_counts.get("trainable"),
             }
-        return predictions, q_labels, info
+        return predictions, info
 
 
 def _tuner_config(tuner: str | TunerConfig, tuner_options: dict | None) -> TunerConfig:
