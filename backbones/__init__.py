@@ -1,5 +1,16 @@
 """Backbone adapters: the only code in focusvit that knows timm / Hugging Face internals."""
 
+from focusvit.errors import (
+    FocusVitError,
+    ImageReadError,
+    InputSizeError,
+    NonFiniteError,
+    OfflineWeightsMissingError,
+    UnknownModelError,
+    UnsupportedFamilyError,
+    UnsupportedMethodError,
+)
+
 from .base import (
     AttentionRecord,
     AttentionSite,
@@ -11,16 +22,6 @@ from .base import (
 )
 from .catalog import imagenet_class_names, is_timm_model, suggest_model_names
 from .cnn import TimmCNNAdapter
-from .errors import (
-    FocusVitError,
-    ImageReadError,
-    InputSizeError,
-    NonFiniteError,
-    OfflineWeightsMissingError,
-    UnknownModelError,
-    UnsupportedFamilyError,
-    UnsupportedMethodError,
-)
 from .hf_swin import HFSwinAdapter
 from .hf_vit import HFViTAdapter
 from .registry import (

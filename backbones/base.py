@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .errors import InputSizeError, UnsupportedMethodError
+from focusvit.errors import InputSizeError, UnsupportedMethodError
 
 Family = Literal["vit", "swin", "cnn"]
 AttentionKind = Literal["probs", "logits"]

@@ -8,8 +8,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from focusvit.errors import UnsupportedFamilyError
+
 from .base import BackboneAdapter
-from .errors import UnsupportedFamilyError
 from .timm_vit import TimmHeadMixin
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from focusvit.errors import UnsupportedFamilyError
+
 from .base import AttentionSite, BackboneAdapter, submodule_names, to_tuple2
-from .errors import UnsupportedFamilyError
 from .hf_vit import HF_SSF_BLOCK_PARTS, HFHeadMixin, hf_attention_projections, qk_site
 from .timm_swin import SwinAdapterMixin
 

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from focusvit.errors import UnsupportedFamilyError, UnsupportedMethodError
+
 from .base import AttentionSite, BackboneAdapter, split_heads, submodule_names, to_tuple2
-from .errors import UnsupportedFamilyError, UnsupportedMethodError
 
 
 def hf_attention_projections(attn: nn.Module) -> tuple[nn.Module, nn.Module, list[str]]:

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import (
+from focusvit.errors import (
     FocusVitError,
     InputSizeError,
     OfflineWeightsMissingError,

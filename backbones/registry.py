@@ -23,10 +23,11 @@ from typing import Any
 
 from torch import nn
 
+from focusvit.errors import UnknownModelError, UnsupportedFamilyError
+
 from .base import BackboneAdapter, default_data_config
 from .catalog import suggest_model_names
 from .cnn import TimmCNNAdapter, is_timm_cnn
-from .errors import UnknownModelError, UnsupportedFamilyError
 from .hf_swin import HFSwinAdapter, is_hf_swin
 from .hf_vit import HFViTAdapter, is_hf_columnar_vit
 from .timm_swin import TimmSwinAdapter, is_timm_swin

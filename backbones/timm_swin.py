@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from focusvit.errors import InputSizeError, UnsupportedFamilyError
+
 from .base import (
     AttentionSite,
     BackboneAdapter,
@@ -14,7 +16,6 @@ from .base import (
     submodule_names,
     to_tuple2,
 )
-from .errors import InputSizeError, UnsupportedFamilyError
 from .timm_vit import TimmHeadMixin
 
 

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from focusvit.errors import InputSizeError, UnsupportedFamilyError, UnsupportedMethodError
+
 from .base import AttentionSite, BackboneAdapter, split_heads, submodule_names, to_tuple2
-from .errors import InputSizeError, UnsupportedFamilyError, UnsupportedMethodError
 
 
 def is_timm_vit(model: nn.Module) -> bool:

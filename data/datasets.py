@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from focusvit.backbones.errors import ImageReadError
+from focusvit.errors import ImageReadError
 
 from .images import IMAGE_EXTENSIONS, read_image
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from focusvit.backbones.errors import FocusVitError
+from focusvit.errors import FocusVitError
 
 
 class EpisodeError(FocusVitError, ValueError):

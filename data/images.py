@@ -18,7 +18,7 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from focusvit.backbones.errors import ImageReadError, InputSizeError
+from focusvit.errors import ImageReadError, InputSizeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 

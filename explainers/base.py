@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter, UnsupportedMethodError
-from focusvit.backbones.errors import NonFiniteError
+from focusvit.errors import NonFiniteError
 
 Target = int | Tensor | Callable[[Tensor], Tensor] | None
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from focusvit.backbones.base import BackboneAdapter
-from focusvit.backbones.errors import UnsupportedMethodError
+from focusvit.errors import UnsupportedMethodError
 
 from .tuners import LoraConfig, TunedModel, TunerConfig
 

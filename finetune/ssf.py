@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from focusvit.backbones.base import BackboneAdapter
-from focusvit.backbones.errors import UnsupportedMethodError
+from focusvit.errors import UnsupportedMethodError
 
 from .tuners import SSFConfig, TunedModel, TunerConfig, iter_named_modules
 

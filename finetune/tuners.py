@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from focusvit.backbones.base import BackboneAdapter
-from focusvit.backbones.errors import UnsupportedMethodError
+from focusvit.errors import UnsupportedMethodError
 
 __all__ = [
     "TUNERS",

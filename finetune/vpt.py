@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from focusvit.backbones.base import BackboneAdapter, parameter_device
-from focusvit.backbones.errors import UnsupportedMethodError
+from focusvit.errors import UnsupportedMethodError
 
 from .tuners import TunedModel, TunerConfig, VPTConfig
 

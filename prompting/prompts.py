@@ -16,7 +16,7 @@ Conventions shared by every function here:
 - ranking is a stable descending sort, so ties go to the lower patch index (deterministic);
 - for mass coverage the scores are made non-negative by clamping at 0 and normalised per image;
   an image whose scores are all <= 0 is treated as uniform;
-- scores holding NaN or +Inf raise :class:`~focusvit.backbones.errors.NonFiniteError` (they
+- scores holding NaN or +Inf raise :class:`~focusvit.errors.NonFiniteError` (they
   are never silently replaced); -Inf is a valid "no evidence" score.
 
 Everything is a pure tensor function: no model, no gradient.
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from focusvit.backbones.errors import NonFiniteError
+from focusvit.errors import NonFiniteError
 
 if TYPE_CHECKING:
     from focusvit.explainers.base import Explanation

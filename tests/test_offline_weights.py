@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from focusvit.backbones import offline
-from focusvit.backbones.errors import OfflineWeightsMissingError
+from focusvit.errors import OfflineWeightsMissingError
 
 pytestmark = pytest.mark.offline_weights
 
