@@ -15,8 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from focusvit.data.episodes import Episode
-from focusvit.runs import DistContext, EpisodeSpec, EvaluationResult, weights_fingerprint
+from focusvit.runs import (
+    DistContext,
+    EpisodeData,
+    EpisodeSpec,
+    EvaluationResult,
+    weights_fingerprint,
+)
 from focusvit.runs import evaluate as evaluate_runner
 
 from .common import EpisodicModel
@@ -77,7 +82,8 @@ class BaselineRunner:
             "transductive": self.transductive,
         }
 
-    def run(self, dataset, episode: Episode) -> tuple[Tensor, Tensor, dict]:
+    def run(self, data: EpisodeData) -> tuple[Tensor, Tensor, dict]:
+        dataset, episode = data.dataset, data.episode
         s_labels = episode.support_labels.to(self.device)
         q_labels = episode.query_labels.to(self.device)
         with torch.no_grad():
@@ -89,8 +95,8 @@ class BaselineRunner:
                     maps(episode.support), s_labels, maps(episode.query), self.transductive
                 )
             else:
-                support = _load(dataset, episode.support, self.model).to(self.device)
-                query = _load(dataset, episode.query, self.model).to(self.device)
+                key = f"baseline-{self.model.config.image_size}"
+                support, _, query, _ = data.tensors(self.model.preprocess, key, self.device)
                 predictions = self.model.predict(support, s_labels, query, self.transductive)
         return predictions, q_labels, {}
 

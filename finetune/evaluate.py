@@ -23,10 +23,19 @@ from torch import Tensor
 from focusvit.backbones import BackboneAdapter
 from focusvit.data.episodes import Episode
 from focusvit.errors import ConfigError
-from focusvit.runs import DistContext, EpisodeSpec, EvaluationResult, to_plain, weights_fingerprint
+from focusvit.runs import (
+    DistContext,
+    EpisodeData,
+    EpisodeSpec,
+    EvaluationResult,
+    preprocessing_key,
+    to_plain,
+    weights_fingerprint,
+)
 from focusvit.runs import evaluate as evaluate_runner
 
-from .heads import SOLVERS, solve
+from .features import feature_cache
+from .heads import DEFAULT_TRANSFORM, FEATURE_TRANSFORMS, SOLVERS, solve
 from .losses import FortConfig
 from .recipes import FitOptions, recipe_for
 from .trainer import fit_task, resolve_fort, support_features
@@ -141,26 +150,52 @@ def episode_tensors(
 
 
 # ----------------------------------------------------------------------------- runners
+def _episode_tensors(data: EpisodeData, backbone: BackboneAdapter, device) -> tuple[Tensor, ...]:
+    """The episode's preprocessed tensors, shared by every runner of the same preprocessing."""
+    key = preprocessing_key(backbone.data_config)
+    return data.tensors(backbone.preprocess, key, device)
+
+
 @dataclass
 class SolverRunner:
-    """A frozen-feature solver (:data:`~focusvit.finetune.heads.SOLVERS`) on pooled features."""
+    """A frozen-feature solver (:data:`~focusvit.finetune.heads.SOLVERS`) on pooled features.
+
+    Attributes:
+        transform: SimpleShot feature transform before solving (``none``, ``l2n``, ``cl2n``;
+            :func:`~focusvit.finetune.heads.transform_features`).
+        cache_features: read each image's feature from a :class:`FeatureCache` (computed once
+            per image and run) instead of running the backbone on every episode's images.
+        cache_dir: optional folder where the feature cache persists between runs.
+    """
 
     backbone: BackboneAdapter
     solver: str
     device: torch.device
+    transform: str = DEFAULT_TRANSFORM
+    cache_features: bool = True
+    cache_dir: str | None = None
 
     @property
     def name(self) -> str:
         return self.solver
 
     def settings(self) -> dict[str, Any]:
-        return {"solver": self.solver, "backbone": backbone_settings(self.backbone)}
+        return {
+            "solver": self.solver,
+            "transform": self.transform,
+            "backbone": backbone_settings(self.backbone),
+        }
 
-    def run(self, dataset, episode: Episode) -> tuple[Tensor, Tensor, dict]:
-        support, s_labels, query, q_labels = episode_tensors(
-            dataset, episode, self.backbone, self.device
-        )
-        return *self.predict(support, s_labels, query)[:1], q_labels, {}
+    def run(self, data: EpisodeData) -> tuple[Tensor, Tensor, dict]:
+        episode = data.episode
+        if self.cache_features:
+            cache = feature_cache(self.backbone, data.dataset, self.device, self.cache_dir)
+            feats_s, feats_q = cache(episode.support), cache(episode.query)
+            labels = episode.support_labels.to(self.device)
+            predictions = solve(self.solver, feats_s, labels, feats_q, transform=self.transform)
+            return predictions, episode.query_labels.to(self.device), {}
+        support, s_labels, query, q_labels = _episode_tensors(data, self.backbone, self.device)
+        return self.predict(support, s_labels, query)[0], q_labels, {}
 
     def predict(
         self, support: Tensor, support_labels: Tensor, query: Tensor
@@ -168,19 +203,25 @@ class SolverRunner:
         """Query predictions ``(Q,)`` from preprocessed support ``(M,3,H,W)`` and query images."""
         feats_s = support_features(self.backbone, support)
         feats_q = support_features(self.backbone, query)
-        return solve(self.solver, feats_s, support_labels, feats_q), {}
+        return solve(self.solver, feats_s, support_labels, feats_q, transform=self.transform), {}
 
 
 @dataclass
 class TunerRunner:
     """Fine-tune a fresh copy of a tuner's parameters per task (:func:`fit_task`), optionally
-    with the attention-enhancement loss."""
+    with the attention-enhancement loss.
+
+    Attributes:
+        tasks_per_batch: episodes fine-tuned together in one batched computation (LoRA and SSF
+            on columnar ViTs; :mod:`focusvit.finetune.batched`); 1 fine-tunes one at a time.
+    """
 
     backbone: BackboneAdapter
     tuner: TunerConfig
     fort: FortConfig | None
     options: FitOptions
     device: torch.device
+    tasks_per_batch: int = 1
 
     @property
     def name(self) -> str:
@@ -198,21 +239,20 @@ class TunerRunner:
             "backbone": backbone_settings(self.backbone),
         }
 
-    def run(self, dataset, episode: Episode) -> tuple[Tensor, Tensor, dict]:
-        support, s_labels, query, q_labels = episode_tensors(
-            dataset, episode, self.backbone, self.device
-        )
-        predictions, info = self.predict(support, s_labels, query)
+    def run(self, data: EpisodeData) -> tuple[Tensor, Tensor, dict]:
+        support, s_labels, query, q_labels = _episode_tensors(data, self.backbone, self.device)
+        predictions, info = self.predict(support, s_labels, query, data.shared)
         return predictions, q_labels, info
 
     def predict(
-        self, support: Tensor, support_labels: Tensor, query: Tensor
+        self, support: Tensor, support_labels: Tensor, query: Tensor, shared: dict | None = None
     ) -> tuple[Tensor, dict]:
         """Fine-tune on the preprocessed support set ``(M,3,H,W)``; query predictions ``(Q,)``
-        and the record's extra info (final losses, trainable parameter count)."""
+        and the record's extra info (final losses, trainable parameter count). ``shared``: the
+        episode's cache of pretrained-model results (:class:`~focusvit.runs.EpisodeData`)."""
         with fit_task(
             self.backbone, support, support_labels, tuner=self.tuner, fort=self.fort,
-            options=self.options,
+            options=self.options, shared=shared,
         ) as task:  # fmt: skip
             predictions = task.predict(query)
             info = {
@@ -264,8 +304,15 @@ def make_runner(
     options: FitOptions | None = None,
     tuner_options: dict | None = None,
     device: str | torch.device | None = None,
+    feature_transform: str | None = None,
+    cache_features: bool = True,
+    feature_cache_dir: str | os.PathLike | None = None,
+    tasks_per_batch: int = 1,
 ):
-    """The runner of one method; refuses options it would ignore (see module docstring)."""
+    """The runner of one method; refuses options it would ignore (see module docstring).
+
+    Solver options: ``feature_transform`` (default :data:`~focusvit.finetune.heads.DEFAULT_TRANSFORM`),
+    ``cache_features``, ``feature_cache_dir``; tuner option: ``tasks_per_batch``."""
     if (tuner is None) == (solver is None):
         raise ConfigError(
             "choose exactly one of tuner= (full, linear, lora, ssf, vpt) or solver= "
@@ -282,11 +329,26 @@ def make_runner(
             )
         if solver not in SOLVERS:
             raise ConfigError(f"unknown solver {solver!r}; solvers: {', '.join(SOLVERS)}")
-        return SolverRunner(backbone, solver, device)
+        if tasks_per_batch != 1:
+            raise ConfigError("tasks_per_batch batches fine-tuning; a solver has none: drop it")
+        transform = DEFAULT_TRANSFORM if feature_transform is None else feature_transform
+        if transform not in FEATURE_TRANSFORMS:
+            raise ConfigError(
+                f"unknown feature_transform {transform!r}; use one of {', '.join(FEATURE_TRANSFORMS)}"
+            )
+        cache_dir = str(feature_cache_dir) if feature_cache_dir is not None else None
+        return SolverRunner(backbone, solver, device, transform, cache_features, cache_dir)
+    if feature_transform is not None or feature_cache_dir is not None:
+        raise ConfigError(
+            "feature_transform and feature_cache_dir apply to the frozen solvers (their features "
+            "are fixed); a tuner changes its features every step: drop them"
+        )
+    if isinstance(tasks_per_batch, bool) or tasks_per_batch < 1:
+        raise ConfigError(f"tasks_per_batch must be a whole number >= 1, got {tasks_per_batch!r}")
     config = _tuner_config(tuner, tuner_options)
     _refuse_fort(config.name, None, fort is not None, backbone.family)
     recipe_for(backbone.family, config.name)  # refuses a tuner without a recipe for the family
-    return TunerRunner(backbone, config, fort, options or FitOptions(), device)
+    return TunerRunner(backbone, config, fort, options or FitOptions(), device, tasks_per_batch)
 
 
 def evaluate(
@@ -305,6 +367,10 @@ def evaluate(
     on_episode: Callable[[dict], None] | None = None,
     episode_ids: Sequence[int] | None = None,
     context: DistContext | None = None,
+    feature_transform: str | None = None,
+    cache_features: bool = True,
+    feature_cache_dir: str | os.PathLike | None = None,
+    tasks_per_batch: int = 1,
     **fit_overrides: Any,
 ) -> EvaluationResult:
     """Evaluate one few-shot method on the episodes of ``episodes`` drawn from ``dataset``.
@@ -327,6 +393,14 @@ def evaluate(
         device: ``"cuda"`` / ``"cpu"`` (default: CUDA when available).
         episode_ids, context: evaluate a subset / shard across processes (see
             :func:`focusvit.runs.evaluate`).
+        feature_transform: solvers only: SimpleShot ``none`` / ``l2n`` / ``cl2n`` (default
+            :data:`~focusvit.finetune.heads.DEFAULT_TRANSFORM`).
+        cache_features: solvers only: compute each image's feature once per run and backbone
+            (default) instead of once per episode; results are the same.
+        feature_cache_dir: solvers only: keep the feature cache on disk, keyed by the weights
+            hash, the preprocessing and the dataset.
+        tasks_per_batch: tuners only: fine-tune this many episodes in one batched computation
+            (LoRA / SSF on columnar ViTs; results equal the one-at-a-time path).
 
     Returns:
         :class:`~focusvit.runs.EvaluationResult` named ``tuner[+fort]`` or ``solver``.
@@ -345,9 +419,12 @@ def evaluate(
                 "drop them, or choose a tuner"
             )
         options = fit_options(options, fit_overrides)
-    runner = make_runner(backbone, tuner, solver, fort, options, tuner_options, device)
+    runner = make_runner(
+        backbone, tuner, solver, fort, options, tuner_options, device,
+        feature_transform, cache_features, feature_cache_dir, tasks_per_batch,
+    )  # fmt: skip
     backbone.to(runner.device)
-    return evaluate_runner(
+    result = evaluate_runner(
         runner,
         dataset,
         episodes or EpisodeSpec(),
@@ -357,6 +434,9 @@ def evaluate(
         episode_ids=episode_ids,
         context=context,
     )
+    if isinstance(runner, SolverRunner) and runner.cache_features and runner.cache_dir:
+        feature_cache(backbone, dataset, runner.device, runner.cache_dir).save()
+    return result
 
 
 def check_method_names(methods: Sequence[str]) -> list[MethodChoice]:

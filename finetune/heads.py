@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 HeadInit = Literal["prototype", "ridge", "logistic"]
@@ -34,9 +35,13 @@ def prototypes(features: Tensor, labels: Tensor) -> Tensor:
 
 
 def _linear_from(weight: np.ndarray | Tensor, bias: np.ndarray | Tensor, like: Tensor) -> nn.Linear:
+    """A linear layer holding ``weight`` ``(C, D)`` and ``bias`` ``(C,)``. Built on the meta
+    device first, so it draws no random numbers: a head computed once per episode and reused
+    leaves the torch RNG where computing it again would (the tuners' init draws next)."""
     weight = torch.as_tensor(np.asarray(weight), dtype=like.dtype)
     bias = torch.as_tensor(np.asarray(bias), dtype=like.dtype)
-    head = nn.Linear(weight.shape[1], weight.shape[0]).to(like.device)
+    head = nn.Linear(weight.shape[1], weight.shape[0], device="meta", dtype=like.dtype)
+    head = head.to_empty(device=like.device)
     with torch.no_grad():
         head.weight.copy_(weight.to(like.device))
         head.bias.copy_(bias.to(like.device))
@@ -84,8 +89,43 @@ def init_head(
     raise ValueError(f"unknown head init {method!r}; use prototype, ridge or logistic")
 
 
+#: the frozen solvers' default feature transform, chosen on validation classes by
+#: ``benchmarks/eval_speed.py`` (see benchmarks/README.md)
+DEFAULT_TRANSFORM = "none"
+
+#: feature transforms of the frozen solvers (SimpleShot, Wang et al. 2019): ``none``, ``l2n``
+#: (L2-normalise), ``cl2n`` (subtract the support mean, then L2-normalise)
+FEATURE_TRANSFORMS = ("none", "l2n", "cl2n")
+
+
+def transform_features(
+    support: Tensor, query: Tensor, transform: str = "none"
+) -> tuple[Tensor, Tensor]:
+    """SimpleShot feature transform of support ``(M, D)`` and query ``(Q, D)`` features.
+
+    ``cl2n`` centres on the mean of the support features (the only features of the task that
+    are not test data; SimpleShot centres on the base-class mean, which a few-shot task does not
+    have), then L2-normalises both sets; ``l2n`` only normalises; ``none`` leaves them.
+    """
+    if transform not in FEATURE_TRANSFORMS:
+        raise ValueError(
+            f"unknown feature transform {transform!r}; use one of {', '.join(FEATURE_TRANSFORMS)}"
+        )
+    if transform == "cl2n":
+        mean = support.mean(dim=0, keepdim=True)
+        support, query = support - mean, query - mean
+    if transform in ("l2n", "cl2n"):
+        support, query = F.normalize(support, dim=1), F.normalize(query, dim=1)
+    return support, query
+
+
 def solve(
-    method: str, support: Tensor, support_labels: Tensor, query: Tensor, k: int = 1
+    method: str,
+    support: Tensor,
+    support_labels: Tensor,
+    query: Tensor,
+    k: int = 1,
+    transform: str = "none",
 ) -> Tensor:
     """Predict query labels ``(Q,)`` from frozen features with a classical solver.
 
@@ -93,8 +133,10 @@ def solve(
         method: one of :data:`SOLVERS`.
         support: ``(M, D)``; support_labels ``(M,)``; query ``(Q, D)``.
         k: neighbours for ``knn``.
+        transform: feature transform first (:func:`transform_features`).
     """
     _check(support, support_labels)
+    support, query = transform_features(support, query, transform)
     if method == "prototype":
         protos = prototypes(support, support_labels)
         return torch.cdist(query, protos).argmin(dim=1)

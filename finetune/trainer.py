@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -177,6 +178,7 @@ def fit_task(
     fort: FortConfig | bool | None = None,
     options: FitOptions | None = None,
     tuner_options: dict | None = None,
+    shared: dict | None = None,
     **option_overrides,
 ) -> Iterator[TaskModel]:
     """Fine-tune ``backbone`` on one support set; the tuned model is valid inside the block.
@@ -190,6 +192,9 @@ def fit_task(
         options: :class:`FitOptions` (recipe overrides, head init); keyword overrides
             (``lr=``, ``steps=``, ``head_init=`` ...) are merged into it.
         tuner_options: options of a tuner given by name (e.g. ``{"rank": 8}`` for LoRA).
+        shared: a per-episode dict (``EpisodeData.shared``) in which the support features, the
+            initial head and the position prompts, which depend only on the pretrained model
+            and the support set, are kept for the other methods of the same episode.
 
     Example::
 
@@ -201,14 +206,14 @@ def fit_task(
     recipe = recipe_for(backbone.family, config.name).override(**options.recipe_overrides())
     fort_config = resolve_fort(backbone, config.name, fort)
     labels = labels.to(images.device)
-    head = init_head(support_features(backbone, images), labels, method=options.head_init)
+    head = _initial_head(backbone, images, labels, options.head_init, shared)
     original_head = backbone.head if backbone.head_name else None
     modes = {m: m.training for m in backbone.modules()}
     targets = None
     _swap_head(backbone, head)
     try:
         if fort_config is not None:
-            targets = make_prompt_targets(backbone, images, labels, fort_config)
+            targets = _prompt_targets(backbone, images, labels, fort_config, options, shared)
         with apply_tuner(backbone, config) as tuned:
             task = TaskModel(
                 backbone,
@@ -223,6 +228,45 @@ def fit_task(
         _restore_head(backbone, original_head)
         for module, mode in modes.items():
             module.train(mode)
+
+
+def _memo(shared: dict | None, key: tuple, compute):
+    if shared is None:
+        return compute()
+    if key not in shared:
+        shared[key] = compute()
+    return shared[key]
+
+
+def _initial_head(
+    backbone: BackboneAdapter, images: Tensor, labels: Tensor, method: str, shared: dict | None
+) -> torch.nn.Linear:
+    """The support-set head (a fresh copy: training changes it), computed once per episode."""
+    where = (id(backbone), tuple(images.shape), str(images.device))
+    features = _memo(
+        shared, ("support_features", *where), lambda: support_features(backbone, images)
+    )
+    head = _memo(
+        shared, ("head", method, *where), lambda: init_head(features, labels, method=method)
+    )
+    return copy.deepcopy(head)
+
+
+def _prompt_targets(
+    backbone: BackboneAdapter,
+    images: Tensor,
+    labels: Tensor,
+    fort: FortConfig,
+    options: FitOptions,
+    shared: dict | None,
+) -> Tensor | list[Tensor]:
+    """Position prompts of the support set with the task head in place, once per episode and
+    prompt setting."""
+    key = (
+        "prompts", id(backbone), tuple(images.shape), str(images.device), options.head_init,
+        fort.explainer, fort.top_k, fort.top_fraction, fort.weighting,
+    )  # fmt: skip
+    return _memo(shared, key, lambda: make_prompt_targets(backbone, images, labels, fort))
 
 
 def _swap_head(backbone: BackboneAdapter, head: torch.nn.Module) -> None:

@@ -274,8 +274,7 @@ def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str,
     (the report only on rank 0)."""
     from focusvit.reports.fewshot import write_fewshot_report
     from focusvit.reports.html import software_versions
-    from focusvit.runs import DistContext
-    from focusvit.runs import evaluate as evaluate_runner
+    from focusvit.runs import DistContext, evaluate_many
 
     plan = validate_fewshot(cfg)
     out = Path(out_dir or cfg.out)
@@ -293,18 +292,17 @@ def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str,
         backbone = plan.backbone.load()
         runners = make_runners(plan, backbone, device)
         backbone.to(next(iter(runners.values())).device)
-        results = {}
-        for method, runner in runners.items():
-            results[method] = evaluate_runner(
-                runner,
-                plan.dataset,
-                plan.episodes,
-                output=folder.episode_file(method),
-                progress=bool(cfg.progress) and context.is_main,
-                context=context,
-            )
-            if context.is_main:
-                _say(f"focusvit-fewshot: {results[method]}")
+        results = evaluate_many(  # every episode decoded and preprocessed once for all methods
+            list(runners.values()),
+            plan.dataset,
+            plan.episodes,
+            outputs={method: folder.episode_file(method) for method in runners},
+            progress=bool(cfg.progress) and context.is_main,
+            context=context,
+        )
+        if context.is_main:
+            for result in results.values():
+                _say(f"focusvit-fewshot: {result}")
         report = None
         if context.is_main:
             focus_runs, notes = _focus_runs(cfg, plan, backbone, folder, runners)

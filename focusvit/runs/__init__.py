@@ -1,7 +1,8 @@
 """focusvit.runs: the one run layer (DESIGN.md sections 6 and 10).
 
 - :class:`EpisodeSpec`, :class:`BackboneSpec`, :func:`episode_seed`: what a run evaluates;
-- :func:`evaluate` over a :class:`Runner`: the one episode loop (resumable JSONL, sharding);
+- :func:`evaluate` / :func:`evaluate_many` over :class:`Runner` s: the one episode loop
+  (shared per-episode work, batched tasks, resumable JSONL, sharding);
 - :class:`EpisodeLog`, :class:`RunDir`: episode files and run folders with their settings record;
 - :func:`check_settings`: the one "resume or refuse other settings" check;
 - :func:`save_state` / :func:`load_state`: atomic, pickle-free checkpoints;
@@ -10,7 +11,16 @@
 
 from .checkpoint import load_state, save_state
 from .distributed import DistContext, shard
-from .loop import Runner, dataset_settings, evaluate, run_one, run_settings
+from .episode_data import EpisodeData, preprocessing_key
+from .loop import (
+    Runner,
+    dataset_settings,
+    evaluate,
+    evaluate_many,
+    make_record,
+    run_one,
+    run_settings,
+)
 from .records import EpisodeLog, atomic_write_text, merge_records, read_episode_file
 from .rundir import RunDir
 from .settings import (
@@ -27,6 +37,7 @@ from .stats import EvaluationResult, format_ci, mean_and_ci
 __all__ = [
     "BackboneSpec",
     "DistContext",
+    "EpisodeData",
     "EpisodeLog",
     "EpisodeSpec",
     "EvaluationResult",
@@ -38,12 +49,15 @@ __all__ = [
     "dataset_settings",
     "episode_seed",
     "evaluate",
+    "evaluate_many",
     "fingerprint",
     "flatten",
     "format_ci",
     "load_state",
+    "make_record",
     "mean_and_ci",
     "merge_records",
+    "preprocessing_key",
     "read_episode_file",
     "run_one",
     "run_settings",

@@ -2,17 +2,20 @@
 
 Every method — a ViT tuner with or without the attention loss, a frozen-feature solver, a CNN
 baseline — is a :class:`Runner`: a record name, the settings its results depend on, and a
-function from an :class:`~focusvit.data.episodes.Episode` to query predictions. :func:`evaluate`
-samples the episodes (episode ``i`` of a seed is the same for every runner), seeds torch per
-episode (:func:`~focusvit.runs.spec.episode_seed`), streams each finished episode to the
+function from an :class:`~focusvit.runs.episode_data.EpisodeData` to query predictions.
+:func:`evaluate_many` samples the episodes (episode ``i`` of a seed is the same for every
+runner), decodes and preprocesses each episode once for all runners, seeds torch per episode and
+runner (:func:`~focusvit.runs.spec.episode_seed`), hands several episodes at once to runners that
+fine-tune tasks in one batched computation, streams each finished episode to its runner's
 resumable episode file, refuses an output written with other settings, and shards episodes
-across processes under ``torchrun`` / ``accelerate launch``.
+across processes under ``torchrun`` / ``accelerate launch``. :func:`evaluate` is the one-runner
+form.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,13 +23,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from focusvit.data.episodes import Episode, sample_episode
+from focusvit.data.episodes import sample_episode
 
 from .distributed import DistContext, shard
-from .records import EpisodeLog, merge_records
-from .settings import fingerprint
+from .episode_data import EpisodeData
+from .records import EpisodeLog, merge_records, read_episode_file
+from .settings import check_settings, fingerprint
 from .spec import EpisodeSpec, episode_seed
 from .stats import EvaluationResult, format_ci
+
+Prediction = tuple[Tensor, Tensor, dict]
 
 
 @runtime_checkable
@@ -35,6 +41,10 @@ class Runner(Protocol):
 
     Attributes:
         name: the record name (``"lora+fort"``, ``"ridge"``, ``"can+transductive"``).
+
+    A runner may also define ``tasks_per_batch`` (int) and ``run_batch(datas) -> list`` to
+    fine-tune several episodes in one computation; the loop then hands it up to that many
+    episodes at once (each seeded as it would be alone: ``EpisodeData.seed``).
     """
 
     name: str
@@ -43,7 +53,7 @@ class Runner(Protocol):
         """Every setting that changes this runner's results (recorded, checked on resume)."""
         ...
 
-    def run(self, dataset, episode: Episode) -> tuple[Tensor, Tensor, dict]:
+    def run(self, data: EpisodeData) -> Prediction:
         """``(predictions (Q,), query_labels (Q,), extra info for the record)``."""
         ...
 
@@ -99,64 +109,147 @@ def evaluate(
     Returns:
         :class:`EvaluationResult` over the requested episodes, in episode order.
     """
+    outputs = {runner.name: output} if output is not None else None
+    callbacks = {runner.name: on_episode} if on_episode is not None else None
+    results = evaluate_many(
+        [runner], dataset, spec, outputs, progress, callbacks, episode_ids, context
+    )
+    return results[runner.name]
+
+
+def evaluate_many(
+    runners: Sequence[Runner],
+    dataset,
+    spec: EpisodeSpec,
+    outputs: Mapping[str, str | os.PathLike] | None = None,
+    progress: bool = True,
+    on_episode: Mapping[str, Callable[[dict], None]] | None = None,
+    episode_ids: Sequence[int] | None = None,
+    context: DistContext | None = None,
+) -> dict[str, EvaluationResult]:
+    """Evaluate several runners on the same episodes, doing each episode's shared work once.
+
+    Args:
+        runners: the methods (distinct names).
+        outputs: ``{runner name: .jsonl path}``; every runner needs one when any has one.
+        on_episode: ``{runner name: callback}`` called with each record in episode order.
+        others: as :func:`evaluate`.
+
+    Returns:
+        ``{runner name: EvaluationResult}``.
+    """
     spec.check_dataset(dataset)
+    names = [r.name for r in runners]
+    if len(set(names)) != len(names):
+        raise ValueError(f"runners must have distinct names, got {names}")
+    if outputs is not None and set(outputs) != set(names):
+        raise ValueError(f"outputs must name every runner ({names}), got {sorted(outputs)}")
     ids = list(episode_ids) if episode_ids is not None else list(range(spec.episodes))
-    settings = run_settings(runner, dataset, spec)
     if context is not None and context.distributed:
-        if output is None:
+        if outputs is None:
             raise ValueError(
                 "a multi-process evaluation needs output=PATH.jsonl to merge the ranks' episodes"
             )
-        return _evaluate_sharded(runner, dataset, spec, Path(output), settings, ids, progress,
-                                 on_episode, context)  # fmt: skip
-    log = EpisodeLog(output, runner.name, settings) if output is not None else None
-    done = log.open() if log is not None else {}
-    result = _loop(runner, dataset, spec, ids, done, log, progress, on_episode)
-    if log is not None:
-        log.rewrite({**done, **{r["episode"]: r for r in result.records}}.values())
-    return result
+        return _evaluate_sharded(runners, dataset, spec, outputs, ids, progress, on_episode,
+                                 context)  # fmt: skip
+    logs = _open_logs(runners, dataset, spec, outputs)
+    done = {name: (log.open() if log is not None else {}) for name, log in logs.items()}
+    results = _loop(runners, dataset, spec, ids, done, logs, progress, on_episode or {})
+    for name, log in logs.items():
+        if log is not None:
+            log.rewrite({**done[name], **{r["episode"]: r for r in results[name].records}}.values())
+    return results
+
+
+def _open_logs(runners, dataset, spec, outputs, suffix: str = "") -> dict[str, EpisodeLog | None]:
+    logs: dict[str, EpisodeLog | None] = {}
+    for runner in runners:
+        path = outputs.get(runner.name) if outputs is not None else None
+        if path is not None and suffix:
+            path = Path(path).parent / "shards" / f"{Path(path).stem}{suffix}.jsonl"
+        logs[runner.name] = (
+            EpisodeLog(path, runner.name, run_settings(runner, dataset, spec)) if path else None
+        )
+    return logs
 
 
 def _loop(
-    runner: Runner,
+    runners: Sequence[Runner],
     dataset,
     spec: EpisodeSpec,
     ids: list[int],
-    done: dict[int, dict],
-    log: EpisodeLog | None,
+    done: dict[str, dict[int, dict]],
+    logs: dict[str, EpisodeLog | None],
     progress: bool,
-    on_episode: Callable[[dict], None] | None,
-) -> EvaluationResult:
-    result = EvaluationResult(runner.name)
-    bar = tqdm(ids, desc=runner.name, disable=not progress, unit="episode")
-    for index in bar:
-        record = done.get(index)
-        if record is None:
-            record = run_one(runner, dataset, spec, index)
-            if log is not None:
-                log.append(record)
-        result.accuracies.append(float(record["accuracy"]))
-        result.records.append(record)
-        if on_episode:
-            on_episode(record)
-        n = len(result.accuracies)
-        bar.set_postfix(acc=f"{100 * result.mean:.1f}", ci=format_ci(result.ci95, n, digits=1))
-    return result
+    on_episode: Mapping[str, Callable[[dict], None]],
+) -> dict[str, EvaluationResult]:
+    """Episodes in chunks of the largest ``tasks_per_batch``; in each chunk every runner runs
+    the episodes it has not finished (batched runners all at once), sharing each episode's
+    decoded images, preprocessed tensors and pretrained-model results."""
+    results = {r.name: EvaluationResult(r.name) for r in runners}
+    chunk = max([int(getattr(r, "tasks_per_batch", 1) or 1) for r in runners] + [1])
+    label = runners[0].name if len(runners) == 1 else f"{len(runners)} methods"
+    bar = tqdm(total=len(ids), desc=label, disable=not progress, unit="episode")
+    for start in range(0, len(ids), chunk):
+        datas = [_episode_data(dataset, spec, index) for index in ids[start : start + chunk]]
+        for runner in runners:
+            records = _run_chunk(runner, spec, datas, done[runner.name], logs[runner.name])
+            result = results[runner.name]
+            for record in records:
+                result.accuracies.append(float(record["accuracy"]))
+                result.records.append(record)
+                if runner.name in on_episode:
+                    on_episode[runner.name](record)
+        bar.update(len(datas))
+        first = results[runners[0].name]
+        n = len(first.accuracies)
+        bar.set_postfix(acc=f"{100 * first.mean:.1f}", ci=format_ci(first.ci95, n, digits=1))
+    bar.close()
+    return results
 
 
-def run_one(runner: Runner, dataset, spec: EpisodeSpec, index: int) -> dict:
-    """The record of episode ``index``: sampled, seeded and run once."""
+def _episode_data(dataset, spec: EpisodeSpec, index: int) -> EpisodeData:
     episode = sample_episode(
         dataset.labels, index, spec.n_way, spec.k_shot, spec.n_query, spec.seed
     )
-    torch.manual_seed(episode_seed(spec.seed, index))
-    predictions, query_labels, info = runner.run(dataset, episode)
-    accuracy = float((predictions.cpu() == query_labels.cpu()).float().mean())
+    return EpisodeData(dataset, episode, episode_seed(spec.seed, index))
+
+
+def _run_chunk(
+    runner: Runner,
+    spec: EpisodeSpec,
+    datas: list[EpisodeData],
+    done: dict[int, dict],
+    log: EpisodeLog | None,
+) -> list[dict]:
+    """The records of ``datas`` for one runner, in order (finished ones read, others run)."""
+    todo = [d for d in datas if d.episode.index not in done]
+    fresh: dict[int, dict] = {}
+    if len(todo) > 1 and callable(getattr(runner, "run_batch", None)):
+        outcomes = runner.run_batch(todo)
+    else:
+        outcomes = []
+        for data in todo:
+            torch.manual_seed(data.seed)
+            outcomes.append(runner.run(data))
+    for data, outcome in zip(todo, outcomes, strict=True):
+        record = make_record(runner.name, spec, data, *outcome)
+        fresh[data.episode.index] = record
+        if log is not None:
+            log.append(record)
+    return [done.get(d.episode.index) or fresh[d.episode.index] for d in datas]
+
+
+def make_record(
+    name: str, spec: EpisodeSpec, data: EpisodeData, predictions: Tensor, labels: Tensor, info: dict
+) -> dict:
+    """The JSONL record of one finished episode."""
+    accuracy = float((predictions.cpu() == labels.cpu()).float().mean())
     return {
-        "method": runner.name,
-        "episode": index,
+        "method": name,
+        "episode": data.episode.index,
         "accuracy": accuracy,
-        "classes": [int(c) for c in episode.classes],
+        "classes": [int(c) for c in data.episode.classes],
         "n_way": spec.n_way,
         "k_shot": spec.k_shot,
         "n_query": spec.n_query,
@@ -165,50 +258,58 @@ def run_one(runner: Runner, dataset, spec: EpisodeSpec, index: int) -> dict:
     }
 
 
+def run_one(runner: Runner, dataset, spec: EpisodeSpec, index: int) -> dict:
+    """The record of episode ``index``: sampled, seeded and run once."""
+    data = _episode_data(dataset, spec, index)
+    torch.manual_seed(data.seed)
+    return make_record(runner.name, spec, data, *runner.run(data))
+
+
 def _evaluate_sharded(
-    runner: Runner,
+    runners: Sequence[Runner],
     dataset,
     spec: EpisodeSpec,
-    output: Path,
-    settings: dict,
+    outputs: Mapping[str, str | os.PathLike],
     ids: list[int],
     progress: bool,
-    on_episode: Callable[[dict], None] | None,
+    on_episode: Mapping[str, Callable[[dict], None]] | None,
     context: DistContext,
-) -> EvaluationResult:
-    """Each rank runs ``ids[rank::world]`` into its shard file (seeded with what the merged
-    file already holds), the records are gathered and rank 0 rewrites the merged file."""
-    merged = EpisodeLog(output, runner.name, settings)
+) -> dict[str, EvaluationResult]:
+    """Each rank runs ``ids[rank::world]`` into its shard files (seeded with what the merged
+    files already hold), the records are gathered and rank 0 rewrites the merged files."""
+    merged = _open_logs(runners, dataset, spec, outputs)
+    finished = {name: _read_merged(log) for name, log in merged.items()}
+    context.barrier()  # every rank has read the merged files before rank 0 rewrites them
+    if context.is_main:
+        for log in merged.values():
+            log.open()
     mine = shard(ids, context.rank, context.world_size)
-    shard_log = EpisodeLog(
-        output.parent / "shards" / f"{output.stem}.rank{context.rank}.jsonl", runner.name, settings
-    )
-    finished = _read_merged(merged)
-    context.barrier()  # every rank has read the merged file before rank 0 rewrites it
-    if context.is_main:
-        merged.open()
-    done = shard_log.open()
-    done.update({i: r for i, r in finished.items() if i in set(mine) and i not in done})
-    shard_log.rewrite(done.values())
-    part = _loop(runner, dataset, spec, mine, done, shard_log, progress and context.is_main, None)
-    gathered = context.gather(part.records)
-    if context.is_main:
-        merged.rewrite(merge_records([*gathered, finished.values()]))
-    context.barrier()
+    shard_logs = _open_logs(runners, dataset, spec, outputs, suffix=f".rank{context.rank}")
+    done = {}
+    for name, log in shard_logs.items():
+        done[name] = log.open()
+        done[name].update(
+            {i: r for i, r in finished[name].items() if i in set(mine) and i not in done[name]}
+        )
+        log.rewrite(done[name].values())
+    parts = _loop(runners, dataset, spec, mine, done, shard_logs, progress and context.is_main, {})
+    results = {}
     wanted = set(ids)
-    records = [r for r in merge_records(gathered) if r["episode"] in wanted]
-    result = EvaluationResult.from_records(runner.name, records)
-    if on_episode:
+    for runner in runners:
+        gathered = context.gather(parts[runner.name].records)
+        if context.is_main:
+            merged[runner.name].rewrite(merge_records([*gathered, finished[runner.name].values()]))
+        records = [r for r in merge_records(gathered) if r["episode"] in wanted]
+        results[runner.name] = EvaluationResult.from_records(runner.name, records)
         for record in records:
-            on_episode(record)
-    return result
+            if on_episode and runner.name in on_episode:
+                on_episode[runner.name](record)
+    context.barrier()
+    return results
 
 
 def _read_merged(log: EpisodeLog) -> dict[int, dict]:
-    """The finished episodes of the merged file, read-only (non-main ranks)."""
-    from .records import read_episode_file
-    from .settings import check_settings
-
+    """The finished episodes of the merged file, read-only (every rank)."""
     header, records = read_episode_file(log.path)
     if header is not None and header.get("method") == log.method:
         check_settings(header["settings"], log.settings, str(log.path))
