@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-HeadInit = Literal["prototype", "ridge", "logistic"]
+HeadInit = Literal["svm", "prototype", "ridge", "logistic"]
 SOLVERS = ("prototype", "knn", "ridge", "svm", "logistic")
 
 
@@ -57,20 +57,88 @@ def _sklearn_binary_fix(coef: np.ndarray, intercept: np.ndarray) -> tuple[np.nda
     return coef, intercept
 
 
+def _project_rows(values: Tensor, upper: Tensor) -> Tensor:
+    """Euclidean projection of each row ``v`` of ``values`` ``(M, C)`` onto
+    ``{a : a <= u, sum(a) = 0}`` (``u`` the row of ``upper``, with ``sum(u) >= 0``), exactly:
+    ``a = min(v - tau, u)`` with the ``tau`` that makes the row sum zero, found by sorting the
+    breakpoints ``v - u`` of the piecewise-linear, decreasing sum."""
+    m, c = values.shape
+    breaks, _ = torch.sort(values - upper, dim=1)  # tau at which a_k leaves its upper bound
+    # with tau in [breaks[j-1], breaks[j]] the k with v_k - u_k <= tau... are free
+    order = torch.argsort(values - upper, dim=1)
+    v_sorted = torch.gather(values, 1, order)
+    u_sorted = torch.gather(upper, 1, order)
+    # suppose the first j sorted entries are free (a = v - tau), the rest clamped (a = u):
+    # sum = sum_{<j} v - j tau + sum_{>=j} u = 0  ->  tau_j = (S_v(j) + S_u(j)) / j
+    prefix_v = torch.cumsum(v_sorted, dim=1)
+    suffix_u = torch.flip(torch.cumsum(torch.flip(u_sorted, [1]), dim=1), [1])
+    suffix_u = torch.cat([suffix_u[:, 1:], suffix_u.new_zeros(m, 1)], dim=1)
+    counts = torch.arange(1, c + 1, device=values.device, dtype=values.dtype)
+    taus = (prefix_v + suffix_u) / counts
+    low = breaks
+    high = torch.cat([breaks[:, 1:], breaks.new_full((m, 1), float("inf"))], dim=1)
+    valid = (taus >= low - 1e-12) & (taus <= high + 1e-12)
+    index = torch.argmax(valid.to(torch.int8), dim=1, keepdim=True)
+    tau = torch.gather(taus, 1, index)
+    return torch.minimum(values - tau, upper)
+
+
+def crammer_singer_dual(
+    kernel: Tensor, labels: Tensor, classes: int, c_reg: float = 0.1, iterations: int = 5000,
+    tolerance: float = 1e-10,
+) -> Tensor:
+    """Dual coefficients ``alpha`` ``(M, C)`` of the margin-1 Crammer-Singer SVM of FORT's head
+    (MetaOptNet's ``SVM_CS``): minimise ``½ Σ_ij K_ij <a_i, a_j> + ½ ||a||² - Σ_i a_{i,y_i}``
+    subject to ``a_i <= c_reg · onehot(y_i)`` and ``Σ_k a_ik = 0`` for every support sample i.
+    The ``+ ½ ||a||²`` is the identity added to the kernel (DESIGN.md section 6); it makes the
+    problem strongly convex, so accelerated projected gradient (FISTA, exact per-row
+    projection) converges to the unique optimum.
+
+    Args:
+        kernel: ``(M, M)`` Gram matrix of the support features (float64 recommended).
+        labels: ``(M,)`` in ``0..C-1``.
+    """
+    onehot = F.one_hot(labels, classes).to(kernel.dtype)
+    upper = c_reg * onehot
+    hessian = kernel + torch.eye(len(kernel), dtype=kernel.dtype, device=kernel.device)
+    step = 1.0 / float(torch.linalg.eigvalsh(hessian).max())
+    alpha = torch.zeros_like(onehot)
+    momentum, t = alpha.clone(), 1.0
+    for _ in range(iterations):
+        gradient = hessian @ momentum - onehot
+        updated = _project_rows(momentum - step * gradient, upper)
+        t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        momentum = updated + ((t - 1) / t_next) * (updated - alpha)
+        change = float((updated - alpha).abs().max())
+        alpha, t = updated, t_next
+        if change < tolerance:
+            break
+    return alpha
+
+
 def init_head(
-    features: Tensor, labels: Tensor, method: HeadInit = "logistic", strength: float = 1.0
+    features: Tensor, labels: Tensor, method: HeadInit = "svm", strength: float = 1.0
 ) -> nn.Linear:
     """A linear head ``D -> C`` fitted to the support set.
 
     Args:
         features: ``(M, D)`` support features (the backbone's pooled features).
         labels: ``(M,)`` episode labels ``0..C-1``.
-        method: ``"prototype"`` (logit = −½‖f − μ_c‖² up to a constant), ``"ridge"`` (one-hot
-            regression) or ``"logistic"`` (multinomial logistic regression).
+        method: ``"svm"`` (FORT's official head: the margin-1 Crammer-Singer SVM of
+            :func:`crammer_singer_dual`, C = 0.1, no bias; its support cross-entropy stays near
+            0.9, so the classification loss still drives fine-tuning), ``"prototype"``
+            (logit = −½‖f − μ_c‖² up to a constant), ``"ridge"`` (one-hot regression) or
+            ``"logistic"`` (multinomial logistic regression; fits the support set almost
+            perfectly and leaves little classification gradient).
         strength: regularisation (ridge α; logistic inverse C).
     """
     classes = _check(features, labels)
     feats = features.detach()
+    if method == "svm":
+        x = feats.double()
+        alpha = crammer_singer_dual(x @ x.T, labels.to(x.device), classes)
+        weight = (alpha.T @ x).cpu()  # (C, D): logits = x_q · Σ_i alpha_i x_i
+        return _linear_from(weight, torch.zeros(classes, dtype=x.dtype), feats)
     if method == "prototype":
         protos = prototypes(feats, labels)
         return _linear_from(protos, -0.5 * (protos**2).sum(1), feats)
@@ -86,7 +154,7 @@ def init_head(
 
         model = LogisticRegression(C=1.0 / strength, max_iter=1000).fit(x, y)
         return _linear_from(*_sklearn_binary_fix(model.coef_, model.intercept_), feats)
-    raise ValueError(f"unknown head init {method!r}; use prototype, ridge or logistic")
+    raise ValueError(f"unknown head init {method!r}; use svm, prototype, ridge or logistic")
 
 
 #: the frozen solvers' default feature transform, chosen on validation classes by

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import input_for, tiny_adapter
 
 from focusvit.finetune.heads import SOLVERS, init_head, prototypes, solve
@@ -150,3 +152,61 @@ def test_bad_inputs():
         solve("lda", torch.zeros(2, 3), torch.tensor([0, 1]), torch.zeros(1, 3))
     with pytest.raises(ValueError, match=r"\(M, D\)"):
         init_head(torch.zeros(2, 3, 4), torch.tensor([0, 1]))
+
+
+# ----------------------------------------------------------------------------- SVM head
+def test_row_projection_is_the_exact_euclidean_projection():
+    from scipy.optimize import minimize
+
+    from focusvit.finetune.heads import _project_rows
+
+    generator = torch.Generator().manual_seed(3)
+    values = torch.randn(5, 4, generator=generator, dtype=torch.float64) * 2
+    upper = 0.1 * F.one_hot(torch.tensor([0, 3, 1, 1, 2]), 4).double()
+    projected = _project_rows(values, upper)
+    for row, target, bound in zip(projected, values, upper, strict=True):
+        reference = minimize(
+            lambda a, t=target: ((a - t.numpy()) ** 2).sum(),
+            np.zeros(4),
+            method="SLSQP",
+            constraints=[
+                {"type": "eq", "fun": lambda a: a.sum()},
+                {"type": "ineq", "fun": lambda a, b=bound: b.numpy() - a},
+            ],
+            options={"ftol": 1e-14},
+        )
+        np.testing.assert_allclose(row.numpy(), reference.x, atol=1e-7)
+
+
+def test_svm_head_solves_the_crammer_singer_dual_exactly():
+    """FORT's head (DESIGN.md section 6): the dual of the margin-1 Crammer-Singer SVM with
+    kernel Gram + identity and C = 0.1, against a generic QP solver."""
+    from scipy.optimize import minimize
+
+    from focusvit.finetune.heads import crammer_singer_dual
+
+    features, labels, _ = separable(n_classes=3, per_class=2, dim=5)
+    x = features.double()
+    kernel, onehot = x @ x.T, F.one_hot(labels, 3).double()
+    alpha = crammer_singer_dual(kernel, labels, 3, c_reg=0.1)
+
+    def objective(z):
+        a = torch.from_numpy(z).view(6, 3)
+        return float(0.5 * ((kernel @ a) * a).sum() + 0.5 * (a * a).sum() - (a * onehot).sum())
+
+    constraints = [{"type": "eq", "fun": lambda z, i=i: z.reshape(6, 3)[i].sum()} for i in range(6)]
+    constraints.append({"type": "ineq", "fun": lambda z: (0.1 * onehot).numpy().ravel() - z})
+    reference = minimize(objective, np.zeros(18), method="SLSQP", constraints=constraints,
+                         options={"ftol": 1e-15, "maxiter": 1000})  # fmt: skip
+    np.testing.assert_allclose(alpha.numpy().ravel(), reference.x, atol=1e-6)
+    assert objective(alpha.numpy().ravel()) <= reference.fun + 1e-9
+    head = init_head(features, labels, "svm")
+    torch.testing.assert_close(
+        head.weight.double(), (alpha.T @ x).float().double(), atol=1e-5, rtol=1e-5
+    )
+    assert torch.equal(head.bias, torch.zeros(3))
+    assert torch.equal(head(features).argmax(1), labels)  # separable: every support is right
+    # margin 1 with C = 0.1 leaves a support cross-entropy far from 0 (unlike logistic)
+    ce = F.cross_entropy(head(features), labels).item()
+    logistic = F.cross_entropy(init_head(features, labels, "logistic")(features), labels).item()
+    assert 0.3 < ce < 1.2 and logistic < ce
