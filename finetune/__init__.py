@@ -1,6 +1,7 @@
 """focusvit.finetune: tuners, the attention-enhancement loss, per-task fine-tuning and episodic
 evaluation (FORT, Wang, Jie, Deng, NeurIPS 2023; DESIGN.md sections 5 and 6)."""
 
+from .batched import BatchingUnsupportedError, fit_predict_batched, tasks_per_batch
 from .evaluate import (
     MethodChoice,
     SolverRunner,
@@ -35,6 +36,7 @@ __all__ = [
     "RECIPES",
     "SOLVERS",
     "TUNERS",
+    "BatchingUnsupportedError",
     "FitOptions",
     "FortConfig",
     "FullConfig",
@@ -55,6 +57,7 @@ __all__ = [
     "check_method_names",
     "episode_tensors",
     "evaluate",
+    "fit_predict_batched",
     "fit_task",
     "init_head",
     "make_runner",
@@ -65,5 +68,6 @@ __all__ = [
     "solve",
     "support_features",
     "swin_attention_loss",
+    "tasks_per_batch",
     "vit_attention_loss",
 ]

@@ -244,6 +244,35 @@ class TunerRunner:
         predictions, info = self.predict(support, s_labels, query, data.shared)
         return predictions, q_labels, info
 
+    def run_batch(self, datas: list[EpisodeData]) -> list[tuple[Tensor, Tensor, dict]]:
+        """Episodes ``tasks_per_batch`` at a time in one batched computation
+        (:func:`~focusvit.finetune.batched.fit_predict_batched`); one at a time when
+        ``tasks_per_batch`` is 1 or the tasks cannot be batched (e.g. other image sizes)."""
+        from .batched import BatchingUnsupportedError, fit_predict_batched
+
+        outcomes: list[tuple[Tensor, Tensor, dict]] = []
+        size = max(1, self.tasks_per_batch)
+        for start in range(0, len(datas), size):
+            group = datas[start : start + size]
+            tensors = [_episode_tensors(d, self.backbone, self.device) for d in group]
+            results = None
+            if len(group) > 1:
+                try:
+                    results = fit_predict_batched(
+                        self.backbone, [t[0] for t in tensors], [t[1] for t in tensors],
+                        [t[2] for t in tensors], self.tuner, self.fort, self.options,
+                        [d.seed for d in group], shared=[d.shared for d in group],
+                    )  # fmt: skip
+                except BatchingUnsupportedError:
+                    results = None
+            if results is None:
+                results = []
+                for data, (support, labels, query, _) in zip(group, tensors, strict=True):
+                    torch.manual_seed(data.seed)
+                    results.append(self.predict(support, labels, query, data.shared))
+            outcomes.extend((p, t[3], info) for (p, info), t in zip(results, tensors, strict=True))
+        return outcomes
+
     def predict(
         self, support: Tensor, support_labels: Tensor, query: Tensor, shared: dict | None = None
     ) -> tuple[Tensor, dict]:
@@ -346,6 +375,13 @@ def make_runner(
     if isinstance(tasks_per_batch, bool) or tasks_per_batch < 1:
         raise ConfigError(f"tasks_per_batch must be a whole number >= 1, got {tasks_per_batch!r}")
     config = _tuner_config(tuner, tuner_options)
+    if tasks_per_batch > 1:
+        from .batched import BatchingUnsupportedError, check_batchable
+
+        try:
+            check_batchable(backbone, config)
+        except BatchingUnsupportedError as error:
+            raise ConfigError(f"tasks_per_batch={tasks_per_batch}: {error}") from None
     _refuse_fort(config.name, None, fort is not None, backbone.family)
     recipe_for(backbone.family, config.name)  # refuses a tuner without a recipe for the family
     return TunerRunner(backbone, config, fort, options or FitOptions(), device, tasks_per_batch)

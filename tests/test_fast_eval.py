@@ -174,3 +174,19 @@ def test_methods_evaluated_together_equal_methods_evaluated_alone(monkeypatch):
     expected_loads = sum(len(_episode_indices(data, e)) for e in range(SPEC.episodes))
     assert sum(data.loads.values()) == expected_loads
     assert len(prompt_calls) == SPEC.episodes
+
+
+def test_batched_tasks_through_the_loop_equal_one_task_at_a_time(tmp_path):
+    backbone = tiny_adapter("timm-vit")
+    data = dataset()
+    spec = EpisodeSpec(n_way=3, k_shot=1, n_query=2, episodes=5, seed=1)  # 5 = 3 + a rest of 2
+    fort = FortConfig(alpha=0.5, tau=1.0, top_k=4)
+    one = evaluate(backbone, data, tuner="lora", fort=fort, episodes=spec, progress=False, steps=3)
+    out = tmp_path / "batched.jsonl"
+    batched = evaluate(backbone, data, tuner="lora", fort=fort, episodes=spec, progress=False,
+                       steps=3, tasks_per_batch=3, output=out)  # fmt: skip
+    assert batched.accuracies == one.accuracies
+    for a, b in zip(batched.records, one.records, strict=True):
+        assert a["final_loss"] == pytest.approx(b["final_loss"], rel=1e-4)
+    with pytest.raises(ConfigError, match="sequential path"):
+        make_runner(backbone, tuner="vpt", tasks_per_batch=2)
