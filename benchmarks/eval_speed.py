@@ -128,7 +128,7 @@ def transform_accuracy(args: argparse.Namespace, device: torch.device) -> None:
 
     backbone = backbone_at(224, device)
     scenes = focusvit.SyntheticScenes(
-        "val", images_per_class=args.images_per_class, num_classes=args.classes
+        "val", images_per_class=max(args.images_per_class, 20), num_classes=args.classes
     )
     print(f"\n## SimpleShot transforms on the validation classes ({len(scenes.class_names)}), "
           f"{args.transform_episodes} episodes per cell, 15 queries, accuracy % (mean ± 95%)")  # fmt: skip

@@ -193,6 +193,7 @@ class _TaskInit:
     targets: Tensor | None = None
     fort: FortConfig | None = None
     trainable: int = 0
+    divisor: float = 1.0
 
 
 def _site_names(backbone: BackboneAdapter, tuner: TunerConfig) -> list[str]:
@@ -263,6 +264,7 @@ def _initial_state(
             raise BatchingUnsupportedError(f"per-window (Swin) prompt targets; {_SEQUENTIAL}")
         return _TaskInit(
             head=(head.weight.detach().clone(), head.bias.detach().clone()),
+            divisor=float(getattr(head, "logit_divisor", 1.0)),
             sites=state,
             scaling=scaling,
             targets=None if targets is None else targets.detach().clone(),
@@ -276,6 +278,8 @@ class _Routing:
     """Which task each image of the current forward belongs to: ``index (B,)``."""
 
     index: Tensor | None = None
+    #: the task heads' logit divisor (the ×20 head scaling of LoRA / SSF / VPT; 1 otherwise)
+    divisor: float = 1.0
 
     def current(self, batch: int, where: str) -> Tensor:
         index = self.index
@@ -420,6 +424,11 @@ def fit_predict_batched(
                     sites, None if shared is None else shared[t],
                 )
             )  # fmt: skip
+    if any(len(y) > int(y.max()) + 1 for y in support_labels):
+        raise BatchingUnsupportedError(
+            "K-shot tasks with K > 1 train on reshuffled mini-batches of n_way images (official "
+            f"FORT), which the batched path does not replicate; batch 1-shot tasks, or {_SEQUENTIAL}"
+        )
     shapes = {tuple(init.head[0].shape) for init in inits}
     if len(shapes) != 1:
         raise BatchingUnsupportedError(
@@ -460,6 +469,7 @@ def _train_and_predict(
     optimizer = _optimizer(recipe, params)  # type: ignore[arg-type]
 
     routing = _Routing()
+    routing.divisor = inits[0].divisor
     model = backbone.model
     handles = []
     modes = {m: m.training for m in backbone.modules()}
@@ -532,7 +542,7 @@ def _batched_step(
         bounds.append(bounds[-1] + size)
     with capture as record, _autocast(images.device):
         features = backbone.features(images)
-        logits = _task_logits(features, weight, bias, routing.index).float()  # type: ignore[arg-type]
+        logits = _task_logits(features, weight, bias, routing.index).float() / routing.divisor  # type: ignore[arg-type]
         ces, attns = [], []
         for t in range(len(sizes)):
             lo, hi = bounds[t], bounds[t + 1]
@@ -576,7 +586,7 @@ def _predict(
         routing.index = _task_index(sizes, device, range(start, stop))
         with _autocast(device):
             features = backbone.features(torch.cat(chunk))
-            logits = _task_logits(features, weight, bias, routing.index).float()
+            logits = _task_logits(features, weight, bias, routing.index).float() / routing.divisor
         out.extend(logits.argmax(dim=1).split(sizes))
         start = stop
     return out

@@ -84,7 +84,11 @@ def _project_rows(values: Tensor, upper: Tensor) -> Tensor:
 
 
 def crammer_singer_dual(
-    kernel: Tensor, labels: Tensor, classes: int, c_reg: float = 0.1, iterations: int = 5000,
+    kernel: Tensor,
+    labels: Tensor,
+    classes: int,
+    c_reg: float = 0.1,
+    iterations: int = 5000,
     tolerance: float = 1e-10,
 ) -> Tensor:
     """Dual coefficients ``alpha`` ``(M, C)`` of the margin-1 Crammer-Singer SVM of FORT's head

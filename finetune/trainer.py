@@ -71,7 +71,11 @@ def _optimizer(recipe: Recipe, params: list[torch.nn.Parameter]) -> torch.optim.
         return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+            params,
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            dampening=recipe.dampening,
+            weight_decay=recipe.weight_decay,
         )
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}; use 'adamw' or 'sgd'")
 
@@ -207,6 +211,8 @@ def fit_task(
     fort_config = resolve_fort(backbone, config.name, fort)
     labels = labels.to(images.device)
     head = _initial_head(backbone, images, labels, options.head_init, shared)
+    if recipe.head_scale != 1.0:
+        head = ScaledLinear.wrap(head, recipe.head_scale)
     original_head = backbone.head if backbone.head_name else None
     modes = {m: m.training for m in backbone.modules()}
     targets = None
@@ -228,6 +234,29 @@ def fit_task(
         _restore_head(backbone, original_head)
         for module, mode in modes.items():
             module.train(mode)
+
+
+class ScaledLinear(torch.nn.Linear):
+    """A linear head stored ×``scale`` whose output is divided by ``scale`` (official FORT
+    for LoRA, SSF and VPT with scale 20): the same logits, but under Adam the effective step on
+    the head is ``scale`` times smaller. Shapes as :class:`torch.nn.Linear`."""
+
+    logit_divisor: float = 1.0
+
+    @classmethod
+    def wrap(cls, head: torch.nn.Linear, scale: float) -> ScaledLinear:
+        scaled = cls(head.in_features, head.out_features, bias=head.bias is not None,
+                     device="meta", dtype=head.weight.dtype)  # fmt: skip
+        scaled = scaled.to_empty(device=head.weight.device)
+        with torch.no_grad():
+            scaled.weight.copy_(head.weight * scale)
+            if head.bias is not None:
+                scaled.bias.copy_(head.bias * scale)
+        scaled.logit_divisor = float(scale)
+        return scaled
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x) / self.logit_divisor
 
 
 def _memo(shared: dict | None, key: tuple, compute):
@@ -293,11 +322,33 @@ def _train(task: TaskModel, tuned, images: Tensor, labels: Tensor) -> None:
         return
     backbone.train()
     layers = _loss_layers(backbone, fort) if fort is not None else []
+    n_way = int(labels.max()) + 1
     for _ in range(recipe.steps):
-        task.losses.append(
-            training_step(backbone, optimizer, images, labels, fort, task.prompt_targets, layers)
-        )
+        for batch in support_batches(len(labels), n_way, labels.device):
+            targets = _select_targets(task.prompt_targets, batch)
+            step_images = images if batch is None else images[batch]
+            step_labels = labels if batch is None else labels[batch]
+            task.losses.append(
+                training_step(backbone, optimizer, step_images, step_labels, fort, targets, layers)
+            )
     backbone.eval()
+
+
+def support_batches(size: int, n_way: int, device: torch.device) -> list[Tensor | None]:
+    """One epoch's mini-batches of ``n_way`` support images (official FORT): reshuffled every
+    epoch, so K-shot takes K steps per epoch; at 1-shot the whole support set is one batch
+    (``None``, no shuffle drawn)."""
+    if size <= n_way:
+        return [None]
+    return list(torch.randperm(size).to(device).split(n_way))
+
+
+def _select_targets(targets, batch: Tensor | None):
+    if targets is None or batch is None:
+        return targets
+    if isinstance(targets, list):  # Swin: per stage (M, windows, n)
+        return [t[batch] for t in targets]
+    return targets[batch]
 
 
 def training_step(

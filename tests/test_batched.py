@@ -14,7 +14,7 @@ from focusvit.finetune.batched import (
     tasks_per_batch,
 )
 
-WAYS, SHOTS, QUERIES = 3, 2, 4
+WAYS, SHOTS, QUERIES = 3, 1, 4
 SEEDS = [11, 12, 13]
 OPTIONS = FitOptions(steps=4, lr=2e-2, head_init="prototype")
 
@@ -98,13 +98,17 @@ def test_batched_equals_sequential(name, tuner, with_fort):
 
 @pytest.mark.parametrize("name", ["hf-dinov2", "timm-vit-reg"])
 def test_batched_other_vits_and_unequal_tasks(name):
-    """Dinov2 (CLS + mean pooling) and register tokens, tasks of different support sizes and a
-    head placed on a model without one (timm's reset_classifier draws from the RNG)."""
+    """Dinov2 (CLS + mean pooling) and register tokens, the default SVM head with the ×20
+    scaling, and a head placed on a model without one (timm's reset_classifier draws from the
+    RNG). K-shot tasks with K > 1 (reshuffled n_way mini-batches) are refused."""
     backbone = tiny_adapter(name, num_classes=0 if name == "timm-vit-reg" else 5)
-    supports, labels, queries = make_tasks(backbone, shots=[1, 3, 2], generator_seed=1)
+    with pytest.raises(BatchingUnsupportedError, match="mini-batches"):
+        s, y, q = make_tasks(backbone, shots=[1, 3, 2], generator_seed=1)
+        fit_predict_batched(backbone, s, y, q, make_tuner("lora"), None, FitOptions(), SEEDS)
+    supports, labels, queries = make_tasks(backbone, generator_seed=1)
     config = make_tuner("lora", rank=2)
     fort = FortConfig(layers="all")
-    options = FitOptions(steps=3, lr=2e-2)  # logistic head init
+    options = FitOptions(steps=3, lr=2e-2)  # the default (SVM) head init
     before = snapshot(backbone)
     expected = sequential(backbone, config, fort, options, supports, labels, queries, SEEDS)
     got = fit_predict_batched(

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import SWIN_MODELS, VIT_MODELS, tiny_adapter
 
+import focusvit.finetune.trainer as trainer
 from focusvit.backbones import UnsupportedMethodError
 from focusvit.data import SyntheticScenes, TensorDataset
 from focusvit.data.synthetic import SceneConfig
@@ -49,7 +50,9 @@ def test_fit_task_restores_backbone_bit_identically(name, tuner):
         logits = task.logits(images)
         assert logits.shape == (6, 3)
         assert task.predict(images).shape == (6,)
-        assert len(task.losses) == 2
+        # 2 epochs; at 2-shot an epoch is 2 mini-batches of n_way images (the linear probe
+        # steps its head on cached features, one step per epoch)
+        assert len(task.losses) == (2 if tuner == "linear" else 4)
         assert all(torch.isfinite(torch.tensor(v["total"])) for v in task.losses)
         assert 0 < task.parameter_counts["trainable"] <= task.parameter_counts["total"]
     after = snapshot(backbone)
@@ -81,7 +84,7 @@ def test_fit_task_with_fort_records_attention_loss_on_vit_and_swin():
         fort = FortConfig(alpha=0.5, tau=1.0, top_k=3)
         with fit_task(backbone, images, labels, tuner="lora", fort=fort, steps=2) as task:
             attn = [step["attn"] for step in task.losses]
-            assert len(attn) == 2, name  # one per step: the check below is not vacuous
+            assert len(attn) == 2 * 2, name  # 2 epochs x 2 mini-batches: not vacuous
             assert all(a > 0 and torch.isfinite(torch.tensor(a)) for a in attn), name
             total = task.losses[0]
             assert total["total"] == pytest.approx(total["ce"] + 0.5 * total["attn"], rel=1e-5)
@@ -153,6 +156,55 @@ def test_tuner_that_does_not_apply_names_those_that_do():
         fit_task(backbone, images, labels, tuner="vpt"),
     ):
         pass
+
+
+def test_k_shot_epochs_are_reshuffled_n_way_mini_batches():
+    backbone = tiny_adapter("timm-vit")
+    images, labels = support_set(backbone, n_way=3, k_shot=2)
+    seen = []
+    original = trainer.training_step
+
+    def spy(backbone, optimizer, step_images, step_labels, *args, **kwargs):
+        seen.append(sorted(step_labels.tolist()))
+        return original(backbone, optimizer, step_images, step_labels, *args, **kwargs)
+
+    trainer.training_step = spy
+    try:
+        with fit_task(backbone, images, labels, tuner="lora", steps=3):
+            pass
+    finally:
+        trainer.training_step = original
+    assert len(seen) == 3 * 2  # K = 2 steps per epoch
+    assert all(len(batch) == 3 for batch in seen)  # n_way images per step
+    epochs = [sorted(seen[i] + seen[i + 1]) for i in range(0, 6, 2)]
+    assert all(e == sorted(labels.tolist()) for e in epochs)  # each epoch covers the support once
+    one_shot, one_labels = support_set(backbone, n_way=3, k_shot=1)
+    with fit_task(backbone, one_shot, one_labels, tuner="lora", steps=3) as task:
+        assert len(task.losses) == 3  # 1-shot: the whole support set per step
+
+
+def test_head_scaling_keeps_initial_predictions_and_shrinks_the_head_step():
+    from focusvit.finetune.heads import init_head
+    from focusvit.finetune.trainer import ScaledLinear
+
+    features, labels = torch.randn(6, 8), torch.arange(3).repeat(2)
+    head = init_head(features, labels, "svm")
+    scaled = ScaledLinear.wrap(head, 20.0)
+    torch.testing.assert_close(scaled(features), head(features))  # same initial predictions
+    assert torch.allclose(scaled.weight, 20 * head.weight)
+    for module in (head, scaled):
+        optimizer = torch.optim.AdamW(module.parameters(), lr=0.1, weight_decay=0.0)
+        torch.nn.functional.cross_entropy(module(features), labels).backward()
+        optimizer.step()
+    change = (head.weight - init_head(features, labels, "svm").weight).abs().max()
+    scaled_change = (scaled.weight / 20 - init_head(features, labels, "svm").weight).abs().max()
+    assert float(scaled_change) == pytest.approx(float(change) / 20, rel=1e-3)  # Adam: 20x smaller
+    backbone = tiny_adapter("timm-vit")
+    images, labels = support_set(backbone)
+    with fit_task(backbone, images, labels, tuner="lora", steps=0):
+        assert isinstance(backbone.head, ScaledLinear) and backbone.head.logit_divisor == 20
+    with fit_task(backbone, images, labels, tuner="full", steps=0):
+        assert not isinstance(backbone.head, ScaledLinear)  # full fine-tuning: no scaling
 
 
 def test_linear_probe_matches_training_through_the_backbone():
