@@ -16,6 +16,7 @@ from .evaluate import (
 from .heads import SOLVERS, init_head, solve
 from .losses import FortConfig, swin_attention_loss, vit_attention_loss
 from .recipes import HEAD_INITS, RECIPES, FitOptions, Recipe, recipe_for
+from .selection import AlphaSelection, select_alpha
 from .trainer import TaskModel, fit_task, resolve_fort, support_features
 from .tuners import (
     TUNERS,
@@ -36,6 +37,7 @@ __all__ = [
     "RECIPES",
     "SOLVERS",
     "TUNERS",
+    "AlphaSelection",
     "BatchingUnsupportedError",
     "FitOptions",
     "FortConfig",
@@ -65,6 +67,7 @@ __all__ = [
     "parse_method",
     "recipe_for",
     "resolve_fort",
+    "select_alpha",
     "solve",
     "support_features",
     "swin_attention_loss",

@@ -222,10 +222,11 @@ class TunerRunner:
     options: FitOptions
     device: torch.device
     tasks_per_batch: int = 1
+    label: str | None = None  # record name instead of tuner[+fort] (e.g. one per α candidate)
 
     @property
     def name(self) -> str:
-        return self.tuner.name + ("+fort" if self.fort is not None else "")
+        return self.label or self.tuner.name + ("+fort" if self.fort is not None else "")
 
     def settings(self) -> dict[str, Any]:
         family, name = self.backbone.family, self.tuner.name

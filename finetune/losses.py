@@ -19,6 +19,10 @@ from torch import Tensor
 QueryRows = Literal["all", "cls"]
 
 
+#: how the attention-loss targets are scaled (:attr:`FortConfig.target_sum`)
+TARGET_SUMS = ("prompt_size", "one")
+
+
 @dataclass
 class FortConfig:
     """Hyper-parameters of position prompts + attention-enhancement loss (DESIGN.md 4-6).
@@ -39,6 +43,11 @@ class FortConfig:
         query_rows: ``"all"`` (CLS and patch rows, official) or ``"cls"``.
         weighting: ``"importance"`` (official) or ``"multi_hot"`` targets.
         explainer: explainer that scores the support patches (columnar ViTs).
+        target_sum: ``"prompt_size"`` (official: each image's targets sum to P, so the loss
+            grows with the prompt and the grid and the recipe α values hold only for ViT-B/16
+            at 224 px) or ``"one"`` (targets normalised to sum to 1 per image / window: a
+            cross-entropy against a distribution, whose scale does not depend on P or the
+            grid, so one α transfers across models; choose that α on validation classes).
     """
 
     alpha: float | None = None
@@ -49,8 +58,13 @@ class FortConfig:
     query_rows: str = "all"
     weighting: str = "importance"
     explainer: str = "rollout_svd"
+    target_sum: str = "prompt_size"
 
     def __post_init__(self) -> None:
+        if self.target_sum not in TARGET_SUMS:
+            raise ValueError(
+                f"target_sum must be one of {', '.join(TARGET_SUMS)}, got {self.target_sum!r}"
+            )
         if self.alpha is not None and self.alpha < 0:
             raise ValueError(f"alpha must be >= 0 (0 trains as without the loss), got {self.alpha}")
         if self.tau is not None and self.tau <= 0:

@@ -114,6 +114,11 @@ def make_prompt_targets(
 
 
 def _attention_loss(backbone: BackboneAdapter, fort: FortConfig, record, targets) -> Tensor:
+    if fort.target_sum == "one":  # each image's (window's) targets a distribution
+        if isinstance(targets, list):
+            targets = [t / t.sum(-1, keepdim=True).clamp_min(1e-12) for t in targets]
+        else:
+            targets = targets / targets.sum(-1, keepdim=True).clamp_min(1e-12)
     if backbone.family == "swin":
         return swin_attention_loss(list(record), targets, tau=fort.tau)
     return vit_attention_loss(
@@ -321,6 +326,8 @@ def _train(task: TaskModel, tuned, images: Tensor, labels: Tensor) -> None:
         _train_head_on_features(task, optimizer, support_features(backbone, images), labels)
         return
     backbone.train()
+    if fort is not None and fort.alpha == 0:
+        fort = None  # alpha 0 trains exactly as plain fine-tuning (no attention capture)
     layers = _loss_layers(backbone, fort) if fort is not None else []
     n_way = int(labels.max()) + 1
     for _ in range(recipe.steps):

@@ -1,0 +1,108 @@
+"""Choose the attention-loss weight on validation classes, never on the test classes
+(DESIGN.md section 5: "pick α on validation classes (α = 0 included)").
+
+:func:`select_alpha` evaluates the tuner without the loss and with each candidate α on the same
+episodes of a *validation* dataset (base or val classes), sharing each episode's work across the
+candidates (:func:`focusvit.runs.evaluate_many`), and returns the α with the highest mean
+accuracy; α = 0 (plain fine-tuning) wins every tie. The novel classes are then evaluated once
+with the chosen setting, so the selected method is never worse than plain fine-tuning on the
+validation episodes by construction.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from focusvit.backbones import BackboneAdapter
+from focusvit.errors import ConfigError
+from focusvit.runs import EpisodeSpec, EvaluationResult, evaluate_many
+
+from .losses import FortConfig
+from .recipes import FitOptions
+from .tuners import TunerConfig
+
+__all__ = ["AlphaSelection", "select_alpha"]
+
+
+@dataclass
+class AlphaSelection:
+    """The outcome of :func:`select_alpha`.
+
+    Attributes:
+        alpha: the chosen weight (0: plain fine-tuning won or tied).
+        fort: the attention-loss setting to evaluate the test classes with (None for α = 0).
+        results: ``{alpha: EvaluationResult}`` on the validation episodes.
+    """
+
+    alpha: float
+    fort: FortConfig | None
+    results: dict[float, EvaluationResult]
+
+    def table(self) -> str:
+        """One line per candidate: α, validation accuracy ± 95% interval, the chosen mark."""
+        lines = []
+        for alpha, result in self.results.items():
+            mark = "  <- chosen" if alpha == self.alpha else ""
+            lines.append(f"alpha {alpha:<8g} {result}{mark}")
+        return "\n".join(lines)
+
+
+def select_alpha(
+    backbone: BackboneAdapter,
+    validation,
+    tuner: str | TunerConfig,
+    alphas: Sequence[float],
+    episodes: EpisodeSpec,
+    fort: FortConfig | None = None,
+    options: FitOptions | None = None,
+    device: str | torch.device | None = None,
+    output_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> AlphaSelection:
+    """Pick the attention-loss weight on validation episodes (α = 0 always included).
+
+    Args:
+        backbone: the pretrained backbone.
+        validation: a dataset of base or validation classes (never the test classes); when
+            ``episodes.split`` is set it must match the dataset's split.
+        tuner: the tuner to fine-tune (name or config).
+        alphas: candidate weights > 0 (0 is added).
+        episodes: the validation episodes (the same for every candidate).
+        fort: the other attention-loss settings (τ, prompt size, target_sum ...; default the
+            recipe's); its α is replaced by each candidate.
+        options: fine-tuning options (recipe overrides, head init).
+        output_dir: optional folder of resumable episode files, one per candidate.
+
+    Returns:
+        :class:`AlphaSelection`; ties go to the smaller α, so plain fine-tuning wins a tie.
+    """
+    from .evaluate import make_runner
+
+    if getattr(validation, "split", None) in ("novel", "test"):
+        raise ConfigError(
+            f"select_alpha got a dataset of the {validation.split!r} split; choose α on base or "
+            "validation classes (e.g. SyntheticScenes('val')), never on the test classes"
+        )
+    candidates = sorted({0.0, *(float(a) for a in alphas)})
+    if candidates[0] < 0:
+        raise ConfigError(f"alphas must be >= 0, got {list(alphas)}")
+    base = fort or FortConfig()
+    runners = {}
+    for alpha in candidates:
+        setting = None if alpha == 0 else replace(base, alpha=alpha)
+        runner = make_runner(backbone, tuner=tuner, fort=setting, options=options, device=device)
+        runner.label = f"alpha={alpha:g}"
+        runners[alpha] = runner
+    outputs = None
+    if output_dir is not None:
+        outputs = {r.name: Path(output_dir) / f"{r.name}.jsonl" for r in runners.values()}
+    backbone.to(next(iter(runners.values())).device)
+    by_name = evaluate_many(list(runners.values()), validation, episodes, outputs, progress)
+    results = {alpha: by_name[runner.name] for alpha, runner in runners.items()}
+    best = max(candidates, key=lambda a: (round(results[a].mean, 12), -a))
+    return AlphaSelection(best, None if best == 0 else replace(base, alpha=best), results)
