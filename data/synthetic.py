@@ -46,6 +46,11 @@ class SceneConfig:
     distractors: tuple[int, int] = (2, 4)
     distractor_scale: tuple[float, float] = (0.12, 0.22)
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    #: premise mode (DESIGN.md section 9): this many class-independent objects per image,
+    #: drawn from the distractor pool shared by every class (never a class), as large and as
+    #: saturated as the class object, so a pretrained model's attention splits between them
+    #: and the class object; the class object is drawn last (its mask stays exact)
+    premise_objects: int = 0
 
 
 def _font_path() -> Path:
@@ -220,6 +225,10 @@ def render_scene(
         side = max(3, int(size * rng.uniform(*config.distractor_scale)))
         colour = _saturated_colour(rng) * rng.uniform(0.55, 0.8)
         _place(canvas, shapes[rng.integers(len(shapes))], rng, side, rng.uniform(0, 360), colour)
+    for _ in range(config.premise_objects):
+        side = int(size * rng.uniform(*config.object_scale))
+        shape = shapes[rng.integers(len(shapes))]
+        _place(canvas, shape, rng, side, rng.uniform(0, 360), _saturated_colour(rng))
     side = int(size * rng.uniform(*config.object_scale))
     rotation = rng.uniform(-config.object_rotation, config.object_rotation)
     alpha = _place(canvas, glyph, rng, side, rotation, _saturated_colour(rng))
@@ -258,6 +267,16 @@ class SyntheticScenes:
         self.labels = [
             label for label in range(len(self.class_ids)) for _ in range(images_per_class)
         ]
+
+    def settings(self) -> dict:
+        """What changes the images (for settings records): drawing config, seed, sizes."""
+        from dataclasses import asdict
+
+        return {
+            "scene_config": asdict(self.config),
+            "seed": self.seed,
+            "images_per_class": self.images_per_class,
+        }
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -105,3 +105,34 @@ def test_tensor_dataset_checks_shapes():
     assert data.class_names == ["0", "1"] and data.load(2).shape == (3, 8, 8)
     with pytest.raises(ValueError, match="one label each"):
         TensorDataset(torch.zeros(4, 3, 8, 8), [0, 1])
+
+
+def test_premise_scenes_add_large_class_independent_objects():
+    import numpy as np
+
+    from focusvit.data import SceneConfig, SyntheticScenes
+    from focusvit.runs import dataset_settings
+
+    shipped = SyntheticScenes("novel", images_per_class=2, num_classes=6)
+    premise = SyntheticScenes(
+        "novel", images_per_class=2, num_classes=6, config=SceneConfig(premise_objects=2)
+    )
+    again = SyntheticScenes(
+        "novel", images_per_class=2, num_classes=6, config=SceneConfig(premise_objects=2)
+    )
+    assert np.array_equal(np.asarray(premise.load(3)), np.asarray(again.load(3)))  # seeded
+
+    def saturated_outside_mask(scenes) -> float:
+        shares = []
+        for index in range(len(scenes)):
+            image, _, mask = scenes[index]
+            rgb = np.asarray(image, np.float32) / 255
+            saturation = rgb.max(-1) - rgb.min(-1)
+            shares.append(((saturation > 0.5) & ~mask).mean())
+        return float(np.mean(shares))
+
+    # the class-independent objects are as saturated as the class object, and large
+    assert saturated_outside_mask(premise) > 2 * saturated_outside_mask(shipped)
+    assert all(premise.mask(i).any() for i in range(len(premise)))  # the class object is there
+    # another drawing config is another dataset in a settings record
+    assert dataset_settings(premise) != dataset_settings(shipped)
