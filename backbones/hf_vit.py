@@ -3,6 +3,7 @@ Dinov2 and Dinov2-with-registers, bare models or ``*ForImageClassification``."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Sequence
 
@@ -253,4 +254,9 @@ class HFViTAdapter(HFHeadMixin, BackboneAdapter):
 
     # attention
     def attention_sites(self) -> list[AttentionSite]:
-        return [qk_site(block.attention) for block in self.blocks]
+        # the "sdpa" attention implementation makes one F.scaled_dot_product_attention call
+        # inside ``block.attention`` (the capture computes it itself under ``reduce``)
+        return [
+            dataclasses.replace(qk_site(block.attention), sdpa_owner=block.attention)
+            for block in self.blocks
+        ]

@@ -67,7 +67,8 @@ class TimmHeadMixin:
 class TimmViTAdapter(TimmHeadMixin, BackboneAdapter):
     """timm ViT family. Captured attention logits are recomputed from each block's fused ``qkv``
     projection; full probability maps (no ``reduce``) are read from the eager path of the
-    captured blocks."""
+    captured blocks; reduced probability maps come from the capture computing the block's
+    ``scaled_dot_product_attention`` call itself, chunk by chunk (``AttentionSite.sdpa_owner``)."""
 
     family = "vit"
 
@@ -193,4 +194,5 @@ class TimmViTAdapter(TimmHeadMixin, BackboneAdapter):
             scale=float(attn.scale),
             eager_owner=attn if eager else None,
             probs_module=attn.attn_drop if eager else None,
+            sdpa_owner=attn,
         )

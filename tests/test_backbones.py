@@ -222,6 +222,94 @@ def test_timm_probs_capture_runs_only_the_captured_blocks_eagerly(name):
         torch.testing.assert_close(p, lg.softmax(-1), atol=1e-5, rtol=1e-4)
 
 
+class CountAttentionCalls(torch.overrides.TorchFunctionMode):
+    """Counts the ``F.scaled_dot_product_attention`` calls that reach the fused kernel."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def head_mean_and_cls_row(_layer: int, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return probs.mean(dim=1), probs[:, :, 0]  # a view of the maps: must stay valid
+
+
+@pytest.mark.parametrize("name", VIT_MODELS)
+@pytest.mark.parametrize("path", ["fused", "eager"])
+def test_reduced_probs_capture_computes_the_attention_call_itself(name, path):
+    """kind="probs" with ``reduce``: on a block whose attention is one fused SDPA call the
+    capture computes that call itself, chunk by chunk, and reduces the softmax it computed (no
+    second q kᵀ next to the kernel); the other blocks keep the kernel. The model's output and
+    the reduced maps equal those of an uncaptured forward and of the full maps, also on the
+    eager path (there the maps are recomputed from the projections)."""
+    adapter = tiny_adapter(name).eval()
+    if path == "eager":
+        set_eager(adapter)
+    x = input_for(adapter, batch=5)
+    with torch.no_grad():
+        expected = adapter.logits(x)
+        with adapter.capture_attention(layers=[0, -1]) as full:
+            adapter.logits(x)
+        with (
+            CountAttentionCalls() as counter,
+            adapter.capture_attention(layers=-1, reduce=head_mean_and_cls_row, chunk=2) as reduced,
+        ):
+            out = adapter.logits(x)
+    fused_blocks = adapter.num_layers if path == "fused" else 0
+    assert counter.calls == max(fused_blocks - 1, 0)  # only the block not captured
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    mean, cls_row = reduced[0]
+    assert mean.shape == (5, *full[1].shape[-2:]) and cls_row.shape == full[1][:, :, 0].shape
+    torch.testing.assert_close(mean, full[1].mean(dim=1), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(cls_row, full[1][:, :, 0], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["timm-vit", "hf-vit"])
+def test_reduced_capture_keeps_the_gradient_of_a_tracked_block(name):
+    """The block a gradient is taken at stays differentiable when the capture computes its
+    attention: ∂logit/∂(block input) equals the gradient without capture."""
+    adapter = tiny_adapter(name).eval()
+    x = input_for(adapter, batch=3)
+    grads = []
+    for capture in (False, True):
+        with adapter.frozen(), adapter.track_block_input(-1) as block_input:
+            if capture:
+                with adapter.capture_attention(reduce=head_mean_and_cls_row) as reduced:
+                    logits = adapter.logits(x)
+                assert all(not r[0].requires_grad for r in reduced)
+            else:
+                logits = adapter.logits(x)
+            grads.append(torch.autograd.grad(logits[:, 1].sum(), block_input.tokens)[0])
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["timm-vit", "hf-dinov2"])
+def test_reduced_capture_cleans_up_after_an_error_inside_the_attention(name):
+    adapter = tiny_adapter(name).eval()
+    before = all_hooks(adapter)
+    modes = torch._C._len_torch_function_stack()
+
+    def broken(_layer: int, _probs: torch.Tensor) -> torch.Tensor:
+        raise ZeroDivisionError
+
+    with (
+        pytest.raises(ZeroDivisionError),
+        torch.no_grad(),
+        adapter.capture_attention(layers=0, reduce=broken),
+    ):
+        adapter.logits(input_for(adapter))
+    assert all_hooks(adapter) == before
+    assert torch._C._len_torch_function_stack() == modes
+    with CountAttentionCalls() as counter, torch.no_grad():
+        adapter.logits(input_for(adapter))
+    assert counter.calls == adapter.num_layers  # every block is back on the fused kernel
+
+
 def test_evaluating_restores_mixed_training_flags():
     adapter = tiny_adapter("timm-vit")
     adapter.train()

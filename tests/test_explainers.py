@@ -14,7 +14,7 @@ from focusvit.backbones import InputSizeError, NonFiniteError, UnsupportedMethod
 from focusvit.explainers import EXPLAINERS, Explanation, explain, svd_gradient_term
 from focusvit.explainers.base import Explainer
 from focusvit.explainers.metrics import cls_attention, deletion
-from focusvit.explainers.rollout import leading_component
+from focusvit.explainers.rollout import leading_component, rollout_rows
 from focusvit.finetune import apply_tuner
 
 ALL_METHODS = ["cam", "gradcam", "attention", "rollout", "rollout_svd"]
@@ -419,6 +419,87 @@ def test_rollout_svd_matches_an_independent_loop(
             rollout = a @ rollout if order == "official" else rollout @ a
         expected = rollout.mean(dim=0)
         torch.testing.assert_close(out.scores[b].flatten().double(), expected, atol=1e-5, rtol=1e-4)
+
+
+def full_rollout(matrices: list[torch.Tensor], order: str) -> torch.Tensor:
+    """``R`` as a product of full row-normalised matrices (``matrices`` in block order)."""
+    rollout = torch.eye(matrices[0].shape[0], dtype=torch.float64)
+    for matrix in matrices:
+        a = matrix / matrix.sum(dim=1, keepdim=True)
+        rollout = a @ rollout if order == "official" else rollout @ a
+    return rollout
+
+
+@pytest.mark.parametrize("order", ["official", "paper"])
+def test_rollout_rows_equals_rows_of_the_full_product(order):
+    generator = torch.Generator().manual_seed(0)
+    matrices = [torch.rand(3, 7, 7, generator=generator, dtype=torch.float64) for _ in range(5)]
+    for m in matrices:
+        m.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    start = torch.rand(3, 7, generator=generator, dtype=torch.float64)
+    rows = rollout_rows(start, matrices, order=order)
+    for b in range(3):
+        expected = start[b] @ full_rollout([m[b] for m in matrices], order)
+        torch.testing.assert_close(rows[b], expected, atol=1e-12, rtol=1e-10)
+    # an all-zero row stays zero instead of dividing by 0
+    matrices[2][1, 4] = 0.0
+    expected = start[1] @ full_rollout([m[1] for m in matrices[:2]], order)
+    first = rollout_rows(start[1:2], [m[1:2] for m in matrices[:2]], order=order)[0]
+    torch.testing.assert_close(first, expected, atol=1e-12, rtol=1e-10)
+    assert torch.isfinite(rollout_rows(start, matrices, order=order)).all()
+
+
+@pytest.mark.parametrize("order", ["official", "paper"])
+@pytest.mark.parametrize("discard_ratio", [0.0, 0.9])
+@pytest.mark.parametrize("head_fusion", ["mean", "min"])
+def test_row_vector_rollout_equals_the_full_matrix_rollout(head_fusion, discard_ratio, order):
+    """The explainers push the mean over query rows into the chain (``s = ((u Â^L) Â^{L-1}) ···``,
+    vector-matrix products on maps reduced while the forward runs); here every layer's full
+    matrix is built from timm's eager attention, the full products ``R`` are formed and their
+    rows averaged afterwards (plain rollout: ``R = Â^L ··· Â^1``, its only order)."""
+    adapter = tiny_adapter("timm-vit-reg")  # 1 CLS + 4 register tokens before the patches
+    x = small_input(adapter)
+    prefix = adapter.num_prefix_tokens
+    params = {"head_fusion": head_fusion, "discard_ratio": discard_ratio}
+    plain = explain(adapter, x, "rollout", query="mean", **params)
+    cls = explain(adapter, x, "rollout", query="cls", **params)
+    fort = explain(adapter, x, "rollout_svd", lam=1.0, order=order, **params)
+    for b in range(x.shape[0]):
+        attention, gradient = eager_attention_and_gradient(adapter, x[b], int(fort.targets[b]))
+        tokens = attention[0].shape[-1]
+        if order == "official":
+            layers = [
+                discard_rows(fuse(att, head_fusion), discard_ratio, keep_first=True)
+                + torch.eye(tokens, dtype=torch.float64)
+                for att in attention
+            ]
+            rollout = full_rollout(layers, "official")
+            for out, expected in (
+                (plain, rollout[prefix:, prefix:].mean(dim=0)),
+                (cls, rollout[0, prefix:]),
+            ):
+                torch.testing.assert_close(
+                    out.scores[b].flatten().double(), expected, atol=1e-5, rtol=1e-4
+                )
+        grad = gradient[prefix:] - gradient[prefix:].mean(dim=0, keepdim=True)
+        g = grad @ torch.linalg.svd(grad, full_matrices=False)[2][0]
+        reference = attention[-1].mean(dim=(0, 1))[prefix:]
+        if ((g - g.mean()) * (reference - reference.mean())).sum() < 0:
+            g = -g
+        g = g / g.abs().sum()
+        n = g.shape[0]
+        layers = [
+            (
+                torch.eye(n, dtype=torch.float64)
+                + discard_rows(fuse(att, head_fusion)[prefix:, prefix:], discard_ratio, False)
+                + g[None, :]
+            ).clamp_min(0.0)
+            for att in attention
+        ]
+        expected = full_rollout(layers, order).mean(dim=0)
+        torch.testing.assert_close(
+            fort.scores[b].flatten().double(), expected, atol=1e-5, rtol=1e-4
+        )
 
 
 def test_cnn_gradcam_matches_captum_layer_gradcam():
