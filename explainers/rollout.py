@@ -261,12 +261,15 @@ def svd_gradient_term(gradient: Tensor, reference: Tensor, centre: bool = True) 
     Returns:
         ``(B, N)`` float32, each row summing in absolute value to 1 (or all zeros).
     """
-    finite = torch.isfinite(gradient).flatten(1).all(dim=1)
-    if not bool(finite.all()):
-        gradient = torch.where(finite[:, None, None], gradient, torch.zeros_like(gradient))
+    x = gradient.to(torch.float64, copy=True)  # float64 from here on, worked on in place
+    # A NaN / inf entry makes its image's float64 sum non-finite (and a float64 sum of finite
+    # float32 values cannot overflow): one reduction, the elementwise test only when needed.
+    if not bool(torch.isfinite(x.sum(dim=(1, 2))).all()):
+        finite = torch.isfinite(x).flatten(1).all(dim=1)
+        x = torch.where(finite[:, None, None], x, 0.0)
     if centre:
-        gradient = gradient - gradient.mean(dim=1, keepdim=True)
-    component = orient(leading_component(gradient), reference)
+        x.sub_(x.mean(dim=1, keepdim=True))
+    component = orient(leading_component(x), reference)
     mass = component.abs().sum(dim=1, keepdim=True)
     usable = mass > torch.finfo(torch.float32).tiny
     component = torch.where(usable, component / mass.clamp_min(1e-300), 0.0)
