@@ -591,13 +591,15 @@ class BackboneAdapter(nn.Module):
         kind: AttentionKind = "probs",
         reduce: AttentionReducer | None = None,
         chunk: int = 4,
+        shift_mask: bool = False,
     ) -> Iterator[AttentionRecord]:
         """Record attention of the chosen blocks during forwards run inside the block.
 
         Args:
-            layers: block indices (negative allowed), default all blocks.
+            layers: block indices (negative allowed), default all blocks. A block named more
+                than once (``[-1, n - 1]``) is hooked once; its map fills every slot naming it.
             kind: ``"probs"`` (softmax over keys) or ``"logits"`` (``q kᵀ · scale`` + relative
-                position bias; Swin's shift masks are not included).
+                position bias; Swin's shift masks only with ``shift_mask=True``).
             reduce: optional ``reduce(layer, maps) -> Tensor | tuple[Tensor, ...]`` applied, under
                 ``torch.no_grad``, to the detached maps of ``chunk`` images at a time as soon as
                 the block has computed them; the record then holds the per-layer results
@@ -610,6 +612,10 @@ class BackboneAdapter(nn.Module):
                 itself, chunk by chunk, and reduces the softmax it computed, so the attention is
                 computed once (the block's output is unchanged and stays differentiable).
             chunk: images per ``reduce`` call (only used with ``reduce``).
+            shift_mask: Swin adapters only: also add the model's own shifted-window mask
+                (0 / -100 per window, query and key; what the block passed to its attention)
+                to the logits of shifted blocks, so ``kind="probs"`` is the attention the model
+                computes. Other families raise :class:`UnsupportedMethodError` when True.
 
         Yields:
             :class:`AttentionRecord` whose i-th map has shape ``(B, heads, N, N)`` (ViT, with
@@ -620,6 +626,11 @@ class BackboneAdapter(nn.Module):
         """
         if kind not in ("probs", "logits"):
             raise ValueError(f"kind must be 'probs' or 'logits', got {kind!r}")
+        if shift_mask:
+            raise UnsupportedMethodError(
+                f"{self.name} ({self.family}) has no shifted-window attention mask; "
+                "shift_mask=True applies to Swin adapters only"
+            )
         if reduce is not None and (not isinstance(chunk, int) or chunk < 1):
             raise ValueError(f"chunk={chunk!r} must be a positive int (images per reduce call)")
         indices = self._normalise_layers(layers)
@@ -636,9 +647,15 @@ class BackboneAdapter(nn.Module):
         handles.append(
             self.input_module.register_forward_pre_hook(on_model_input, with_kwargs=True)
         )
-        for slot, layer in enumerate(indices):
-            handles.extend(self._hook_site(sites[layer], slot, record, state, kind, reduce, chunk))
         try:
+            # one set of hooks per block: a block named twice (``[-1, n - 1]``) is hooked once
+            # and fills every slot that names it (installing it twice would save the
+            # ``fused_attn`` flag already switched off by the first install and restore that)
+            for layer in dict.fromkeys(indices):
+                slot = indices.index(layer)
+                handles.extend(
+                    self._hook_site(sites[layer], slot, record, state, kind, reduce, chunk)
+                )
             yield record
         finally:
             _remove_all(handles)
@@ -655,6 +672,11 @@ class BackboneAdapter(nn.Module):
     ) -> list[Any]:
         outputs: list[Tensor | None] = [None] * len(site.modules)
         layer = record.layers[slot]
+        slots = [i for i, other in enumerate(record.layers) if other == layer]
+
+        def put(value: Any) -> None:
+            for index in slots:  # the same block requested more than once
+                record.maps[index] = value
 
         # Full probability maps: read the eager path's own softmax (measured on ViT-S/16, batch
         # 32, CPU: capturing all 12 layers 1.17x -> 1.03x a forward). With ``reduce`` the maps
@@ -742,7 +764,7 @@ class BackboneAdapter(nn.Module):
                     probs = ((qc * scale) @ kc.transpose(-2, -1)).softmax(dim=-1)
                     reduce_chunk(probs, qc.shape[0] // rows)
                     outputs.append(probs @ vc)
-                record.maps[slot] = concat(pieces)  # type: ignore[assignment]
+                put(concat(pieces))
                 return torch.cat(outputs)
             # No graph: the logits of each image straight from the strided q, k views (no
             # copies, scale folded in), softmax in place, and the output written in the
@@ -762,14 +784,14 @@ class BackboneAdapter(nn.Module):
                 torch.softmax(probs, dim=-1, out=probs)
                 reduce_chunk(probs, part.stop // rows - start)
                 out[part] = probs @ v[part]
-            record.maps[slot] = concat(pieces)  # type: ignore[assignment]
+            put(concat(pieces))
             return out
 
         def store(parts: list[Tensor]) -> None:
             if reduce is None:
-                record.maps[slot] = maps_of(parts, state["batch"])
+                put(maps_of(parts, state["batch"]))
             else:
-                record.maps[slot] = reduced(parts, state["batch"])  # type: ignore[assignment]
+                put(reduced(parts, state["batch"]))
 
         if eager:
 
@@ -879,15 +901,73 @@ class BackboneAdapter(nn.Module):
 
     # ----------------------------------------------------------------- preprocessing
     def preprocess(
-        self, images: Sequence[Any], size: tuple[int, int] | int | None = None
+        self,
+        images: Sequence[Any],
+        size: tuple[int, int] | int | None = None,
+        resize: str | None = None,
     ) -> Tensor:
-        """PIL images / arrays / paths -> normalised batch ``(B, 3, H, W)`` using ``data_config``."""
+        """PIL images / arrays / paths -> normalised batch ``(B, 3, H, W)`` using ``data_config``.
+
+        ``size`` overrides ``data_config["input_size"]``; ``resize`` (``"crop"``, ``"stretch"``
+        or ``"letterbox"``) overrides ``data_config["resize"]`` (see
+        :func:`focusvit.data.images.transform_image`).
+
+        Tensors (taken as preprocessed already), empty arrays and folders are refused with the
+        fix (:class:`InputSizeError`, :class:`~focusvit.errors.ImageReadError`).
+        """
         from focusvit.data.images import to_batch
 
-        return to_batch(images, self.data_config, size=size)
+        return to_batch(_check_raw_images(images), self.data_config, size=size, resize=resize)
+
+    def preprocess_masks(
+        self,
+        masks: Sequence[Any],
+        size: tuple[int, int] | int | None = None,
+        resize: str | None = None,
+    ) -> Tensor:
+        """Object masks (each ``(H_i, W_i)``, nonzero = object, aligned with its image) ->
+        ``(B, H, W)`` bool, through the same resize / crop / padding as :meth:`preprocess`."""
+        from focusvit.data.images import masks_to_batch
+
+        return masks_to_batch(masks, self.data_config, size=size, resize=resize)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, family={self.family!r}"
+
+
+def _check_raw_images(images: Any) -> Any:
+    """``images`` (an iterable as a list), or a clear error for what
+    :meth:`BackboneAdapter.preprocess` cannot take."""
+    import os
+    from pathlib import Path
+
+    import numpy as np
+
+    from focusvit.errors import ImageReadError
+
+    single = isinstance(images, str | os.PathLike | np.ndarray | Tensor) or not hasattr(
+        images, "__iter__"
+    )
+    items = [images] if single else list(images)
+    for item in items:
+        if isinstance(item, Tensor):
+            raise InputSizeError(
+                f"preprocess takes raw images (PIL images, (H, W, 3) arrays, file paths), got a "
+                f"tensor of shape {tuple(item.shape)}: a tensor is taken as preprocessed already, "
+                "so pass it to focusvit.explain / the model directly, or convert a [0, 1] image "
+                "tensor with torchvision.transforms.functional.to_pil_image first"
+            )
+        if isinstance(item, np.ndarray) and item.size == 0:
+            raise InputSizeError(
+                f"image array of shape {item.shape} holds no pixels; pass (H, W) or (H, W, 3) "
+                "arrays with H, W >= 1"
+            )
+        if isinstance(item, str | os.PathLike) and Path(item).is_dir():
+            raise ImageReadError(
+                f"{item} is a folder, not an image file; pass its images, e.g. "
+                f"backbone.preprocess(focusvit.load_images({str(item)!r}))"
+            )
+    return images if single else items
 
 
 def default_data_config(size: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> dict:

@@ -31,8 +31,10 @@ def _relative_bias(attn: nn.Module):
 
 class HFSwinAdapter(SwinAdapterMixin, HFHeadMixin, BackboneAdapter):
     """HF Swin. Tokens are ``(B, H*W, C)``; attention from the separate q/k projections plus the
-    relative position bias (the shifted-window mask is not part of the logits). Shifted blocks
-    pad the stage grid before rolling it (``window_partition_order = "pad_then_roll"``)."""
+    relative position bias; ``capture_attention(..., shift_mask=True)`` adds the shifted-window
+    mask the layer builds (``SwinLayer.get_attn_mask`` on the padded grid), which FORT's loss
+    uses. Shifted blocks pad the stage grid before rolling it
+    (``window_partition_order = "pad_then_roll"``)."""
 
     window_partition_order = "pad_then_roll"
 
@@ -104,4 +106,17 @@ class HFSwinAdapter(SwinAdapterMixin, HFHeadMixin, BackboneAdapter):
         return to_tuple2(self.model.config.patch_size)
 
     def attention_sites(self) -> list[AttentionSite]:
-        return [qk_site(b.attention, bias=_relative_bias(b.attention)) for b in self.blocks]
+        return self._with_shift_masks(
+            [qk_site(b.attention, bias=_relative_bias(b.attention)) for b in self.blocks]
+        )
+
+    def _attention_module(self, block: nn.Module) -> nn.Module:
+        return block.attention
+
+    @staticmethod
+    def _mask_argument(args: tuple, kwargs: dict) -> Tensor | None:
+        # ``SwinLayer.forward``: ``self.attention(hidden_states_windows, attn_mask, ...)``
+        # (transformers 4.x and 5.x)
+        if len(args) > 1:
+            return args[1]
+        return kwargs.get("attention_mask")

@@ -23,7 +23,12 @@ from typing import Any
 
 from torch import nn
 
-from focusvit.errors import UnknownModelError, UnsupportedFamilyError
+from focusvit.errors import (
+    CheckpointError,
+    InputSizeError,
+    UnknownModelError,
+    UnsupportedFamilyError,
+)
 
 from .base import BackboneAdapter, default_data_config
 from .catalog import suggest_model_names
@@ -113,6 +118,8 @@ def load_backbone(
     spec: str | os.PathLike,
     num_classes: int | None = None,
     pretrained: bool = True,
+    image_size: int | tuple[int, int] | None = None,
+    resize: str | None = None,
     **model_kwargs: Any,
 ) -> BackboneAdapter:
     """Load a model by spec and wrap it in its adapter.
@@ -123,8 +130,64 @@ def load_backbone(
         num_classes: size of a new classification head; ``None`` keeps the pretrained head,
             ``0`` removes it (logits are then the pooled features).
         pretrained: load pretrained weights (hub download for timm/HF).
+        image_size: input size replacing the model's own, an int (square) or ``(H, W)``; each
+            side a multiple of the patch size (``adapter.size_multiple``). Sets
+            ``data_config["input_size"]`` to ``(3, H, W)``; ``None`` keeps the model's size.
+        resize: how :meth:`~BackboneAdapter.preprocess` fits images to the input size, stored as
+            ``data_config["resize"]``: ``"crop"`` (resize, centre-crop: the default and the FORT
+            protocol), ``"stretch"`` (resize to the input size, nothing cut) or ``"letterbox"``
+            (fit inside, pad). ``None`` keeps the loaded config's policy.
         model_kwargs: extra architecture arguments (e.g. ``depth=2`` for tiny test models).
+
+    Raises:
+        ConfigError: a malformed ``image_size`` or an unknown ``resize`` (checked before loading).
+        InputSizeError: an ``image_size`` that does not fit the model's patch / window layout.
     """
+    from focusvit.data.images import check_resize, parse_size
+
+    size = None if image_size is None else parse_size(image_size)
+    if resize is not None:
+        check_resize(resize)
+    adapter = _load_backbone(spec, num_classes, pretrained, **model_kwargs)
+    return set_preprocessing(adapter, image_size=size, resize=resize)
+
+
+def set_preprocessing(
+    adapter: BackboneAdapter,
+    image_size: int | tuple[int, int] | None = None,
+    resize: str | None = None,
+) -> BackboneAdapter:
+    """Set the adapter's input size and resize policy in its ``data_config`` (a new dict), as
+    for :func:`load_backbone`; ``None`` leaves a value as it is. Returns ``adapter``."""
+    from focusvit.data.images import check_resize, parse_size
+
+    config = dict(adapter.data_config)
+    if image_size is not None:
+        height, width = parse_size(image_size)
+        multiple = adapter.size_multiple
+        if height % multiple[0] or width % multiple[1]:
+            fit = (
+                max(multiple[0], round(height / multiple[0]) * multiple[0]),
+                max(multiple[1], round(width / multiple[1]) * multiple[1]),
+            )
+            raise InputSizeError(
+                f"image_size {height}x{width} does not fit {adapter.name}: height and width must "
+                f"be multiples of {multiple[0]}x{multiple[1]}; pass e.g. image_size={fit}"
+            )
+        config["input_size"] = (3, height, width)
+    if resize is not None:
+        config["resize"] = check_resize(resize)
+    adapter.data_config = config
+    return adapter
+
+
+def _load_backbone(
+    spec: str | os.PathLike,
+    num_classes: int | None,
+    pretrained: bool,
+    **model_kwargs: Any,
+) -> BackboneAdapter:
+    """:func:`load_backbone` without the preprocessing options."""
     text = str(spec)
     prefix, _, rest = text.partition(":")
     if prefix == "timm" and rest:
@@ -140,6 +203,20 @@ def load_backbone(
         return _load_hf(str(path), num_classes, pretrained)
     if path.is_file():
         return _load_checkpoint(path, num_classes)
+    if path.is_dir():
+        raise UnknownModelError(
+            f"folder {path} holds no config.json, so it is no Hugging Face model folder; pass the "
+            "focusvit .safetensors file inside it (e.g. the model.safetensors of focusvit-pretrain) "
+            "or a folder written by save_pretrained"
+        )
+    if path.suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt") or text.startswith(
+        (".", "/", "~")
+    ):
+        raise CheckpointError(
+            f"model file {path} does not exist; check the path (a .safetensors file written by "
+            "focusvit.save_backbone or focusvit-pretrain), or use a hub spec such as "
+            "timm:vit_small_patch16_224"
+        )
     import timm
 
     if timm.is_model(text):
@@ -307,13 +384,22 @@ def _load_checkpoint(path: Path, num_classes: int | None = None) -> BackboneAdap
             "written by focusvit.save_backbone; for a plain state dict build the model and call "
             "model.load_state_dict yourself, then focusvit.adapt(model)"
         )
-    with safe_open(str(path), framework="pt") as handle:
-        meta = (handle.metadata() or {}).get("focusvit")
-    if meta is None:
+    from safetensors import SafetensorError
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = (handle.metadata() or {}).get("focusvit")
+        info = None if meta is None else json.loads(meta)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable .safetensors file ({error}); it is damaged or incomplete "
+            "(an interrupted copy or save?): copy it again, or save it again with "
+            "focusvit.save_backbone"
+        ) from error
+    if info is None:
         raise UnknownModelError(
             f"{path} has no focusvit metadata; it was not written by focusvit.save_backbone"
         )
-    info = json.loads(meta)
     adapter = load_backbone(
         info["spec"],
         num_classes=info.get("num_classes"),

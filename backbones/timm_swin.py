@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, fields
+from functools import partial
 
 from torch import Tensor, nn
 
 from focusvit.errors import InputSizeError, UnsupportedFamilyError
 
 from .base import (
+    AttentionKind,
+    AttentionRecord,
+    AttentionReducer,
     AttentionSite,
     BackboneAdapter,
     WindowGeometry,
@@ -30,6 +36,35 @@ def is_timm_swin(model: nn.Module) -> bool:
     )
 
 
+@dataclass
+class ShiftMaskedSite(AttentionSite):
+    """An :class:`AttentionSite` of a Swin block whose logits also get the block's own
+    shifted-window mask.
+
+    Attributes:
+        window_mask: returns the ``(windows, n, n)`` mask (0 / -100) the block passed to its
+            attention in the current forward, or ``None`` (a block without shift). Windows are
+            the fastest-varying part of the ``B' = B · windows`` rows of the logits, as in
+            both libraries' window partition.
+    """
+
+    window_mask: Callable[[], Tensor | None] | None = None
+
+    def logits(self, outputs: Sequence[Tensor]) -> Tensor:
+        logits = super().logits(outputs)
+        mask = self.window_mask() if self.window_mask is not None else None
+        if mask is None:
+            return logits
+        windows = mask.shape[0]
+        if mask.shape[-2:] != logits.shape[-2:] or logits.shape[0] % windows:
+            raise RuntimeError(
+                f"shifted-window mask {tuple(mask.shape)} does not fit attention logits "
+                f"{tuple(logits.shape)} (expected (windows, n, n) with B * windows rows)"
+            )
+        masked = logits.reshape(-1, windows, *logits.shape[1:]) + mask.to(logits.dtype)[:, None]
+        return masked.reshape(logits.shape)
+
+
 class SwinAdapterMixin:
     """Geometry shared by the timm and HF Swin adapters (hierarchical, windowed).
 
@@ -43,6 +78,9 @@ class SwinAdapterMixin:
     family = "swin"
     num_prefix_tokens = 0
     window_partition_order: str = "roll_then_pad"
+    #: block index -> shift mask of its latest forward, while a ``shift_mask=True`` capture is
+    #: being set up (read by :meth:`_with_shift_masks`); ``None`` otherwise
+    _shift_masks: dict[int, Tensor | None] | None = None
 
     def stage_of_block(self) -> list[int]:
         """Stage index of every block in :attr:`blocks` order."""
@@ -79,6 +117,72 @@ class SwinAdapterMixin:
     def _block_window(self, block: nn.Module) -> tuple[tuple[int, int], tuple[int, int]]:
         raise NotImplementedError
 
+    # ----------------------------------------------------------------- shifted-window masks
+    def _attention_module(self, block: nn.Module) -> nn.Module:
+        """The module a block calls with its windows and its shift mask."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _mask_argument(args: tuple, kwargs: dict) -> Tensor | None:
+        """The shift mask ``(windows, n, n)`` among the arguments of the attention module."""
+        raise NotImplementedError
+
+    @contextmanager
+    def capture_attention(
+        self,
+        layers: int | Sequence[int] | None = None,
+        kind: AttentionKind = "probs",
+        reduce: AttentionReducer | None = None,
+        chunk: int = 4,
+        shift_mask: bool = False,
+    ) -> Iterator[AttentionRecord]:
+        """:meth:`BackboneAdapter.capture_attention` with Swin's shifted-window mask on request.
+
+        ``shift_mask=False`` (default): the logits are ``q kᵀ · scale`` + relative position
+        bias, as before. ``shift_mask=True``: the logits of shifted blocks also get the mask
+        the block itself passed to its attention module in that forward (0 within a region,
+        -100 between tokens that the cyclic shift brought together from different regions;
+        padding and the library's partition order included, since it is the model's own
+        tensor), as FORT's official loss does. ``softmax`` of those logits is the model's
+        attention, and ``kind="probs"`` then returns it. Blocks without shift are unchanged.
+        """
+        if not shift_mask:
+            with super().capture_attention(layers, kind, reduce, chunk) as record:  # type: ignore[misc]
+                yield record
+            return
+        masks: dict[int, Tensor | None] = {}
+
+        def remember(index: int, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+            masks[index] = self._mask_argument(args, kwargs)
+
+        blocks = self.blocks
+        with ExitStack() as stack:
+            for index in dict.fromkeys(self._normalise_layers(layers)):  # type: ignore[attr-defined]
+                module = self._attention_module(blocks[index])
+                hook = partial(remember, index)
+                stack.callback(module.register_forward_pre_hook(hook, with_kwargs=True).remove)
+            self._shift_masks = masks  # the sites are built when the capture starts
+            try:
+                record = stack.enter_context(
+                    super().capture_attention(layers, kind, reduce, chunk)  # type: ignore[misc]
+                )
+            finally:
+                self._shift_masks = None
+            yield record
+
+    def _with_shift_masks(self, sites: list[AttentionSite]) -> list[AttentionSite]:
+        """``sites`` as :class:`ShiftMaskedSite` while a ``shift_mask=True`` capture starts."""
+        masks = self._shift_masks
+        if masks is None:
+            return sites
+        return [
+            ShiftMaskedSite(
+                **{f.name: getattr(site, f.name) for f in fields(site)},
+                window_mask=partial(masks.get, index),
+            )
+            for index, site in enumerate(sites)
+        ]
+
     def _reshape_attention(self, logits: Tensor, batch_size: int) -> Tensor:
         """``(B*windows, heads, n, n)`` -> ``(B, windows, heads, n, n)``."""
         return logits.reshape(batch_size, -1, *logits.shape[1:])
@@ -98,7 +202,9 @@ class SwinAdapterMixin:
 
 class TimmSwinAdapter(SwinAdapterMixin, TimmHeadMixin, BackboneAdapter):
     """timm Swin. Attention logits are recomputed from each block's fused ``qkv`` plus the
-    relative position bias; the shifted-window mask is not part of the logits."""
+    relative position bias; ``capture_attention(..., shift_mask=True)`` adds the block's own
+    shifted-window mask (its ``attn_mask`` buffer or the mask it builds per forward with
+    ``dynamic_mask``), which FORT's loss uses."""
 
     window_partition_order = "roll_then_pad"
 
@@ -173,7 +279,15 @@ class TimmSwinAdapter(SwinAdapterMixin, TimmHeadMixin, BackboneAdapter):
         return to_tuple2(self.model.patch_embed.patch_size)
 
     def attention_sites(self) -> list[AttentionSite]:
-        return [self._site(block.attn) for block in self.blocks]
+        return self._with_shift_masks([self._site(block.attn) for block in self.blocks])
+
+    def _attention_module(self, block: nn.Module) -> nn.Module:
+        return block.attn
+
+    @staticmethod
+    def _mask_argument(args: tuple, kwargs: dict) -> Tensor | None:
+        # ``SwinTransformerBlock._attn``: ``self.attn(x_windows, mask=attn_mask)``
+        return kwargs["mask"] if "mask" in kwargs else (args[1] if len(args) > 1 else None)
 
     @staticmethod
     def _site(attn: nn.Module) -> AttentionSite:

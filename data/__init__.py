@@ -2,10 +2,18 @@
 
 from .datasets import FewShotDataset, ImageFolderDataset, TensorDataset, read_split
 from .episodes import Episode, EpisodeError, check_episode_spec, sample_episode, sample_episodes
-from .images import load_images, read_image, sample_photos
+from .images import (
+    RESIZE_POLICIES,
+    load_images,
+    masks_to_batch,
+    read_image,
+    read_mask,
+    sample_photos,
+)
 from .synthetic import SceneConfig, SyntheticScenes, class_splits
 
 __all__ = [
+    "RESIZE_POLICIES",
     "Episode",
     "EpisodeError",
     "FewShotDataset",
@@ -16,7 +24,9 @@ __all__ = [
     "check_episode_spec",
     "class_splits",
     "load_images",
+    "masks_to_batch",
     "read_image",
+    "read_mask",
     "read_split",
     "sample_episode",
     "sample_episodes",

@@ -3,7 +3,12 @@ synthetic scenes.
 
 Every dataset exposes ``labels`` (one int per item), ``class_names`` and ``load(i)`` returning an
 RGB PIL image (or a ``(3, H, W)`` tensor for in-memory data); ``mask(i)`` returns the
-ground-truth object mask where one exists, else ``None``.
+ground-truth object mask where one exists (bool ``(H, W)``, aligned with ``load(i)``), else
+``None``. Image datasets are also indexable like :class:`~focusvit.data.SyntheticScenes`:
+``dataset[i]`` is ``(image, label, mask or None)``. Put images and masks through the model's
+preprocessing with ``backbone.preprocess(images)`` and ``backbone.preprocess_masks(masks)``
+(the same resize and crop) for the localisation metrics (``prompt_precision``,
+``pointing_game``).
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from focusvit.errors import ImageReadError
+from focusvit.errors import ConfigError, ImageReadError, InputSizeError
 
-from .images import IMAGE_EXTENSIONS, read_image
+from .images import IMAGE_EXTENSIONS, read_image, read_mask
 
 
 @runtime_checkable
@@ -41,6 +46,16 @@ class ImageFolderDataset:
         split_file: a text file of ``<split> <class folder>`` lines (e.g. ``novel 017.Cardinal``),
             or a directory holding ``<split>.txt`` files with one class folder per line.
         classes: explicit class folder names to keep (overrides ``split``).
+        mask_root: a folder parallel to ``root`` holding one ground-truth object mask per image
+            at the same relative path, with any image extension (``root/cls/a.jpg`` ->
+            ``mask_root/cls/a.png``); nonzero pixels are object (see
+            :func:`~focusvit.data.images.read_mask`). Each mask must have its image's size.
+            ``None``: :meth:`mask` returns ``None``.
+
+    Raises:
+        ImageReadError: a missing root, class folder, or (with ``mask_root``) a missing mask,
+            naming the expected path.
+        ConfigError: ``split`` without ``split_file``.
     """
 
     def __init__(
@@ -49,13 +64,20 @@ class ImageFolderDataset:
         split: str | None = None,
         split_file: str | os.PathLike | None = None,
         classes: list[str] | None = None,
+        mask_root: str | os.PathLike | None = None,
     ):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ImageReadError(f"dataset root {self.root} is not a directory; check the path")
         folders = sorted(p.name for p in self.root.iterdir() if p.is_dir())
         if classes is None and split is not None:
-            classes = read_split(split_file, split) if split_file else None
+            if not split_file:
+                raise ConfigError(
+                    f"split={split!r} needs split_file (a file of '<split> <class folder>' lines "
+                    "or a folder of <split>.txt files); or pass classes=[...], or drop split to "
+                    "use every class folder"
+                )
+            classes = read_split(split_file, split)
         if classes is not None:
             missing = sorted(set(classes) - set(folders))
             if missing:
@@ -81,15 +103,82 @@ class ImageFolderDataset:
                 f"no images found in class folders under {self.root}; expected root/<class>/<image> "
                 f"with extensions {', '.join(IMAGE_EXTENSIONS)}"
             )
+        self.mask_root = None if mask_root is None else Path(mask_root)
+        self.mask_files: list[Path] | None = None
+        if self.mask_root is not None:
+            self.mask_files = self._find_masks(self.mask_root)
+
+    def _find_masks(self, mask_root: Path) -> list[Path]:
+        """The mask file of every image (same relative path, any image extension)."""
+        if not mask_root.is_dir():
+            raise ImageReadError(
+                f"mask folder {mask_root} is not a directory; pass mask_root=<folder with one "
+                "mask per image at the same relative path as under the dataset root>"
+            )
+        found: dict[Path, Path] = {}
+        order = {ext: rank for rank, ext in enumerate(IMAGE_EXTENSIONS)}
+        for path in sorted(mask_root.rglob("*"), key=lambda p: order.get(p.suffix.lower(), 99)):
+            if path.suffix.lower() in order and path.is_file():
+                found.setdefault(path.relative_to(mask_root).with_suffix(""), path)
+        masks, missing = [], []
+        for image in self.files:
+            key = image.relative_to(self.root).with_suffix("")
+            if key in found:
+                masks.append(found[key])
+            else:
+                missing.append(image)
+        if missing:
+            expected = mask_root / missing[0].relative_to(self.root).with_suffix(".png")
+            raise ImageReadError(
+                f"no mask for {len(missing)} of {len(self.files)} images: image {missing[0]} "
+                f"needs the mask {expected} (any image extension: "
+                f"{', '.join(IMAGE_EXTENSIONS)}); add the masks, or pass classes=[...] to leave "
+                "out classes without masks"
+            )
+        return masks
 
     def __len__(self) -> int:
         return len(self.files)
 
     def load(self, index: int) -> Image.Image:
+        """RGB image ``index`` (EXIF orientation applied), ``(W, H)`` pixels."""
         return read_image(self.files[index])
 
-    def mask(self, index: int) -> None:
-        return None
+    def mask(self, index: int) -> np.ndarray | None:
+        """Bool object mask ``(H, W)`` of image ``index`` at its resolution, or ``None`` without
+        ``mask_root``.
+
+        Raises:
+            InputSizeError: a mask whose size differs from its image's.
+        """
+        if self.mask_files is None:
+            return None
+        mask = read_mask(self.mask_files[index])
+        size = _oriented_size(self.files[index])
+        if mask.shape != size:
+            raise InputSizeError(
+                f"mask {self.mask_files[index]} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its "
+                f"image {self.files[index]} is {size[1]}x{size[0]}; save the mask at the image's "
+                "size"
+            )
+        return mask
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int, np.ndarray | None]:
+        """``(RGB image, label, bool mask (H, W) or None)``, as :class:`SyntheticScenes` items."""
+        return self.load(index), self.labels[index], self.mask(index)
+
+
+def _oriented_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file after its EXIF orientation, read from the header only."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(
+            f"cannot decode image file {path} ({error}); re-export it or remove it"
+        ) from error
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
 def read_split(split_file: str | os.PathLike, split: str) -> list[str]:

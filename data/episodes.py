@@ -110,5 +110,7 @@ def sample_episodes(
     class_names: Sequence[str] | None = None,
 ) -> list[Episode]:
     """Episodes ``start .. episodes-1`` of ``seed``; the same call always gives the same list."""
+    if episodes < 1:
+        raise EpisodeError(f"episodes must be >= 1, got {episodes!r}; e.g. episodes=600")
     check_episode_spec(labels, n_way, k_shot, n_query, class_names)
     return [sample_episode(labels, i, n_way, k_shot, n_query, seed) for i in range(start, episodes)]

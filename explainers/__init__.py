@@ -1,5 +1,6 @@
-"""focusvit.explainers: CAM, Grad-CAM, raw attention, attention rollout and the FORT
-rollout + SVD-gradient explainer, all behind ``explain(backbone, images, method=..., target=...)``.
+"""focusvit.explainers: CAM, Grad-CAM, raw attention, attention rollout, the FORT
+rollout + SVD-gradient explainer and a random-patch (chance-level) baseline, all behind
+``explain(backbone, images, method=..., target=...)``.
 """
 
 from .api import as_batch, explain, make_explainer
@@ -26,6 +27,7 @@ from .metrics import (
     pointing_game,
     prompt_precision,
 )
+from .random_patches import RandomExplainer, random_patch_scores
 from .rollout import RolloutExplainer, RolloutSVDExplainer, svd_gradient_term
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "Explainer",
     "Explanation",
     "GradCAMExplainer",
+    "RandomExplainer",
     "RolloutExplainer",
     "RolloutSVDExplainer",
     "Target",
@@ -51,6 +54,7 @@ __all__ = [
     "normalise_per_image",
     "pointing_game",
     "prompt_precision",
+    "random_patch_scores",
     "register_explainer",
     "resolve_targets",
     "svd_gradient_term",

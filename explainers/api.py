@@ -63,16 +63,47 @@ def _stack_tensors(images: Sequence[Tensor]) -> Tensor:
     return torch.cat(batch)
 
 
+def _numpy_batch(backbone: BackboneAdapter, array: np.ndarray) -> Tensor:
+    """A numpy array: ``(B, C, H, W)`` / ``(C, H, W)`` float arrays are preprocessed tensors,
+    ``(H, W)`` / ``(H, W, C)`` arrays are images (``backbone.preprocess``)."""
+    channels_last = array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4))
+    channels_first = array.ndim == 4 or (array.ndim == 3 and array.shape[0] == 3)
+    if channels_first and channels_last:
+        raise InputSizeError(
+            f"numpy array of shape {array.shape} is ambiguous (channels first or last?); pass "
+            "torch.from_numpy(array) for a normalised (3, H, W) tensor, or "
+            "PIL.Image.fromarray(array) for an (H, W, 3) image"
+        )
+    if not channels_first:
+        return backbone.preprocess([array])
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputSizeError(
+            f"a {array.dtype} numpy array of shape {array.shape} is taken as a preprocessed "
+            "batch, which must be float (normalised); pass raw images as (H, W, 3) uint8 arrays "
+            "or PIL images so that backbone.preprocess normalises them"
+        )
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
 def as_batch(backbone: BackboneAdapter, images: Images) -> Tensor:
-    """Images -> one ``(B, 3, H, W)`` float batch on the backbone's device.
+    """Images -> one ``(B, 3, H, W)`` float batch on the backbone's device and in its dtype.
 
     Accepts a ``(B, 3, H, W)`` or ``(3, H, W)`` tensor (one image stays a batch of one), a list of
     same-size tensors, or PIL images / arrays / file paths (which go through
     ``backbone.preprocess``). Tensors are taken as already normalised.
+
+    Conversion policy: floating tensors of another precision (float64, float16, bfloat16) are cast
+    to the model's parameter dtype; float numpy arrays of shape ``(B, 3, H, W)`` or ``(3, H, W)``
+    are such tensors; other numpy arrays (``(H, W[, C])``) are images. Integer tensors, empty
+    batches and shapes that are not a batch of 3-channel images are refused
+    (:class:`InputSizeError`).
     """
     if isinstance(images, Tensor):
         batch = images[None] if images.ndim == 3 else images
-    elif isinstance(images, str | os.PathLike | Image.Image | np.ndarray):
+    elif isinstance(images, np.ndarray):
+        batch = _numpy_batch(backbone, images)
+        batch = batch[None] if batch.ndim == 3 else batch
+    elif isinstance(images, str | os.PathLike | Image.Image):
         batch = backbone.preprocess([images])
     else:
         items = list(images)
@@ -93,7 +124,19 @@ def as_batch(backbone: BackboneAdapter, images: Images) -> Tensor:
             f"image tensors must be float (normalised), got {batch.dtype}; use "
             "backbone.preprocess on raw images"
         )
-    return batch.to(parameter_device(backbone))
+    channels = int(backbone.data_config.get("input_size", (3,))[0])
+    if batch.ndim != 4 or batch.shape[1] != channels:
+        raise InputSizeError(
+            f"image tensors must be ({channels}, H, W) or (B, {channels}, H, W), got shape "
+            f"{tuple(images.shape) if hasattr(images, 'shape') else tuple(batch.shape)}; for raw "
+            "images use backbone.preprocess"
+        )
+    if batch.shape[0] == 0:
+        raise InputSizeError(
+            f"the batch holds no images (shape {tuple(batch.shape)}); pass at least one image"
+        )
+    dtype = next((p.dtype for p in backbone.parameters() if p.is_floating_point()), batch.dtype)
+    return batch.to(device=parameter_device(backbone), dtype=dtype)
 
 
 def explain(
@@ -108,9 +151,11 @@ def explain(
     Args:
         backbone: a :class:`BackboneAdapter` (``focusvit.load_backbone``), or a timm / HF model
             which is wrapped with ``focusvit.adapt``.
-        images: ``(B, 3, H, W)`` tensor, list of same-size tensors, or PIL images / paths.
+        images: ``(B, 3, H, W)`` tensor, list of same-size tensors, or PIL images / paths; see
+            :func:`as_batch` for the numpy and dtype conversions.
         method: a name of :data:`EXPLAINERS` (``"cam"``, ``"gradcam"``, ``"attention"``,
-            ``"rollout"``, ``"rollout_svd"``) or an :class:`Explainer` instance.
+            ``"rollout"``, ``"rollout_svd"``, ``"random"``: the chance-level baseline, option
+            ``seed``) or an :class:`Explainer` instance.
         target: None (predicted class), an int, a ``(B,)`` tensor of classes, or a callable
             mapping logits ``(B, C)`` to scores ``(B,)`` (e.g. similarity to a prototype).
         **params: the method's options (see each explainer class).

@@ -44,7 +44,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -59,7 +58,7 @@ from .lora import lora_target_names
 from .losses import FortConfig
 from .recipes import FitOptions, recipe_for
 from .ssf import SSF_CHILD, ScaleShift, channel_count
-from .trainer import _attention_loss, _autocast, _loss_layers, _optimizer, fit_task
+from .trainer import _attention_loss, _autocast, _loss_capture, _loss_layers, _optimizer, fit_task
 from .tuners import TunerConfig, make_tuner
 
 __all__ = [
@@ -536,7 +535,7 @@ def _batched_step(
     :func:`~focusvit.finetune.trainer.training_step`.
     """
     optimizer.zero_grad(set_to_none=True)
-    capture = backbone.capture_attention(layers=layers, kind="logits") if fort else nullcontext()
+    capture = _loss_capture(backbone, fort, layers)
     bounds = [0]
     for size in sizes:
         bounds.append(bounds[-1] + size)

@@ -126,6 +126,9 @@ def backbone_settings(backbone: BackboneAdapter) -> dict[str, Any]:
         "std": list(config.get("std", ())),
         "crop_pct": config.get("crop_pct"),
         "interpolation": config.get("interpolation"),
+        # the resize policy only when it is not the default centre crop, so records written
+        # before the policy existed still match
+        **({"resize": config["resize"]} if config.get("resize", "crop") != "crop" else {}),
     }
 
 

@@ -48,6 +48,11 @@ class FortConfig:
             at 224 px) or ``"one"`` (targets normalised to sum to 1 per image / window: a
             cross-entropy against a distribution, whose scale does not depend on P or the
             grid, so one α transfers across models; choose that α on validation classes).
+        shift_mask: Swin only: the loss logits of shifted blocks include the model's own
+            shifted-window mask (0 / -100 per window, query and key), as in the authors' code,
+            so the softmax over a window's keys leaves out the tokens the model itself does not
+            attend to (default ``True``). ``False``: the unmasked ``q kᵀ · scale`` + relative
+            position bias of earlier focusvit versions. No effect on columnar ViTs.
     """
 
     alpha: float | None = None
@@ -59,8 +64,11 @@ class FortConfig:
     weighting: str = "importance"
     explainer: str = "rollout_svd"
     target_sum: str = "prompt_size"
+    shift_mask: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.shift_mask, bool):
+            raise ValueError(f"shift_mask must be True or False, got {self.shift_mask!r}")
         if self.target_sum not in TARGET_SUMS:
             raise ValueError(
                 f"target_sum must be one of {', '.join(TARGET_SUMS)}, got {self.target_sum!r}"
@@ -173,7 +181,9 @@ def swin_attention_loss(
 
     Args:
         window_logits: per stage ``(B, windows, heads, n, n)`` logits of the block the targets
-            were made for (the last block of the stage).
+            were made for (the last block of the stage); the official loss reads them with the
+            shifted-window mask (``capture_attention(..., shift_mask=True)``, what the trainer
+            does unless ``FortConfig(shift_mask=False)``).
         window_targets: per stage ``(B, windows, n)`` binary top-P per window.
 
     Returns:

@@ -131,6 +131,15 @@ def _attention_loss(backbone: BackboneAdapter, fort: FortConfig, record, targets
     )
 
 
+def _loss_capture(backbone: BackboneAdapter, fort: FortConfig | None, layers: list[int] | None):
+    """The capture the attention loss reads: pre-softmax logits of ``layers``; on Swin with the
+    model's shifted-window mask (the authors' logits) unless ``fort.shift_mask`` is False."""
+    if fort is None:
+        return nullcontext()
+    masked = {"shift_mask": True} if backbone.family == "swin" and fort.shift_mask else {}
+    return backbone.capture_attention(layers=layers, kind="logits", **masked)
+
+
 def _loss_layers(backbone: BackboneAdapter, fort: FortConfig) -> list[int]:
     if backbone.family == "swin":
         from focusvit.prompting.swin import last_block_of_each_stage
@@ -319,8 +328,19 @@ def _restore_head(backbone: BackboneAdapter, original: torch.nn.Module | None) -
 
 
 def _train(task: TaskModel, tuned, images: Tensor, labels: Tensor) -> None:
-    backbone, recipe, fort = task.backbone, task.recipe, task.fort
+    """Train the tuner's parameters on the support set; their gradients are dropped afterwards
+    (also on error), so the tuned model holds none inside the ``fit_task`` block (for ``full``
+    they would be one more copy of the model)."""
     params = list(tuned.trainable_parameters())
+    try:
+        _train_steps(task, tuned, params, images, labels)
+    finally:
+        for p in params:
+            p.grad = None
+
+
+def _train_steps(task: TaskModel, tuned, params: list, images: Tensor, labels: Tensor) -> None:
+    backbone, recipe, fort = task.backbone, task.recipe, task.fort
     optimizer = _optimizer(recipe, params)
     if tuned.config.name == "linear" and fort is None:
         _train_head_on_features(task, optimizer, support_features(backbone, images), labels)
@@ -382,8 +402,7 @@ def training_step(
     optimizer.zero_grad(set_to_none=True)
     if fort is not None and layers is None:
         layers = _loss_layers(backbone, fort)
-    capture = backbone.capture_attention(layers=layers, kind="logits") if fort else nullcontext()
-    with capture as record, _autocast(images.device):
+    with _loss_capture(backbone, fort, layers) as record, _autocast(images.device):
         logits = backbone.logits(images).float()
         ce = F.cross_entropy(logits, labels)
         attn = (

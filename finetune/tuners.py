@@ -34,6 +34,10 @@ of it survives the task:
 - ``requires_grad`` flags and every module's ``training`` flag are recorded and restored; a head
   replaced through :meth:`TunedModel.set_head` (or ``backbone.set_head``) during the task is put
   back.
+- Gradients: removal sets ``.grad`` of every parameter to ``None`` (for ``full`` the task's
+  gradients are one copy of the model, which would otherwise stay allocated and accumulate into
+  the user's next ``backward``); gradients that existed at apply time are cloned then and put
+  back.
 
 Example::
 
@@ -249,6 +253,11 @@ class TunedModel:
             if buffer is not None
         ]
         self._saved = [(p, p.detach().clone()) for p in self._backbone_trainables()]
+        # gradients present at apply time (usually none): cloned, because a backward during the
+        # task may accumulate into them in place
+        self._grads = [
+            (p, p.grad.detach().clone()) for p in model.parameters() if p.grad is not None
+        ]
         self._handles: list[Any] = []
         backbone._focusvit_tuner = self
         try:
@@ -358,6 +367,11 @@ class TunedModel:
 
     def _restore(self) -> None:
         backbone = self.backbone if hasattr(self, "backbone") else None
+        if backbone is not None:
+            # drop every gradient of the task (for ``full`` a model-sized buffer, which would
+            # also accumulate into the user's next backward); those of apply time come back below
+            for p in backbone.model.parameters():
+                p.grad = None
         try:
             for handle in self._handles:
                 handle.remove()
@@ -377,6 +391,8 @@ class TunedModel:
                         if module._buffers.get(name) is not buffer:
                             module._buffers[name] = buffer
                         buffer.copy_(saved)
+                for p, grad in self._grads:
+                    p.grad = grad
                 for p, flag in self._flags:
                     p.requires_grad_(flag)
                 for module, mode in self._modes:
@@ -384,6 +400,7 @@ class TunedModel:
                 backbone._focusvit_tuner = None
             self.removed = True
             self._saved = []
+            self._grads = []
 
 
 class LinearTuned(TunedModel):

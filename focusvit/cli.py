@@ -8,10 +8,17 @@ Order of checks: composing the config validates keys and types (structured schem
 :func:`validate_fewshot` / :func:`validate_explain` build every node except the model, then the
 output folder is checked (an existing run folder is resumed if its settings match, refused
 otherwise); only then is the model loaded.
+
+User errors (every :class:`~focusvit.errors.FocusVitError`) end the command with one line
+``<command>: error: <what was wrong and how to fix it>`` on stderr and exit status 1; Ctrl-C ends
+it with ``<command>: interrupted; rerun the same command to resume`` and status 130. Set the
+environment variable ``FOCUSVIT_DEBUG=1`` to get the full traceback instead.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -22,10 +29,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from focusvit.errors import ConfigError
+from focusvit.errors import ConfigError, UnsupportedMethodError
 from focusvit.runconfig import (
     CONFIG_PATH,
     build,
+    check_device,
     check_paths,
     explainer_nodes,
     instantiate,
@@ -89,6 +97,7 @@ def validate_explain(cfg: DictConfig) -> ExplainPlan:
     prompts = build(cfg, "prompting")
     if cfg.report.max_images < 1:
         raise ConfigError(f"report.max_images must be >= 1, got {cfg.report.max_images}")
+    check_device(cfg.device)
     return ExplainPlan(backbone, explainers, prompts, inputs)
 
 
@@ -133,29 +142,17 @@ def _load_inputs(inputs: list[str], limit: int):
     return images, unique, stacked
 
 
-def _transform_masks(masks, data_config: dict):
-    """Object masks through the same resize + centre crop as the images."""
+def run_explain(cfg: DictConfig, out_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Explain the configured inputs with every selected explainer; returns the report path.
+
+    ``progress``: a bar per image and explainer on stderr (only when stderr is a terminal).
+    One line per image and explainer goes to the ``focusvit.explain`` logger as soon as it is
+    done (under the command line: Hydra's ``out/focusvit-explain.log`` and the console).
+    """
+    import logging
+
     import torch
-    import torchvision.transforms.functional as TF
-    from PIL import Image
-
-    from focusvit.data.images import _size_from_config
-
-    out_h, out_w = _size_from_config(data_config, None)
-    crop_pct = float(data_config.get("crop_pct") or 1.0)
-    result = []
-    for mask in masks:
-        image = Image.fromarray(mask.astype("uint8") * 255)
-        resized = TF.resize(
-            image, round(out_h / crop_pct), interpolation=TF.InterpolationMode.NEAREST
-        )
-        result.append(TF.pil_to_tensor(TF.center_crop(resized, [out_h, out_w]))[0] > 127)
-    return torch.stack(result)
-
-
-def run_explain(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
-    """Explain the configured inputs with every selected explainer; returns the report path."""
-    import torch
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from focusvit.reports.explain import explain_images, write_explain_report
     from focusvit.reports.html import software_versions
@@ -171,19 +168,32 @@ def run_explain(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     backbone.to(device)
     batch = backbone.preprocess(images).to(device)
-    gt = _transform_masks(masks, backbone.data_config) if masks is not None else None
-    results = explain_images(
-        backbone,
-        batch,
-        names,
-        plan.explainers,
-        plan.prompts,
-        target=cfg.target,
-        masks=gt,
-        deletion_steps=int(cfg.report.deletion_steps),
-        baseline=str(cfg.report.baseline),
-        batch_size=int(cfg.report.batch_size),
-    )
+    if backbone.family == "vit":  # every explainer's map is the patch grid: check before work
+        grid = backbone.grid_size(tuple(batch.shape[-2:]))
+        plan.prompts.count(grid[0] * grid[1], f"the {grid[0]}x{grid[1]} patch grid")
+    gt = backbone.preprocess_masks(list(masks)) if masks is not None else None
+    log = logging.getLogger("focusvit.explain")
+    log.info("explaining %d images with %s", len(names), ", ".join(plan.explainers))
+
+    def log_image(method: str, index: int, name: str, metrics: dict[str, float]) -> None:
+        shown = ", ".join(f"{key} {value:.4g}" for key, value in metrics.items())
+        log.info("%s %d/%d %s: %s", method, index + 1, len(names), name, shown)
+
+    with logging_redirect_tqdm():  # log lines print above the bar, not through it
+        results = explain_images(
+            backbone,
+            batch,
+            names,
+            plan.explainers,
+            plan.prompts,
+            target=cfg.target,
+            masks=gt,
+            deletion_steps=int(cfg.report.deletion_steps),
+            baseline=str(cfg.report.baseline),
+            batch_size=int(cfg.report.batch_size),
+            progress=progress,
+            on_image=log_image,
+        )
     report = write_explain_report(
         out,
         results,
@@ -239,8 +249,12 @@ def validate_fewshot(cfg: DictConfig) -> FewshotPlan:
     fort = build(cfg, "fort")
     options = build(cfg, "trainer")
     methods = fewshot_methods(cfg, tuner, fort)
-    if "path" in cfg.data and OmegaConf.is_missing(cfg.data, "path"):
-        raise ConfigError("data.path is required for data=imagefolder: data.path=/data/cub")
+    if OmegaConf.is_missing(cfg.data, "path"):  # (`"path" in cfg.data` is False when missing)
+        raise ConfigError(
+            "data.path is required for data=imagefolder: give the dataset root holding one "
+            "folder per class, e.g. data.path=/data/cub"
+        )
+    check_device(cfg.device)
     dataset = instantiate(cfg.data, "data")
     try:
         episodes.check_dataset(dataset)
@@ -260,12 +274,40 @@ def make_runners(plan: FewshotPlan, backbone, device) -> dict[str, Any]:
         if choice.solver is not None:
             runners[method] = make_runner(backbone, solver=choice.solver, device=device)
             continue
+        check_method_fits(choice.tuner, backbone, plan)
         tuner = plan.tuner if choice.tuner == plan.tuner.name else choice.tuner
         fort = plan.fort if choice.fort else None
         runners[method] = make_runner(
             backbone, tuner=tuner, fort=fort, options=plan.options, device=device
         )
     return runners
+
+
+def check_method_fits(tuner: str, backbone, plan: FewshotPlan) -> None:
+    """Refuse a tuner without a DESIGN.md recipe for the backbone's family (CNN + lora, Swin +
+    vpt, ...) and a ViT prompt larger than the patch grid, before any training."""
+    from focusvit.finetune.recipes import RECIPES
+
+    family = backbone.family
+    known = sorted(t for f, t in RECIPES if f == family)
+    if tuner not in known:
+        raise UnsupportedMethodError(
+            f"tuner {tuner!r} does not apply to {family} backbones ({plan.backbone.spec}); use "
+            f"tuner={' or tuner='.join(known)}, or a backbone of another family"
+            if known
+            else f"no tuner applies to {family} backbones ({plan.backbone.spec}); use a solver, "
+            "e.g. methods=[prototype]"
+        )
+    top_k = getattr(plan.fort, "top_k", None)
+    if top_k is not None and family == "vit":
+        size = tuple(backbone.data_config["input_size"][1:])
+        h, w = backbone.grid_size(size)
+        if top_k > h * w:
+            raise ConfigError(
+                f"fort.top_k={top_k} is more than the {h * w} patches of {plan.backbone.spec} at "
+                f"{size[0]}x{size[1]}; use fort.top_k<={h * w} (FORT: 14 of 196), or "
+                "fort.top_fraction=0.0714"
+            )
 
 
 def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
@@ -290,6 +332,9 @@ def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str,
         device = context.device(cfg.device)
         start = time.perf_counter()
         backbone = plan.backbone.load()
+        selection_notes = []
+        if cfg.select_alpha.alphas:
+            plan.fort, selection_notes = choose_alpha(cfg, plan, backbone, folder, device)
         runners = make_runners(plan, backbone, device)
         backbone.to(next(iter(runners.values())).device)
         results = evaluate_many(  # every episode decoded and preprocessed once for all methods
@@ -306,6 +351,7 @@ def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str,
         report = None
         if context.is_main:
             focus_runs, notes = _focus_runs(cfg, plan, backbone, folder, runners)
+            notes = selection_notes + notes
             setting = (
                 f"{plan.backbone.spec} · {type(plan.dataset).__name__} "
                 f"({len(plan.dataset.class_names)} classes) · {plan.episodes.describe()}"
@@ -327,6 +373,63 @@ def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str,
         return {"results": results, "report": report}
     finally:
         context.close()
+
+
+def validation_data(cfg: DictConfig, split: str):
+    """The data group with ``split`` instead of the test split (for :func:`choose_alpha`)."""
+    if "split" not in cfg.data:
+        raise ConfigError(
+            "select_alpha needs a dataset with class splits (e.g. data=synthetic or "
+            "data=imagefolder with data.split_file=...), to choose α on validation classes; "
+            "or turn the selection off with select_alpha.alphas=[]"
+        )
+    if split == cfg.data.split or split in ("novel", "test"):
+        raise ConfigError(
+            f"select_alpha.split is {split!r}: α must be chosen on other classes than the test "
+            f"split ({cfg.data.split!r}); use select_alpha.split=val (or base)"
+        )
+    node = OmegaConf.merge(cfg.data, {"split": split})
+    return instantiate(node, "data")
+
+
+def choose_alpha(
+    cfg: DictConfig, plan: FewshotPlan, backbone, folder: RunDir, device
+) -> tuple[Any, list[str]]:
+    """α of the attention loss chosen on validation episodes (resumable in the run folder's
+    ``validation/``); returns the fort setting with that α and the report notes."""
+    from dataclasses import replace
+
+    from focusvit.finetune import select_alpha
+
+    selection = cfg.select_alpha
+    if plan.fort is None:
+        raise ConfigError(
+            "select_alpha.alphas chooses the attention-loss weight, but fort is off; select "
+            "fort=recipe, or set select_alpha.alphas=[]"
+        )
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        raise ConfigError(
+            "select_alpha runs in one process; choose α first (one process), then give "
+            "fort.alpha=<chosen> and select_alpha.alphas=[] to the multi-process run"
+        )
+    if int(selection.episodes) < 1:
+        raise ConfigError(f"select_alpha.episodes must be >= 1, got {selection.episodes}")
+    validation = validation_data(cfg, str(selection.split))
+    spec = replace(plan.episodes, episodes=int(selection.episodes), split=str(selection.split))
+    _say(f"focusvit-fewshot: choosing α on {spec.describe()} (validation classes)")
+    chosen = select_alpha(
+        backbone, validation, plan.tuner, [float(a) for a in selection.alphas], spec,
+        fort=plan.fort, options=plan.options, device=device,
+        output_dir=folder.path / "validation", progress=bool(cfg.progress),
+    )  # fmt: skip
+    for line in chosen.table().splitlines():
+        _say(f"focusvit-fewshot: {line}")
+    note = (
+        f"α of the attention loss chosen on {spec.describe()}: {chosen.alpha:g} "
+        f"(candidates 0, {', '.join(f'{a:g}' for a in selection.alphas)}; α = 0 wins ties"
+        + (", so +fort trains exactly as without the loss)" if chosen.alpha == 0 else ")")
+    )
+    return replace(plan.fort, alpha=chosen.alpha), [note]
 
 
 def _focus_runs(
@@ -370,6 +473,7 @@ def _focus_runs(
                 coverage=float(cfg.report.coverage),
                 max_queries=int(cfg.report.max_queries),
                 device=next(iter(runners.values())).device,
+                progress=bool(cfg.progress),
             )
             folder.save_checkpoint("focus", cache)
         runs.append(cache["runs"][str(index)])
@@ -377,14 +481,30 @@ def _focus_runs(
 
 
 # ----------------------------------------------------------------------------- entry points
+def debug_enabled() -> bool:
+    """``FOCUSVIT_DEBUG`` set (and not ``0``): errors keep their full traceback."""
+    return os.environ.get("FOCUSVIT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def _guard(name: str, function: Callable[[], Any]) -> Any:
-    """Run ``function``; configuration and input errors exit with a one-line message."""
+    """Run ``function``; a user error (:class:`FocusVitError`) exits with one line naming the fix
+    (status 1), Ctrl-C with ``interrupted; rerun the same command to resume`` (status 130).
+    ``FOCUSVIT_DEBUG=1`` re-raises instead, with Hydra's full traceback."""
     from focusvit.errors import FocusVitError
 
     try:
         return function()
     except FocusVitError as error:
-        sys.exit(f"{name}: error: {error}")
+        if debug_enabled():
+            os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+            raise
+        message = re.sub(r"\s*\n\s*", " ", str(error)).strip()
+        sys.exit(f"{name}: error: {message} (FOCUSVIT_DEBUG=1 shows the traceback)")
+    except KeyboardInterrupt:
+        if debug_enabled():
+            raise
+        print(f"{name}: interrupted; rerun the same command to resume", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="explain")

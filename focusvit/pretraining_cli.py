@@ -17,7 +17,7 @@ import hydra
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from focusvit.pretraining import PretrainConfig
-from focusvit.runconfig import CONFIG_PATH, ConfigError
+from focusvit.runconfig import CONFIG_PATH, ConfigError, check_device
 
 #: keys of the composed config that are not :class:`PretrainConfig` options
 RUN_KEYS = ("name", "progress", "out")
@@ -49,9 +49,11 @@ def pretrain_config(cfg: DictConfig):
     values = OmegaConf.to_container(cfg, resolve=True)
     values = {k: v for k, v in values.items() if k not in (*RUN_KEYS, "hydra")}
     try:
-        return PretrainConfig.from_dict(values)
+        config = PretrainConfig.from_dict(values)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    check_device(config.device)
+    return config
 
 
 def run_pretrain(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:

@@ -41,6 +41,7 @@ __all__ = [
     "FewshotConf",
     "PromptSpec",
     "build",
+    "check_device",
     "check_paths",
     "explainer_nodes",
     "image_folder",
@@ -80,9 +81,26 @@ class PromptSpec:
                 f"prompting.weighting must be importance or multi_hot, got {self.weighting!r}"
             )
 
+    def count(self, num_patches: int, where: str = "the map") -> int | None:
+        """The prompt size on ``num_patches`` patches (``None`` for ``coverage``); a size the
+        grid cannot hold raises :class:`ConfigError` naming the option to change."""
+        if self.coverage is not None:
+            return None
+        from focusvit.prompting.prompts import prompt_count
+
+        try:
+            return prompt_count(num_patches, self.top_k, self.top_fraction)
+        except ValueError:
+            raise ConfigError(
+                f"prompting.top_k={self.top_k} is more than the {num_patches} patches of {where}; "
+                f"use prompting.top_k<={num_patches} (FORT: 14 of 196), or prompting=top_fraction "
+                "(14/196 of any grid)"
+            ) from None
+
     def make(self, explanation):
         from focusvit.prompting import make_prompts
 
+        self.count(int(explanation.scores[0].numel()), f"the {explanation.method} map")
         sizes = (
             {}
             if self.coverage is not None
@@ -94,6 +112,13 @@ class PromptSpec:
 def image_folder(path: str, split: str | None = None, split_file: str | None = None):
     """``focusvit.ImageFolderDataset`` from a config (``path`` = the dataset root)."""
     from focusvit.data import ImageFolderDataset
+
+    if split is not None and not split_file:
+        raise ConfigError(
+            f"data.split={split} needs data.split_file (a file of '<split> <class folder>' lines, "
+            f"or a folder of <split>.txt files), e.g. data.split_file=/data/cub/splits; or drop "
+            "data.split to use every class folder"
+        )
 
     return ImageFolderDataset(path, split=split, split_file=split_file)
 
@@ -121,6 +146,22 @@ class FewshotReportConf:
 
 
 @dataclass
+class AlphaSelectionConf:
+    """``select_alpha``: choose the attention-loss weight α on validation classes before the
+    test episodes (DESIGN.md section 5; :func:`focusvit.finetune.select_alpha`).
+
+    The tuner is evaluated without the loss and with each candidate α on ``episodes`` episodes
+    of the dataset's ``split`` (validation classes; the same data group with another split);
+    α = 0 wins ties. Every ``+fort`` method then uses the chosen α (α = 0 trains exactly as
+    without the loss). ``alphas: []`` turns the selection off (the fort group's α is used).
+    """
+
+    alphas: list[float] = field(default_factory=list)
+    episodes: int = 20
+    split: str = "val"
+
+
+@dataclass
 class ExplainConf:
     backbone: BackboneSpec = MISSING
     explainer: Any = MISSING
@@ -145,6 +186,7 @@ class FewshotConf:
     progress: bool = True
     out: str = "outputs/fewshot"
     report: FewshotReportConf = field(default_factory=FewshotReportConf)
+    select_alpha: AlphaSelectionConf = field(default_factory=AlphaSelectionConf)
 
 
 def register_configs() -> None:
@@ -167,11 +209,15 @@ def instantiate(node: DictConfig | dict, what: str) -> Any:
     library dataclass of a structured node; errors name the config group."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
+    from omegaconf.errors import MissingMandatoryValue
 
     try:
         if isinstance(node, DictConfig) and "_target_" not in node:
             return OmegaConf.to_object(node)
         return hydra_instantiate(node, _convert_="all")
+    except MissingMandatoryValue as error:
+        key = getattr(error, "full_key", None) or what
+        raise ConfigError(f"{key} is required: give it on the command line, {key}=VALUE") from None
     except InstantiationException as error:
         cause = error.__cause__ or error
         raise ConfigError(f"config '{what}' is invalid: {cause}") from error
@@ -203,6 +249,38 @@ def normalise_inputs(inputs: Any) -> list[str]:
     raise ConfigError(
         f"inputs must be a path, a list of paths, 'samples' or 'synthetic', got {inputs!r}"
     )
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a ``device`` torch does not know, or CUDA / MPS where there is none."""
+    if device is None:
+        return
+    import torch
+
+    fix = (
+        "use device=cpu, device=cuda or device=cuda:N, or leave device unset (CUDA when available)"
+    )
+    try:
+        parsed = torch.device(str(device))
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={device} is not a device; {fix}") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"device={device} but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                "use device=cpu, or leave device unset to use a GPU only when there is one"
+            )
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(
+                f"device={device} but torch sees {count} CUDA GPU(s) (cuda:0..cuda:{count - 1}); "
+                "use one of those, or device=cuda"
+            )
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device={device} but MPS is not available here; {fix}")
+    elif parsed.type != "cpu":
+        raise ConfigError(f"device={device} is not supported by focusvit; {fix}")
 
 
 def check_paths(paths: list[str]) -> None:

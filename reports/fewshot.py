@@ -24,6 +24,7 @@ from focusvit.finetune import TunerRunner, fit_task, support_features
 from focusvit.finetune.evaluate import episode_tensors
 from focusvit.prompting import make_prompts
 from focusvit.reports.figures import plot_explanation
+from focusvit.reports.progress import progress_bar
 from focusvit.runs import episode_seed, mean_and_ci
 
 from . import html as H
@@ -67,6 +68,7 @@ def attention_focus(
     coverage: float = 0.95,
     max_queries: int = 5,
     device: torch.device | str = "cpu",
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Attention focus of one episode before and after fine-tuning with each method.
 
@@ -77,9 +79,15 @@ def attention_focus(
         episodes: an :class:`~focusvit.runs.EpisodeSpec` (n_way, k_shot, n_query, seed).
         fort: a resolved :class:`~focusvit.FortConfig` whose explainer and prompt size make the
             prompts shown (the same for every method).
+        progress: a bar over the pretrained model and each fine-tuned method on stderr
+            (shown only when stderr is a terminal); False: no bar.
 
     Returns a dict with ``grid``, ``support`` / ``query`` images in [0, 1] (the first
-    ``max_queries`` queries), ``prompts`` ``(K, h, w)``, ``maps`` ``{"pretrained" | method:
+    ``max_queries`` queries), ``classes`` (the names of the episode's classes in episode-label
+    order: ``dataset.class_names``, i.e. the folder names of an ImageFolder dataset or the
+    glyph names of SyntheticScenes; indices when the dataset has none), ``support_labels`` /
+    ``query_labels`` (episode labels of the shown images), ``prompts`` ``(K, h, w)``,
+    ``maps`` ``{"pretrained" | method:
     {"support": (K, h, w), "query": (q, h, w)}}`` and ``numbers`` ``{stage: {metric: value}}``
     (mean 95%-coverage count on support and query images, mean attention mass on the prompts,
     and the episode accuracy of each method).
@@ -120,11 +128,18 @@ def attention_focus(
         maps["query"] = maps["query"][:max_queries]
         return maps, numbers
 
+    tuned = [m for m, r in runners.items() if isinstance(r, TunerRunner)]
+    bar = progress_bar(
+        1 + len(tuned), f"attention focus, episode {episode_index}", "model", progress
+    )
+    bar.set_postfix_str("pretrained")
     maps, numbers = {}, {}
     maps["pretrained"], numbers["pretrained"] = measure(backbone)
+    bar.update()
     for method, runner in runners.items():
         if not isinstance(runner, TunerRunner):
             continue  # frozen features: the attention is the pretrained one
+        bar.set_postfix_str(method)
         torch.manual_seed(episode_seed(episodes.seed, episode_index))  # as focusvit.evaluate
         with fit_task(
             backbone, support, s_labels, tuner=runner.tuner, fort=runner.fort,
@@ -134,9 +149,14 @@ def attention_focus(
             numbers[method]["accuracy"] = float(
                 (task.predict(query).cpu() == q_labels.cpu()).float().mean()
             )
+        bar.update()
+    bar.close()
     return {
         "episode": episode_index,
         "grid": grid,
+        "classes": episode_class_names(dataset, episode.classes),
+        "support_labels": [int(label) for label in s_labels.cpu()],
+        "query_labels": [int(label) for label in q_labels[:max_queries].cpu()],
         "support": denormalise(support.cpu(), backbone.data_config),
         "query": denormalise(query[:max_queries].cpu(), backbone.data_config),
         "prompts": prompts,
@@ -145,9 +165,29 @@ def attention_focus(
     }
 
 
+def episode_class_names(dataset, classes: Sequence[int]) -> list[str]:
+    """Names of an episode's classes (dataset labels ``classes``) from ``dataset.class_names``
+    (ImageFolder: folder names; SyntheticScenes: glyph names), or ``"class <label>"``."""
+    names = getattr(dataset, "class_names", None)
+    return [
+        str(names[c]) if names is not None and 0 <= c < len(names) else f"class {c}"
+        for c in classes
+    ]
+
+
+def _image_title(focus: Mapping[str, Any], kind: str, index: int) -> str:
+    """``"support 0 · <class name>"`` (just ``"support 0"`` for focus runs without names)."""
+    classes = focus.get("classes")
+    labels = focus.get(f"{kind}_labels")
+    if not classes or labels is None or index >= len(labels):
+        return f"{kind} {index}"
+    return f"{kind} {index} · {classes[int(labels[index])]}"
+
+
 def focus_figure(focus: Mapping[str, Any]):
-    """Rows: support images then queries; columns: the image, pretrained attention, then the
-    attention after each method. Prompt patches are outlined on the support rows."""
+    """Rows: support images then queries; columns: the image (titled with its class name),
+    pretrained attention, then the attention after each method. Prompt patches are outlined
+    on the support rows."""
     from matplotlib.figure import Figure
 
     stages = list(focus["maps"])
@@ -160,7 +200,7 @@ def focus_figure(focus: Mapping[str, Any]):
     for row, (kind, index, image) in enumerate(images):
         axes[row, 0].imshow(image.permute(1, 2, 0).numpy())
         axes[row, 0].set_axis_off()
-        axes[row, 0].set_title(f"{kind} {index}", fontsize=8)
+        axes[row, 0].set_title(_image_title(focus, kind, index), fontsize=8)
         for col, stage in enumerate(stages, start=1):
             prompt = focus["prompts"][index] if kind == "support" else None
             plot_explanation(
@@ -228,6 +268,39 @@ def focus_rows(focus_runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+#: meaning of the attention-focus numbers, by the end of their name
+FOCUS_METRICS = {
+    "coverage_95": "patches needed to cover 95% of the attention (fewer = more focused)",
+    "mass_on_prompt": "share of the attention on the images' position prompts",
+    "accuracy": "accuracy of the tuned model on the episode's queries",
+}
+
+
+def _focus_legend(metrics: Sequence[str]) -> str:
+    """``<i>metric</i>: meaning`` for each shown metric (and only those)."""
+    entries = []
+    for metric in metrics:
+        meaning = next((v for k, v in FOCUS_METRICS.items() if metric.endswith(k)), None)
+        if meaning is not None:
+            prefix = metric.split("_", 1)[0]
+            if prefix in ("support", "query"):
+                meaning = f"{meaning}, {prefix} images"
+            entries.append(f"<i>{H.esc(metric)}</i>: {H.esc(meaning)}")
+    return "; ".join(entries) + ("." if entries else "")
+
+
+def _focus_cell(row: Mapping[str, Any], metric: str) -> str:
+    """``mean ± ci`` (just the mean for one episode); patch counts without decimals where
+    whole; ``–`` for a number the stage does not have (e.g. accuracy before fine-tuning)."""
+    mean, ci = row.get(metric), row.get(f"{metric}_ci95")
+    if mean is None:
+        return "–"
+    show = H.fmt_count if "coverage" in metric else H.fmt
+    if ci is None or ci != ci or row.get("episodes") == 1:
+        return show(float(mean))
+    return f"{show(float(mean))} ± {show(float(ci))}"
+
+
 def write_fewshot_report(
     out_dir: str | Path,
     results: Mapping[str, Any],
@@ -268,28 +341,34 @@ def write_fewshot_report(
         H.figure_block(png, "accuracy per method (error bars: 95% interval)", kind="accuracy")
     )
     if focus:
-        metrics = [
-            k for k in focus[0] if k not in ("stage", "episodes") and not k.endswith("_ci95")
-        ]
+        metrics = list(
+            dict.fromkeys(
+                k
+                for row in focus
+                for k in row
+                if k not in ("stage", "episodes") and not k.endswith("_ci95")
+            )
+        )
         sections.append(
             "<h2>Attention focus before / after fine-tuning</h2><p>Last-layer CLS attention "
-            "(mean over heads). <i>coverage</i>: patches needed to cover 95% of the attention "
-            "(fewer = more focused); <i>mass on prompt</i>: share of the support images' "
-            "attention on their position prompt; mean over images, ± 95% interval over "
-            "episodes.</p>"
+            "(mean over heads); each cell: mean over images, ± 95% interval over episodes. "
+            + _focus_legend(metrics)
+            + "</p>"
         )
         sections.append(
             H.table(
                 ["stage", "episodes", *metrics],
-                ([r["stage"], r["episodes"], *(r[m] for m in metrics)] for r in focus),
+                ([r["stage"], r["episodes"], *(_focus_cell(r, m) for m in metrics)] for r in focus),
             )
         )
         for run in focus_runs:
             png = H.save_figure(
                 focus_figure(run), figures / f"focus_episode{run['episode']}.png", dpi
             )
+            classes = run.get("classes")
+            named = f" (classes: {', '.join(map(str, classes))})" if classes else ""
             sections.append(
-                f"<h3>Episode {run['episode']}: support and query attention</h3>"
+                f"<h3>Episode {run['episode']}{H.esc(named)}: support and query attention</h3>"
                 + H.figure_block(
                     png,
                     "columns: image, pretrained attention, attention after each method; white: "

@@ -79,6 +79,19 @@ def fmt(value: Any, digits: int = 3) -> str:
     return "–" if value is None else str(value)
 
 
+def fmt_count(value: Any) -> str:
+    """A count: an integer as ``"4"``; a mean of counts that is not whole with one decimal
+    (``"12.3"``); NaN / None as ``"–"``."""
+    if value is None:
+        return "–"
+    value = float(value)
+    if math.isnan(value):
+        return "–"
+    if value.is_integer():
+        return str(int(value))
+    return f"{value:.1f}"
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 1) -> str:
     """An HTML table; the first ``left`` columns are left-aligned (labels)."""
     head = "".join(

@@ -195,6 +195,29 @@ def test_hooks_removed_and_flags_restored_also_after_exception(name):
     assert all(m.training for m in adapter.modules())
 
 
+@pytest.mark.parametrize("name", TRANSFORMER_MODELS)
+@pytest.mark.parametrize("reduce", [False, True])
+def test_same_block_named_twice_is_captured_once_and_flags_restored(name, reduce):
+    """Issue 14: ``layers=[-1, n-1]`` installed the block's capture twice; the second install
+    saved the ``fused_attn`` flag the first had switched off, and restored that."""
+    adapter = tiny_adapter(name)
+    n = adapter.num_layers
+    flags = [(m, getattr(m, "fused_attn", None)) for m in adapter.modules()]
+    before = all_hooks(adapter)
+    x = input_for(adapter)
+    with torch.no_grad(), adapter.capture_attention(layers=-1) as single:
+        adapter.logits(x)
+    options = {"reduce": lambda _layer, maps: maps.float().mean(dim=-3)} if reduce else {}
+    with torch.no_grad(), adapter.capture_attention(layers=[-1, n - 1, 0], **options) as twice:
+        adapter.logits(x)
+    assert twice.layers == [n - 1, n - 1, 0] and len(twice) == 3
+    assert twice[0] is twice[1]  # one capture fills both slots
+    if not reduce:
+        torch.testing.assert_close(twice[0], single[0])
+    assert all_hooks(adapter) == before
+    assert all(getattr(m, "fused_attn", None) == f for m, f in flags)
+
+
 @pytest.mark.parametrize("name", [n for n in VIT_MODELS if n.startswith("timm")])
 def test_timm_probs_capture_runs_only_the_captured_blocks_eagerly(name):
     """kind="probs" reads the eager path's own softmax on the chosen blocks (no second q kᵀ);
@@ -549,6 +572,20 @@ def test_hf_deit_with_distillation_head_cannot_take_one_head():
 
 
 # ----------------------------------------------------------------------------- catalogues
+@pytest.mark.parametrize("name", ["timm-vit", "hf-vit", "timm-swin", "hf-swin", "timm-cnn"])
+def test_head_class_names_imagenet_own_labels_or_none(name):
+    from focusvit.backbones.catalog import head_class_names
+
+    imagenet = head_class_names(tiny_adapter(name, num_classes=1000))
+    assert imagenet == imagenet_class_names()
+    assert head_class_names(tiny_adapter(name, num_classes=5)) is None  # unknown: indices
+    assert head_class_names(tiny_adapter(name, num_classes=0)) is None  # no head: features
+    if name.startswith("hf"):  # the model's own labels win
+        adapter = tiny_adapter(name, num_classes=3)
+        adapter.model.config.id2label = {0: "ant", 1: "bee", 2: "cat"}
+        assert head_class_names(adapter) == ["ant", "bee", "cat"]
+
+
 def test_timm_names_and_imagenet_classes_without_importing_timm_elsewhere():
     assert is_timm_model("vit_small_patch16_224") and not is_timm_model("no_such_model_xyz")
     close = suggest_model_names("vit_small_patch16", limit=3)

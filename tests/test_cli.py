@@ -205,3 +205,44 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                 assert a["final_loss"][key] == pytest.approx(b["final_loss"][key], rel=1e-4)
     shards = sorted(p.name for p in (multi / "episodes" / "shards").iterdir())
     assert "prototype.rank0.jsonl" in shards and "prototype.rank1.jsonl" in shards
+
+
+def test_fewshot_chooses_alpha_on_validation_classes(tmp_path, capsys):
+    """select_alpha.alphas: α is chosen on validation episodes (α = 0 included, ties to 0) and
+    every +fort method is evaluated with it; the choice is in the report notes."""
+    from focusvit.runs import flatten
+
+    out = tmp_path / "run"
+    overrides = [
+        *FAST_FEWSHOT,
+        "methods=[lora,lora+fort]",
+        "report.focus_episodes=0",
+        "select_alpha.alphas=[0.5]",
+        "select_alpha.episodes=2",
+    ]
+    cli.run_fewshot(compose_cfg("fewshot", overrides), out)
+    means = {}
+    for alpha in ("0", "0.5"):
+        header, records = read_episode_file(out / "validation" / f"alpha={alpha}.jsonl")
+        assert header["settings"]["dataset"]["split"] == "val" and len(records) == 2
+        means[float(alpha)] = sum(r["accuracy"] for r in records) / len(records)
+    chosen = 0.0 if means[0.0] >= means[0.5] else 0.5
+    header, _ = read_episode_file(out / "episodes" / "lora_fort.jsonl")
+    fort_alpha = [v for k, v in flatten(header).items() if k.endswith("fort.alpha")]
+    assert fort_alpha == [chosen]
+    assert "chosen on 5-way" in (out / "report.html").read_text()
+    printed = capsys.readouterr().out
+    assert re.search(rf"alpha {chosen:g} .*<- chosen", printed)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["fort=off", "methods=[lora]"], "fort is off"),
+        (["select_alpha.split=novel"], "other classes than the test split"),
+    ],
+)
+def test_alpha_selection_refuses_what_would_not_be_validation(tmp_path, extra, message):
+    overrides = [*FAST_FEWSHOT, "report.focus_episodes=0", "select_alpha.alphas=[0.5]", *extra]
+    with pytest.raises(rc.ConfigError, match=message):
+        cli.run_fewshot(compose_cfg("fewshot", overrides), tmp_path / "run")

@@ -1,15 +1,20 @@
-"""Synthetic scenes, few-shot datasets and the episode sampler."""
+"""Synthetic scenes, few-shot datasets (ground-truth masks of ImageFolder datasets included) and
+the episode sampler."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import focusvit
 from focusvit.backbones import ImageReadError
 from focusvit.data.datasets import ImageFolderDataset, TensorDataset
 from focusvit.data.episodes import EpisodeError, sample_episode, sample_episodes
+from focusvit.data.images import denormalise, read_mask
 from focusvit.data.synthetic import (
     SceneConfig,
     SyntheticScenes,
@@ -17,6 +22,7 @@ from focusvit.data.synthetic import (
     distractor_bank,
     glyph_bank,
 )
+from focusvit.errors import ConfigError, InputSizeError
 
 
 def test_class_splits_are_disjoint_and_cover_the_glyphs():
@@ -136,3 +142,98 @@ def test_premise_scenes_add_large_class_independent_objects():
     assert all(premise.mask(i).any() for i in range(len(premise)))  # the class object is there
     # another drawing config is another dataset in a settings record
     assert dataset_settings(premise) != dataset_settings(shipped)
+
+
+def _folder_with_masks(tmp_path, mask_suffix: str = ".png"):
+    """root/<class>/<i>.jpg with a white square object per image, masks/<class>/<i><suffix>."""
+    root, masks = tmp_path / "images", tmp_path / "masks"
+    boxes = {}
+    for c, cls in enumerate(("cat", "dog")):
+        (root / cls).mkdir(parents=True)
+        (masks / cls).mkdir(parents=True)
+        for i in range(2):
+            height, width = 90 + 30 * i, 60
+            top, left = 10 + 20 * c, 5 + 10 * i
+            pixels = np.full((height, width, 3), 40, np.uint8)
+            pixels[top : top + 30, left : left + 25] = 255
+            Image.fromarray(pixels).save(root / cls / f"{i}.jpg", quality=95)
+            mask = np.zeros((height, width), np.uint8)
+            mask[top : top + 30, left : left + 25] = 1  # nonzero = object
+            Image.fromarray(mask).save(masks / cls / f"{i}{mask_suffix}")
+            boxes[(cls, i)] = (top, left)
+    return root, masks, boxes
+
+
+def test_image_folder_masks_from_a_parallel_folder(tmp_path):
+    root, masks, boxes = _folder_with_masks(tmp_path)
+    data = ImageFolderDataset(root, mask_root=masks)
+    assert data.class_names == ["cat", "dog"] and len(data) == 4
+    for index in range(len(data)):
+        image, label, mask = data[index]
+        assert label == data.labels[index] and mask.dtype == bool
+        assert mask.shape == (image.height, image.width)
+        top, left = boxes[(data.class_names[label], index % 2)]
+        assert mask[top : top + 30, left : left + 25].all() and mask.sum() == 30 * 25
+        assert np.asarray(image)[mask].mean() > 200 and np.asarray(image)[~mask].mean() < 60
+    # without mask_root there are no masks, as before
+    assert ImageFolderDataset(root).mask(0) is None and ImageFolderDataset(root)[0][2] is None
+
+
+def test_image_folder_masks_align_through_preprocessing_and_metrics(tmp_path):
+    from focusvit.explainers.metrics import pointing_game, prompt_precision
+
+    root, masks, _ = _folder_with_masks(tmp_path)
+    data = ImageFolderDataset(root, mask_root=masks)
+    backbone = focusvit.load_backbone("tiny:timm-vit", image_size=64)
+    for resize in ("crop", "stretch", "letterbox"):
+        items = [data[i] for i in range(len(data))]
+        batch = backbone.preprocess([item[0] for item in items], resize=resize)
+        gt = backbone.preprocess_masks([item[2] for item in items], resize=resize)
+        assert gt.shape == (4, 64, 64) and gt.dtype == torch.bool
+        bright = denormalise(batch, backbone.data_config).mean(dim=1) > 0.5
+        iou = (bright & gt).flatten(1).sum(1) / (bright | gt).flatten(1).sum(1)
+        assert (iou > 0.85).all(), (resize, iou)
+        # patch scores equal to the object's coverage point at it: the metrics run on own data
+        scores = torch.nn.functional.avg_pool2d(gt.float()[:, None], 8)[:, 0]
+        assert pointing_game(scores, gt).eq(1).all()
+        assert prompt_precision(scores > 0.9, gt).eq(1).all()
+
+
+def test_image_folder_mask_errors_name_the_expected_path(tmp_path):
+    root, masks, _ = _folder_with_masks(tmp_path, mask_suffix=".bmp")
+    assert ImageFolderDataset(root, mask_root=masks).mask(3).any()  # any image extension
+    (masks / "dog" / "1.bmp").unlink()
+    expected = str(masks / "dog" / "1.png")
+    with pytest.raises(ImageReadError, match=f"1 of 4 images.*{re.escape(expected)}"):
+        ImageFolderDataset(root, mask_root=masks)
+    with pytest.raises(ImageReadError, match=r"mask folder .* is not a directory"):
+        ImageFolderDataset(root, mask_root=tmp_path / "nope")
+    Image.new("L", (10, 10), 1).save(masks / "dog" / "1.png")
+    data = ImageFolderDataset(root, mask_root=masks)
+    with pytest.raises(InputSizeError, match=r"10x10 \(WxH\).*60x120.*image's size"):
+        data.mask(3)
+
+
+def test_mask_pixels_nonzero_in_any_band_and_opaque(tmp_path):
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[0, 0] = (0, 0, 7)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    assert read_mask(tmp_path / "rgb.png").sum() == 1
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[0, :2] = (255, 255, 255, 255)
+    rgba[1, :2] = (255, 255, 255, 0)  # transparent: background
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    assert read_mask(tmp_path / "rgba.png").sum() == 2
+    palette = Image.new("P", (4, 4), 0)
+    palette.putpixel((1, 1), 3)
+    palette.save(tmp_path / "palette.png")
+    assert (
+        read_mask(tmp_path / "palette.png")[1, 1] and read_mask(tmp_path / "palette.png").sum() == 1
+    )
+
+
+def test_split_without_split_file_is_refused(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "0.png")
+    with pytest.raises(ConfigError, match="split='novel' needs split_file"):
+        ImageFolderDataset(tmp_path, split="novel")

@@ -17,10 +17,10 @@ from focusvit.explainers.metrics import cls_attention, deletion
 from focusvit.explainers.rollout import leading_component, rollout_rows
 from focusvit.finetune import apply_tuner
 
-ALL_METHODS = ["cam", "gradcam", "attention", "rollout", "rollout_svd"]
+ALL_METHODS = ["cam", "gradcam", "attention", "rollout", "rollout_svd", "random"]
 VIT_ONLY = ["attention", "rollout", "rollout_svd"]
 CASES = [(name, method) for name in VIT_MODELS for method in ALL_METHODS] + [
-    (name, method) for name in [*SWIN_MODELS, "timm-cnn"] for method in ["cam", "gradcam"]
+    (name, method) for name in [*SWIN_MODELS, "timm-cnn"] for method in ["cam", "gradcam", "random"]
 ]
 
 
@@ -149,6 +149,7 @@ def test_unknown_method_and_option_errors_list_the_choices():
 def test_families_are_declared_correctly():
     assert EXPLAINERS["cam"].families == ("vit", "swin", "cnn")
     assert EXPLAINERS["gradcam"].families == ("vit", "swin", "cnn")
+    assert EXPLAINERS["random"].families == ("vit", "swin", "cnn")
     for method in VIT_ONLY:
         assert EXPLAINERS[method].families == ("vit",)
 
@@ -160,7 +161,7 @@ def test_method_not_for_family_names_the_methods_that_apply(name, method):
     with pytest.raises(UnsupportedMethodError) as error:
         explain(adapter, small_input(adapter), method)
     usable = str(error.value).split("use one of:")[1]
-    assert {"cam", "gradcam"} == {item.strip() for item in usable.split(",")}
+    assert {"cam", "gradcam", "random"} == {item.strip() for item in usable.split(",")}
 
 
 # ----------------------------------------------------------------------------- hooks and flags
@@ -691,3 +692,124 @@ def test_non_finite_scores_are_an_error_not_zeros():
     for method in ("cam", "gradcam"):
         with pytest.raises(NonFiniteError, match="float32"):
             explain(adapter, small_input(adapter), method, target=0)
+
+
+# ----------------------------------------------------------------------------- random baseline
+@pytest.mark.parametrize("name", ["timm-vit", "hf-dinov2", "timm-swin", "timm-cnn"])
+def test_random_baseline_shape_range_and_targets_through_the_api(name):
+    from focusvit.explainers import RandomExplainer
+
+    adapter = tiny_adapter(name)
+    x = small_input(adapter, batch=4)
+    out = explain(adapter, x, "random", seed=7)
+    assert out.method == "random" and out.params == {"seed": 7}
+    assert out.scores.shape == (4, *adapter.grid_size(tuple(x.shape[-2:])))
+    flat = out.flat()  # normalised per image like the maps: min 0, max 1
+    torch.testing.assert_close(flat.min(dim=1).values, torch.zeros(4))
+    torch.testing.assert_close(flat.max(dim=1).values, torch.ones(4))
+    with torch.no_grad():
+        assert torch.equal(out.targets, adapter.logits(x).argmax(dim=1))
+    assert (explain(adapter, x, "random", target=1).targets == 1).all()
+    instance = explain(adapter, x, RandomExplainer(seed=7))  # the class, as for the others
+    assert torch.equal(instance.scores, out.scores)
+
+
+def test_random_baseline_is_deterministic_per_seed_and_independent_of_batching():
+    adapter = tiny_adapter("timm-vit")
+    x = small_input(adapter, batch=6)
+    first = explain(adapter, x, "random", seed=3).scores
+    assert torch.equal(explain(adapter, x, "random", seed=3).scores, first)
+    default = explain(adapter, x, "random").scores  # seed=0
+    assert torch.equal(explain(adapter, x, "random", seed=0).scores, default)
+    # chunks and single images get the maps they get in the whole batch
+    chunks = torch.cat([explain(adapter, c, "random", seed=3).scores for c in x.split(4)])
+    assert torch.equal(chunks, first)
+    order = torch.tensor([5, 2, 0, 1, 4, 3])
+    assert torch.equal(explain(adapter, x[order], "random", seed=3).scores, first[order])
+    # different images of one batch do not share a map
+    assert all(not torch.equal(first[0], first[i]) for i in range(1, 6))
+
+
+def test_random_baseline_differs_between_seeds():
+    adapter = tiny_adapter("timm-vit")
+    x = small_input(adapter, batch=3)
+    maps = [explain(adapter, x, "random", seed=s).scores for s in (0, 1, 2)]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not torch.allclose(maps[i], maps[j])
+            for b in range(3):
+                assert not torch.equal(maps[i][b], maps[j][b])
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True, 2**63])
+def test_random_baseline_rejects_a_bad_seed_with_the_fix(seed):
+    adapter = tiny_adapter("timm-vit")
+    with pytest.raises(
+        ValueError, match=r"seed=.*must be an integer in \[0, 2\*\*63\), e\.g\. seed=0"
+    ):
+        explain(adapter, small_input(adapter), "random", seed=seed)
+
+
+def test_random_baseline_localisation_is_at_chance_level():
+    """With object masks covering a quarter of the patches, the pointing game and the precision
+    of a top-4 prompt of random maps are both at the chance level 1/4."""
+    from focusvit.explainers import pointing_game, prompt_precision
+    from focusvit.prompting import make_prompts
+
+    adapter = tiny_adapter("timm-vit")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 3, 32, 32, generator=generator)
+    h, w = adapter.grid_size((32, 32))
+    ph, pw = 32 // h, 32 // w
+    masks = torch.zeros(400, 32, 32, dtype=torch.bool)
+    corners = torch.randint(0, h - 1, (400, 2), generator=generator)  # a 2x2-patch object
+    for i, (r, c) in enumerate(corners.tolist()):
+        masks[i, r * ph : (r + 2) * ph, c * pw : (c + 2) * pw] = True
+    chance = 4 / (h * w)
+    out = explain(adapter, x, "random", seed=0)
+    prompt = make_prompts(out, top_k=4)
+    pointing = float(pointing_game(out, masks).mean())
+    precision = float(prompt_precision(prompt, masks).mean())
+    # 400 images: standard errors ~0.022 (pointing) and ~0.011 (precision)
+    assert abs(pointing - chance) < 0.07, pointing
+    assert abs(precision - chance) < 0.035, precision
+    # the top patch is uniform over the grid (a chi-square bound, 16 cells, 400 draws)
+    counts = torch.bincount(out.flat().argmax(dim=1), minlength=h * w).float()
+    expected = 400 / (h * w)
+    assert float(((counts - expected) ** 2 / expected).sum()) < 40.0
+
+
+def test_rollout_svd_documents_and_does_what_it_adds_to_the_paper_formula():
+    """Issue 14: the docstring states the three deviations from ``norm(I + A + λ·1Gᵀ)`` and
+    their reasons; each stated property holds."""
+    from focusvit.explainers import RolloutSVDExplainer
+    from focusvit.explainers.rollout import fort_matrix, fort_transition
+
+    doc = " ".join(RolloutSVDExplainer.__doc__.split())
+    for phrase in (
+        "beyond the paper's formula",
+        "Sign reference",
+        "Per-image L1 normalisation of G",
+        "Clamping before row normalisation",
+        "row-stochastic",
+    ):
+        assert phrase in doc, phrase
+    torch.manual_seed(3)
+    gradient = torch.randn(4, 16, 8)
+    reference = torch.rand(4, 16)
+    term = svd_gradient_term(gradient, reference)
+    # sign: positive correlation with the patch attention, whatever the gradient's sign
+    centred = reference - reference.mean(dim=1, keepdim=True)
+    assert ((term * centred).sum(dim=1) > 0).all()
+    torch.testing.assert_close(svd_gradient_term(-gradient, reference), term)
+    # L1 per image: mass 1, half positive, half negative, independent of the gradient scale
+    torch.testing.assert_close(term.abs().sum(dim=1), torch.ones(4))
+    torch.testing.assert_close(term.clamp_min(0).sum(dim=1), torch.full((4,), 0.5))
+    torch.testing.assert_close(svd_gradient_term(1e4 * gradient, reference), term)
+    torch.testing.assert_close(svd_gradient_term(gradient[1:2], reference[1:2]), term[1:2])
+    # clamping: no negative entry, every row sum >= 1 before row normalisation, even at λ = 50
+    attention = torch.rand(4, 16, 16).softmax(dim=-1)
+    matrix = fort_transition(fort_matrix(attention.clone(), 0.0), term, 50.0)
+    assert matrix.min() >= 0 and (matrix.sum(dim=-1) >= 1 - 1e-5).all()
+    unclamped = attention + torch.eye(16) + 50.0 * term[:, None, :]
+    assert unclamped.min() < 0  # the case the clamp is there for

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+from html import escape as html_escape
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,133 @@ def test_fewshot_report_numbers(fewshot_report):
     assert (fewshot_report.parent / "figures" / "accuracy.png").exists()
     assert (fewshot_report.parent / "figures" / "focus_episode0.png").exists()
     assert "support_coverage_95" in (fewshot_report.parent / "focus.csv").read_text()
+
+
+def _legend(html: str) -> str:
+    """The metric legend paragraph of an explain report (after the summary table)."""
+    return html.split("</table>", 1)[1].split("</p>", 1)[0]
+
+
+def _small_report(tmp_path, backbone, **options) -> tuple[str, dict]:
+    torch.manual_seed(0)
+    batch = torch.randn(2, 3, 32, 32)
+    explainers = {n: make_explainer(n) for n in ("gradcam", "random")}
+    options = {"deletion_steps": 0, **options}
+    results = explain_images(
+        backbone, batch, ["a", "b"], explainers, PromptSpec(top_k=4), **options
+    )
+    report = write_explain_report(tmp_path, results, backbone.name, "", {"torch": "x"})
+    return report.read_text(), json.loads((tmp_path / "metrics.json").read_text())
+
+
+def test_explain_report_names_imagenet_classes_of_an_imagenet_head(tmp_path):
+    from focusvit.backbones import imagenet_class_names
+
+    backbone = tiny_adapter("timm-vit", num_classes=1000)
+    html, data = _small_report(tmp_path, backbone)
+    names = imagenet_class_names()
+    assert data["logits"] == "classes" and data["num_outputs"] == 1000
+    for row in data["images"]:
+        name = names[row["predicted_class"]]
+        assert row["predicted_name"] == name
+        assert html_escape(f"predicted {name} ({row['predicted_class']})") in html
+    assert "No classification head" not in html
+
+
+def test_explain_report_names_classes_given_and_true_labels(tmp_path):
+    backbone = tiny_adapter("timm-vit")  # 5 classes without known names
+    html, data = _small_report(tmp_path / "unnamed", backbone)
+    assert "no known names" in html and "pass class_names" in html
+    assert "predicted class " in html  # indices only
+    names = ["ant", "bee", "cat", "dog", "eel"]
+    html, data = _small_report(
+        tmp_path / "named", backbone, class_names=names, labels=["cat", None]
+    )
+    first = data["images"][0]
+    assert first["label"] == "cat" and "label" not in data["images"][1]
+    assert first["predicted_name"] == names[first["predicted_class"]]
+    assert f"label cat, predicted {names[first['predicted_class']]}" in html
+    with pytest.raises(ValueError, match="one name per output of the head"):
+        _small_report(tmp_path / "bad", backbone, class_names=names[:3])
+    with pytest.raises(ValueError, match=r"one class name \(or None\) per image"):
+        _small_report(tmp_path / "bad", backbone, labels=["cat"])
+
+
+def test_explain_report_states_that_headless_logits_are_pooled_features(tmp_path):
+    backbone = tiny_adapter("timm-vit", num_classes=0)
+    html, data = _small_report(tmp_path, backbone)
+    assert data["logits"] == "pooled features" and data["class_names"] is None
+    assert data["num_outputs"] == backbone.num_features
+    assert "No classification head" in html and "pooled features" in html
+    assert "largest feature feature " in html
+    assert all("predicted_name" not in row for row in data["images"])
+
+
+def test_explain_report_counts_are_integers(explain_report):
+    html = explain_report.read_text()
+    data = json.loads((explain_report.parent / "metrics.json").read_text())
+    for row in data["images"]:
+        assert row["cls_coverage_95"] == int(row["cls_coverage_95"])
+        assert isinstance(row["cls_coverage_95"], int)
+        for method in ("rollout_svd", "gradcam", "cam"):
+            assert row[f"{method}.prompt_patches"] == 4
+            assert isinstance(row[f"{method}.prompt_patches"], int)
+    assert "prompt_patches 4," in html and "prompt_patches 4.000" not in html
+    assert re.search(r"cls_coverage_95 \d+[,<]", html)
+    assert ">4 ± 0<" in html  # summary cell of the prompt size
+    csv_text = (explain_report.parent / "metrics.csv").read_text()
+    assert ",4.0," not in csv_text and ",4," in csv_text
+
+
+def test_explain_report_legend_lists_only_computed_metrics(tmp_path, explain_report):
+    full = _legend(explain_report.read_text())
+    for metric in ("deletion_auc", "prompt_precision", "pointing_game", "cls_coverage_95"):
+        assert f"<i>{metric}</i>" in full
+    backbone = tiny_adapter("timm-vit")
+    html, data = _small_report(tmp_path, backbone)  # no masks, no deletion curves
+    legend = _legend(html)
+    computed = {row["metric"] for row in data["summary"]}
+    assert computed == {"prompt_patches", "cls_attention_on_prompt"}
+    for metric in ("deletion_auc", "insertion_auc", "prompt_precision", "pointing_game"):
+        assert metric not in legend
+    for metric in (*computed, "cls_coverage_95"):
+        assert f"<i>{metric}</i>" in legend
+
+
+def test_fewshot_report_names_episode_classes_from_the_dataset(tmp_path):
+    from focusvit.data import ImageFolderDataset
+    from focusvit.reports.fewshot import attention_focus
+    from focusvit.runs import EpisodeSpec
+
+    root = tmp_path / "data"
+    for folder, colour in (("cardinal", (200, 20, 20)), ("jay", (20, 20, 200))):
+        (root / folder).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), tuple(c + 10 * i for c in colour)).save(
+                root / folder / f"{i}.png"
+            )
+    dataset = ImageFolderDataset(root)
+    backbone = tiny_adapter("timm-vit")
+    spec = EpisodeSpec(n_way=2, k_shot=1, n_query=1, episodes=1, seed=0)
+    fort = type("Fort", (), {"explainer": "rollout", "top_k": 2, "top_fraction": None})()
+    focus = attention_focus(backbone, dataset, {}, 0, spec, fort)
+    assert sorted(focus["classes"]) == ["cardinal", "jay"]
+    assert focus["support_labels"] == [0, 1] and focus["query_labels"] == [0, 1]
+    report = write_fewshot_report(
+        tmp_path / "out", {}, [focus], "few-shot", "setting", "", {"torch": "x"}
+    )
+    html = report.read_text()
+    assert f"(classes: {', '.join(focus['classes'])})" in html
+
+
+def test_fewshot_report_counts_and_legend(fewshot_report):
+    html = fewshot_report.read_text()
+    focus = html.split("<h2>Attention focus", 1)[1]
+    legend = focus.split("</p>", 1)[0]
+    assert "<i>support_coverage_95</i>" in legend
+    assert "mass" not in legend and "accuracy" not in legend  # not computed in this run
+    table = focus.split("<table>", 1)[1].split("</table>", 1)[0]
+    assert ">14<" in table and ">9<" in table and "14.000" not in table
 
 
 def test_sharding_and_merging_are_canonical(tmp_path):

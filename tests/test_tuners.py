@@ -494,3 +494,46 @@ def test_captured_attention_is_what_the_model_computes(tuner):
     for captured, used in zip(attention, reference, strict=True):
         torch.testing.assert_close(captured, used)
     assert all_hooks(adapter.model) == 0
+
+
+# ----------------------------------------------------------------------------- no gradient leak
+@pytest.mark.parametrize("tuner", ["full", "lora", "ssf", "vpt", "linear"])
+def test_fit_task_leaves_no_grad_on_any_parameter(tuner):
+    """Issue 14: ``full`` left a ``.grad`` on every backbone parameter after ``fit_task`` (a
+    model-sized leak that also accumulated into the user's next backward)."""
+    from focusvit.finetune import fit_task
+
+    adapter = tiny_adapter("timm-vit")
+    x = batch_for(adapter, batch=6)
+    labels = torch.arange(6) % 3
+    with fit_task(adapter, x, labels, tuner=tuner, steps=2) as task:
+        assert len(task.losses) > 0
+        leaked = [n for n, p in adapter.model.named_parameters() if p.grad is not None]
+        assert not leaked, f"{tuner}: gradients kept inside the block on {leaked[:3]}"
+    leaked = [n for n, p in adapter.model.named_parameters() if p.grad is not None]
+    assert not leaked, f"{tuner}: gradients left after fit_task on {leaked[:3]}"
+
+    # the user's next backward gets exactly its own gradient, nothing accumulated from the task
+    adapter.zero_grad(set_to_none=False)  # no-op on None grads: nothing to zero
+    loss = adapter.logits(x).square().mean()
+    loss.backward()
+    weight = adapter.model.patch_embed.proj.weight
+    (expected,) = torch.autograd.grad(adapter.logits(x).square().mean(), weight)
+    torch.testing.assert_close(weight.grad, expected)
+
+
+@pytest.mark.parametrize("tuner", ["full", "lora", "linear"])
+def test_remove_drops_task_gradients_and_restores_those_of_apply_time(tuner):
+    adapter = tiny_adapter("timm-vit")
+    x = batch_for(adapter)
+    norm = adapter.model.norm.weight  # trained by full only; frozen for lora and linear
+    earlier = torch.full_like(norm, 0.25)
+    norm.grad = earlier.clone()
+    tuned = apply_tuner(adapter, tuner)
+    train_step(adapter, tuned, x)  # zero_grad, backward, step: the task's own gradients
+    extra = adapter.logits(x).sum()
+    extra.backward()  # a backward without zero_grad accumulates into existing grads in place
+    tuned.remove()
+    grads = {n: p.grad for n, p in adapter.model.named_parameters() if p.grad is not None}
+    assert list(grads) == ["norm.weight"]
+    torch.testing.assert_close(grads["norm.weight"], earlier)

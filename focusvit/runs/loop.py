@@ -24,6 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from focusvit.data.episodes import sample_episode
+from focusvit.errors import ConfigError
 
 from .distributed import DistContext, shard
 from .episode_data import EpisodeData
@@ -145,6 +146,11 @@ def evaluate_many(
     if outputs is not None and set(outputs) != set(names):
         raise ValueError(f"outputs must name every runner ({names}), got {sorted(outputs)}")
     ids = list(episode_ids) if episode_ids is not None else list(range(spec.episodes))
+    if not ids:
+        raise ConfigError(
+            "episode_ids is empty, so there is nothing to evaluate; pass ids in "
+            f"0..{spec.episodes - 1}, or leave episode_ids unset for all {spec.episodes} episodes"
+        )
     if context is not None and context.distributed:
         if outputs is None:
             raise ValueError(

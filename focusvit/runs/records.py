@@ -51,11 +51,26 @@ def _parse(path: Path, number: int, line: str, last: bool) -> dict | None:
 
 def _check_record(path: Path, number: int, record: dict) -> None:
     missing = [key for key in REQUIRED_FIELDS if key not in record]
-    if missing:
+    episode, accuracy = record.get("episode"), record.get("accuracy")
+    wrong = [
+        f"{key}={value!r}"
+        for key, value, ok in (
+            ("method", record.get("method"), isinstance(record.get("method"), str)),
+            ("episode", episode, type(episode) is int and episode >= 0),
+            (
+                "accuracy",
+                accuracy,
+                type(accuracy) in (int, float) and 0.0 <= accuracy <= 1.0,
+            ),
+        )
+        if key not in missing and not ok
+    ]
+    if missing or wrong:
+        what = f"without {', '.join(missing)}" if missing else f"with {', '.join(wrong)}"
         raise SettingsMismatchError(
-            f"{path} line {number} is an episode record without {', '.join(missing)} (the "
-            "file was edited or written by something else); delete that line (the episode is "
-            "then redone) or write to a new output"
+            f"{path} line {number} is an episode record {what} (the file was edited or written "
+            "by something else); delete that line (the episode is then redone) or write to a "
+            "new output"
         )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from focusvit.errors import ConfigError
+
 #: multiplier of the per-episode torch seed (``episode_seed``); any prime larger than the
 #: number of episodes keeps the seeds of different ``seed`` values apart.
 _SEED_STRIDE = 100003
@@ -48,12 +50,12 @@ class EpisodeSpec:
         for name in ("n_way", "k_shot", "n_query", "episodes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
+                raise ConfigError(
                     f"EpisodeSpec.{name} must be a whole number >= 1, got {value!r}; e.g. "
                     "EpisodeSpec(n_way=5, k_shot=1, n_query=15, episodes=600)"
                 )
         if self.n_way < 2:
-            raise ValueError(
+            raise ConfigError(
                 f"EpisodeSpec.n_way must be >= 2 (a task of one class is trivial), got {self.n_way}"
             )
 
@@ -70,7 +72,7 @@ class EpisodeSpec:
 
         have = getattr(dataset, "split", None)
         if self.split is not None and have is not None and have != self.split:
-            raise ValueError(
+            raise ConfigError(
                 f"EpisodeSpec.split is {self.split!r} but the dataset holds the {have!r} split; "
                 f"build the dataset from split {self.split!r} or set split={have!r}"
             )
@@ -104,9 +106,12 @@ class BackboneSpec:
 
     def __post_init__(self) -> None:
         if self.num_classes is not None and self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0 or None, got {self.num_classes}")
+            raise ConfigError(
+                f"num_classes must be >= 0 or None, got {self.num_classes}; e.g. num_classes=0 "
+                "(no head) or None (the pretrained head)"
+            )
         if self.image_size is not None and self.image_size < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"image_size must be a positive number of pixels, got {self.image_size}"
             )
 
@@ -114,9 +119,6 @@ class BackboneSpec:
         """The adapter, with ``image_size`` applied to its preprocessing."""
         from focusvit.backbones import load_backbone
 
-        backbone = load_backbone(self.spec, num_classes=self.num_classes)
-        if self.image_size:
-            backbone.data_config = dict(
-                backbone.data_config, input_size=(3, self.image_size, self.image_size)
-            )
-        return backbone
+        return load_backbone(
+            self.spec, num_classes=self.num_classes, image_size=self.image_size or None
+        )

@@ -1,0 +1,268 @@
+"""Does the attention-enhancement loss pay off? Paired evidence on the same episodes (issue 13).
+
+For each cell (backbone × scenes × setting × tuner):
+
+1. **Validation** (never the test classes): :func:`focusvit.select_alpha` evaluates the tuner
+   without the loss and with each candidate α on ``--val-episodes`` episodes of the *validation*
+   classes (``SyntheticScenes("val")`` of the same scene kind); α = 0 wins ties.
+2. **Test**: on ``--episodes`` episodes of the novel classes, the same tasks for every row:
+   ``plain`` (α = 0), ``authors`` (the DESIGN.md section 6 recipe α, official target weighting)
+   and ``validated`` (the α chosen in step 1; identical to ``plain`` or ``authors`` when it
+   chose one of them, which is then not recomputed).
+3. **Printed**: accuracy ± 95% interval per row, and the paired difference ``row − plain`` per
+   episode with its 95% interval and wins / ties / losses.
+
+Backbones: ``pretrained`` (the offline DINOv2-S/14 fine-tuned on the synthetic base classes by
+``focusvit-pretrain pretrain_model=dinov2_s14_cpu``; trained here first when missing) and
+``dinov2`` (the offline DINOv2-S/14 as shipped). Scenes: ``shipped`` (the default synthetic
+scenes) and ``premise`` (``SceneConfig(premise_objects=2)``: two class-independent objects per
+image as large and contrasted as the class object, DESIGN.md section 9). Inputs are 112 px
+(an 8×8 patch grid); prompts are the recipe's 14/196 of the patches (5 of 64).
+
+Every episode of every row is appended to ``--out``/CELL/ROW.jsonl as it finishes: rerunning
+the same command resumes, and rerunning with a larger ``--episodes`` extends the same episodes.
+The validation choice is stored in ``--out``/CELL/selection.json.
+
+    python benchmarks/fort_study.py                                  # the full grid (slow on CPU)
+    python benchmarks/fort_study.py --backbones pretrained --scenes premise --settings 5w1s \\
+        --tuners lora,full --episodes 150 --val-episodes 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5)}
+SCENES = {"shipped": 0, "premise": 2}  # class-independent objects per image
+#: validation candidates as multiples of the recipe α (0 is always added by select_alpha)
+ALPHA_MULTIPLES = (0.1, 1.0)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", default="pretrained,dinov2")
+    parser.add_argument("--scenes", default="premise,shipped")
+    parser.add_argument("--settings", default="5w1s,5w5s")
+    parser.add_argument("--tuners", default="lora,full,ssf")
+    parser.add_argument("--episodes", type=int, default=150, help="test episodes per cell")
+    parser.add_argument("--val-episodes", type=int, default=20, help="validation episodes")
+    parser.add_argument("--n-query", type=int, default=10, help="queries per class")
+    parser.add_argument(
+        "--alpha-multiples",
+        default=",".join(f"{m:g}" for m in ALPHA_MULTIPLES),
+        help="validation candidates as multiples of the recipe alpha (0 is always a candidate)",
+    )
+    parser.add_argument(
+        "--pretrained",
+        default="outputs/pretrain/dinov2_s14_cpu/model.safetensors",
+        help="focusvit-pretrain checkpoint; trained here (pretrain_model=dinov2_s14_cpu) if missing",
+    )
+    parser.add_argument("--device", default=None, help="default: cuda when available")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="outputs/benchmarks/fort_study")
+    parser.add_argument("--report-only", action="store_true", help="print what is stored")
+    return parser.parse_args()
+
+
+def load_backbone(key: str, args: argparse.Namespace):
+    from fewshot import ensure_pretrained
+
+    import focusvit
+
+    if key == "pretrained":
+        spec = str(ensure_pretrained(Path(args.pretrained)))
+    elif key == "dinov2":
+        spec = "offline:dinov2-s14-imgfocus"
+    else:
+        raise SystemExit(f"unknown backbone {key!r}; choose pretrained or dinov2")
+    backbone = focusvit.load_backbone(spec, num_classes=0)
+    backbone.data_config = {**backbone.data_config, "input_size": (3, 112, 112), "crop_pct": 1.0}
+    return backbone
+
+
+def scenes(split: str, kind: str, per_class: int):
+    import focusvit
+    from focusvit.data import SceneConfig
+
+    return focusvit.SyntheticScenes(
+        split, images_per_class=per_class, config=SceneConfig(premise_objects=SCENES[kind])
+    )
+
+
+def recipe_alpha(backbone, tuner: str) -> float:
+    from focusvit.finetune import RECIPES
+
+    return RECIPES[(backbone.family, tuner)].alpha
+
+
+def select(backbone, tuner: str, kind: str, setting: str, args, folder: Path) -> dict:
+    """α chosen on validation episodes (cached in ``selection.json``)."""
+    from focusvit import FortConfig
+    from focusvit.finetune import select_alpha
+    from focusvit.runs import EpisodeSpec
+
+    path = folder / "selection.json"
+    base = recipe_alpha(backbone, tuner)
+    multiples = [float(m) for m in args.alpha_multiples.split(",") if m]
+    candidates = sorted({round(base * m, 6) for m in multiples})
+    key = {"candidates": candidates, "val_episodes": args.val_episodes, "n_query": args.n_query}
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if {k: stored.get(k) for k in key} == key:
+            return stored
+    n_way, k_shot = SETTINGS[setting]
+    spec = EpisodeSpec(
+        n_way=n_way, k_shot=k_shot, n_query=args.n_query, episodes=args.val_episodes,
+        seed=args.seed + 1000, split="val",
+    )  # fmt: skip
+    per_class = k_shot + args.n_query
+    chosen = select_alpha(
+        backbone, scenes("val", kind, per_class), tuner, candidates, spec, FortConfig(),
+        device=args.device, output_dir=folder / "validation", progress=True,
+    )  # fmt: skip
+    stored = {
+        **key,
+        "alpha": chosen.alpha,
+        "validation": {f"{a:g}": [r.mean, r.ci95] for a, r in chosen.results.items()},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stored, indent=1))
+    print(chosen.table(), flush=True)
+    return stored
+
+
+def test_rows(backbone, tuner: str, kind: str, setting: str, alpha: float, args, folder: Path):
+    """plain / authors / validated on the novel episodes (resumable episode files)."""
+    from focusvit import FortConfig
+    from focusvit.finetune import make_runner
+    from focusvit.runs import EpisodeSpec, evaluate_many
+
+    authors = recipe_alpha(backbone, tuner)
+    alphas = {"plain": 0.0, "authors": authors}
+    if alpha not in (0.0, authors):
+        alphas["validated"] = alpha
+    runners = []
+    for row, a in alphas.items():
+        fort = None if a == 0 else replace(FortConfig(), alpha=a)
+        runner = make_runner(backbone, tuner=tuner, fort=fort, device=args.device)
+        runner.label = row
+        runners.append(runner)
+    n_way, k_shot = SETTINGS[setting]
+    spec = EpisodeSpec(
+        n_way=n_way, k_shot=k_shot, n_query=args.n_query, episodes=args.episodes,
+        seed=args.seed, split="novel",
+    )  # fmt: skip
+    outputs = {r.name: folder / f"{r.name}.jsonl" for r in runners}
+    dataset = scenes("novel", kind, k_shot + args.n_query)
+    results = evaluate_many(runners, dataset, spec, outputs, progress=True)
+    accuracies = {row: list(results[row].accuracies) for row in alphas}
+    accuracies["validated"] = accuracies.get("validated") or (
+        accuracies["plain"] if alpha == 0 else accuracies["authors"]
+    )
+    return accuracies
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float, str]:
+    from focusvit.runs import mean_and_ci
+
+    n = min(len(a), len(b))
+    diff = np.asarray(a[:n]) - np.asarray(b[:n])
+    mean, ci = mean_and_ci(diff.tolist())
+    return mean, ci, f"{(diff > 0).sum()}/{(diff == 0).sum()}/{(diff < 0).sum()}"
+
+
+def report(cells: list[dict]) -> None:
+    from focusvit.runs import mean_and_ci
+
+    print(
+        "\nattention loss, paired on the same novel-class episodes (row − plain, points; "
+        "95% interval; wins/ties/losses); α of `validated` chosen on validation classes"
+    )
+    header = (
+        f"{'backbone':<11}{'scenes':<9}{'set':<6}{'tuner':<6}{'eps':>5}{'plain %':>14}"
+        f"{'authors α':>10}{'authors − plain':>18}{'w/t/l':>10}{'val α':>8}"
+        f"{'validated − plain':>19}{'w/t/l':>10}"
+    )
+    print(header)
+    for c in cells:
+        acc = c["accuracies"]
+        plain_mean, plain_ci = mean_and_ci(acc["plain"])
+        a_mean, a_ci, a_wtl = paired(acc["authors"], acc["plain"])
+        v_mean, v_ci, v_wtl = paired(acc["validated"], acc["plain"])
+        print(
+            f"{c['backbone']:<11}{c['scenes']:<9}{c['setting']:<6}{c['tuner']:<6}"
+            f"{len(acc['plain']):>5}{f'{100 * plain_mean:.1f} ± {100 * plain_ci:.1f}':>14}"
+            f"{c['authors_alpha']:>10g}{f'{100 * a_mean:+.1f} ± {100 * a_ci:.1f}':>18}{a_wtl:>10}"
+            f"{c['alpha']:>8g}{f'{100 * v_mean:+.1f} ± {100 * v_ci:.1f}':>19}{v_wtl:>10}"
+        )
+
+
+def main() -> None:
+    args = parse_args()
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out)
+    cells = []
+    start = time.perf_counter()
+    for key in args.backbones.split(","):
+        backbone = load_backbone(key, args)
+        for kind in args.scenes.split(","):
+            for setting in args.settings.split(","):
+                for tuner in args.tuners.split(","):
+                    folder = out / key / kind / setting / tuner
+                    name = f"{key} · {kind} · {setting} · {tuner}"
+                    if args.report_only:
+                        stored = _stored(folder)
+                        if stored is None:
+                            continue
+                        alpha, accuracies = stored
+                    else:
+                        print(f"\n== {name}: validation", flush=True)
+                        alpha = float(select(backbone, tuner, kind, setting, args, folder)["alpha"])
+                        print(f"== {name}: test (validated α = {alpha:g})", flush=True)
+                        accuracies = test_rows(backbone, tuner, kind, setting, alpha, args, folder)
+                    cells.append({
+                        "backbone": key, "scenes": kind, "setting": setting, "tuner": tuner,
+                        "alpha": alpha, "authors_alpha": recipe_alpha(backbone, tuner),
+                        "accuracies": accuracies,
+                    })  # fmt: skip
+                    report(cells)
+    minutes = (time.perf_counter() - start) / 60
+    print(f"\n{minutes:.1f} min this run; device {args.device}, {torch.get_num_threads()} threads")
+    (out / "results.json").write_text(json.dumps(cells, indent=1))
+
+
+def _stored(folder: Path) -> tuple[float, dict] | None:
+    """The validation choice and test accuracies already on disk for one cell."""
+    from focusvit.runs import read_episode_file
+
+    selection = folder / "selection.json"
+    if not selection.exists() or not (folder / "plain.jsonl").exists():
+        return None
+    alpha = float(json.loads(selection.read_text())["alpha"])
+    accuracies = {}
+    for row in ("plain", "authors", "validated"):
+        path = folder / f"{row}.jsonl"
+        if path.exists():
+            records = read_episode_file(path)[1]
+            accuracies[row] = [r["accuracy"] for r in sorted(records, key=lambda r: r["episode"])]
+    accuracies["validated"] = (
+        accuracies.get("validated") or accuracies["plain" if alpha == 0 else "authors"]
+    )
+    if math.isnan(alpha):
+        return None
+    return alpha, accuracies
+
+
+if __name__ == "__main__":
+    main()
