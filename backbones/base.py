@@ -490,10 +490,7 @@ class BackboneAdapter(nn.Module):
         multiple = self.size_multiple
         h, w = x.shape[-2:]
         if h % multiple[0] or w % multiple[1]:
-            fit = (
-                max(multiple[0], round(h / multiple[0]) * multiple[0]),
-                max(multiple[1], round(w / multiple[1]) * multiple[1]),
-            )
+            fit = nearest_fitting_size((h, w), multiple)
             raise InputSizeError(
                 f"input size {h}x{w} does not fit {self.name}: height and width must be multiples "
                 f"of {multiple[0]}x{multiple[1]}; resize or crop to e.g. {fit[0]}x{fit[1]}"
@@ -933,6 +930,15 @@ class BackboneAdapter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, family={self.family!r}"
+
+
+def nearest_fitting_size(size: tuple[int, int], multiple: tuple[int, int]) -> tuple[int, int]:
+    """The ``(H, W)`` nearest to ``size`` whose sides are positive multiples of ``multiple``
+    (the suggestion of an input-size error)."""
+    return (
+        max(multiple[0], round(size[0] / multiple[0]) * multiple[0]),
+        max(multiple[1], round(size[1] / multiple[1]) * multiple[1]),
+    )
 
 
 def _check_raw_images(images: Any) -> Any:

@@ -30,7 +30,7 @@ from focusvit.errors import (
     UnsupportedFamilyError,
 )
 
-from .base import BackboneAdapter, default_data_config
+from .base import BackboneAdapter, default_data_config, nearest_fitting_size
 from .catalog import suggest_model_names
 from .cnn import TimmCNNAdapter, is_timm_cnn
 from .hf_swin import HFSwinAdapter, is_hf_swin
@@ -166,10 +166,7 @@ def set_preprocessing(
         height, width = parse_size(image_size)
         multiple = adapter.size_multiple
         if height % multiple[0] or width % multiple[1]:
-            fit = (
-                max(multiple[0], round(height / multiple[0]) * multiple[0]),
-                max(multiple[1], round(width / multiple[1]) * multiple[1]),
-            )
+            fit = nearest_fitting_size((height, width), multiple)
             raise InputSizeError(
                 f"image_size {height}x{width} does not fit {adapter.name}: height and width must "
                 f"be multiples of {multiple[0]}x{multiple[1]}; pass e.g. image_size={fit}"

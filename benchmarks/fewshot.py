@@ -32,6 +32,10 @@ Every episode is appended to ``--out``/SETTING/BACKBONE/METHOD.jsonl as it finis
 same command resumes without repeating or losing episodes; the tables are also written to
 ``--out``/results.json and results.csv.
 
+The paired evidence for the attention loss with α chosen on validation classes (plain, the
+authors' α and the validated α on the same episodes, shipped and premise scenes) is
+``benchmarks/fort_study.py``.
+
     python benchmarks/fewshot.py --quick   # CPU: 5w1s and 5w5s, 10 episodes, 5 queries per class
     python benchmarks/fewshot.py           # GPU: 5w1s, 5w5s, 20w1s, 600 episodes, 15 queries
 """
