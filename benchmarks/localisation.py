@@ -70,6 +70,12 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--premise-objects",
+        type=int,
+        default=0,
+        help="class-independent objects per scene (2: the premise scenes of DESIGN.md 9)",
+    )
+    parser.add_argument(
         "--checkpoints",
         default="outputs/pretrain/dinov2_s14_cpu/model.safetensors",
         help="comma-separated ViT checkpoints (e.g. from focusvit-pretrain) to add; missing "
@@ -78,11 +84,16 @@ def main() -> None:
     args = parser.parse_args()
 
     import focusvit
+    from focusvit.data import SceneConfig
     from focusvit.explainers import pointing_game, prompt_precision
     from focusvit.runs import mean_and_ci
 
     scenes = focusvit.SyntheticScenes(
-        "novel", images_per_class=args.per_class, num_classes=args.classes, seed=args.seed
+        "novel",
+        images_per_class=args.per_class,
+        num_classes=args.classes,
+        seed=args.seed,
+        config=SceneConfig(premise_objects=args.premise_objects),
     )
     pictures = [scenes.load(i) for i in range(len(scenes))]
     masks = torch.stack([torch.as_tensor(scenes.mask(i)) for i in range(len(scenes))])
@@ -142,7 +153,7 @@ def main() -> None:
 
     share = masks.flatten(1).float().mean(1)
     print(
-        f"\nsynthetic scenes (novel), {len(scenes)} images ({args.classes} classes x "
+        f"\nsynthetic scenes (novel, {args.premise_objects} premise objects), {len(scenes)} images ({args.classes} classes x "
         f"{args.per_class}), input {args.size} px, prompts: top {14 / 196:.1%} of the patches, "
         f"object covers {100 * share.mean():.1f}% of the image on average"
     )

@@ -513,7 +513,7 @@ def explain_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     out = HydraConfig.get().runtime.output_dir
-    _guard("focusvit-explain", lambda: run_explain(cfg, out))
+    _guard("focusvit-explain", lambda: run_explain(cfg, out, progress=bool(cfg.progress)))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="fewshot")

@@ -169,6 +169,7 @@ class ExplainConf:
     inputs: Any = MISSING  # files / folders, "samples" (scikit-image photos) or "synthetic"
     target: int | None = None  # class to explain (None: the predicted class)
     device: str | None = None
+    progress: bool = True  # a bar per image and explainer (only when stderr is a terminal)
     out: str = "outputs/explain"
     report: ExplainReportConf = field(default_factory=ExplainReportConf)
 
