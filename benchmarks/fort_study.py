@@ -71,6 +71,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="default: cuda when available")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs/benchmarks/fort_study")
+    parser.add_argument(
+        "--prompts",
+        choices=("explainer", "oracle"),
+        default="explainer",
+        help="explainer: the recipe's rollout_svd prompts; oracle (diagnostic): the top-P "
+        "patches by ground-truth object coverage, importance-weighted by coverage, to separate "
+        "the loss from the prompt quality (cells are stored as TUNER-oracle)",
+    )
     parser.add_argument("--report-only", action="store_true", help="print what is stored")
     return parser.parse_args()
 
@@ -98,6 +106,44 @@ def scenes(split: str, kind: str, per_class: int):
     return focusvit.SyntheticScenes(
         split, images_per_class=per_class, config=SceneConfig(premise_objects=SCENES[kind])
     )
+
+
+def use_oracle_prompts(backbone, datasets) -> None:
+    """Diagnostic: replace the support prompts by the ground-truth ones.
+
+    Each preprocessed image of ``datasets`` is indexed by its bytes; the trainer's
+    ``make_prompt_targets`` is replaced (in this process) by one that looks up each support
+    image's object mask, pools it to the patch grid and takes the top-P patches by object
+    coverage (P as the recipe: ``top_fraction`` of the patches), weighted by coverage and
+    rescaled to sum to P (the official importance weighting)."""
+    import torch.nn.functional as F
+
+    import focusvit.finetune.trainer as trainer
+
+    masks = {}
+    for dataset in datasets:
+        for start in range(0, len(dataset), 64):
+            indices = range(start, min(len(dataset), start + 64))
+            batch = backbone.preprocess([dataset.load(i) for i in indices])
+            for image, i in zip(batch, indices, strict=True):
+                masks[image.numpy().tobytes()] = torch.as_tensor(
+                    dataset.mask(i), dtype=torch.float32
+                )
+
+    def oracle_targets(backbone_, images, labels, fort):
+        grid = backbone_.grid_size(tuple(images.shape[-2:]))
+        count = grid[0] * grid[1]
+        size = fort.top_k or max(1, round(fort.top_fraction * count))
+        targets = torch.zeros(len(images), count)
+        for row, image in enumerate(images.detach().cpu()):
+            mask = masks[image.numpy().tobytes()]
+            cover = F.adaptive_avg_pool2d(mask[None, None], grid).flatten()
+            top = cover.topk(size).indices
+            weights = cover[top].clamp_min(1e-6)
+            targets[row, top] = weights / weights.sum() * size
+        return targets.to(images.device)
+
+    trainer.make_prompt_targets = oracle_targets
 
 
 def recipe_alpha(backbone, tuner: str) -> float:
@@ -190,7 +236,7 @@ def report(cells: list[dict]) -> None:
         "95% interval; wins/ties/losses); α of `validated` chosen on validation classes"
     )
     header = (
-        f"{'backbone':<11}{'scenes':<9}{'set':<6}{'tuner':<6}{'eps':>5}{'plain %':>14}"
+        f"{'backbone':<11}{'scenes':<9}{'set':<6}{'tuner':<12}{'eps':>5}{'plain %':>14}"
         f"{'authors α':>10}{'authors − plain':>18}{'w/t/l':>10}{'val α':>8}"
         f"{'validated − plain':>19}{'w/t/l':>10}"
     )
@@ -201,7 +247,7 @@ def report(cells: list[dict]) -> None:
         a_mean, a_ci, a_wtl = paired(acc["authors"], acc["plain"])
         v_mean, v_ci, v_wtl = paired(acc["validated"], acc["plain"])
         print(
-            f"{c['backbone']:<11}{c['scenes']:<9}{c['setting']:<6}{c['tuner']:<6}"
+            f"{c['backbone']:<11}{c['scenes']:<9}{c['setting']:<6}{c['tuner']:<12}"
             f"{len(acc['plain']):>5}{f'{100 * plain_mean:.1f} ± {100 * plain_ci:.1f}':>14}"
             f"{c['authors_alpha']:>10g}{f'{100 * a_mean:+.1f} ± {100 * a_ci:.1f}':>18}{a_wtl:>10}"
             f"{c['alpha']:>8g}{f'{100 * v_mean:+.1f} ± {100 * v_ci:.1f}':>19}{v_wtl:>10}"
@@ -218,8 +264,14 @@ def main() -> None:
         backbone = load_backbone(key, args)
         for kind in args.scenes.split(","):
             for setting in args.settings.split(","):
+                if args.prompts == "oracle" and not args.report_only:
+                    per_class = SETTINGS[setting][1] + args.n_query
+                    use_oracle_prompts(
+                        backbone, [scenes(s, kind, per_class) for s in ("val", "novel")]
+                    )
                 for tuner in args.tuners.split(","):
-                    folder = out / key / kind / setting / tuner
+                    suffix = "-oracle" if args.prompts == "oracle" else ""
+                    folder = out / key / kind / setting / f"{tuner}{suffix}"
                     name = f"{key} · {kind} · {setting} · {tuner}"
                     if args.report_only:
                         stored = _stored(folder)
@@ -232,7 +284,8 @@ def main() -> None:
                         print(f"== {name}: test (validated α = {alpha:g})", flush=True)
                         accuracies = test_rows(backbone, tuner, kind, setting, alpha, args, folder)
                     cells.append({
-                        "backbone": key, "scenes": kind, "setting": setting, "tuner": tuner,
+                        "backbone": key, "scenes": kind, "setting": setting,
+                        "tuner": f"{tuner}{suffix}",
                         "alpha": alpha, "authors_alpha": recipe_alpha(backbone, tuner),
                         "accuracies": accuracies,
                     })  # fmt: skip
