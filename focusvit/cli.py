@@ -39,7 +39,7 @@ from focusvit.runconfig import (
     instantiate,
     normalise_inputs,
 )
-from focusvit.runs import BackboneSpec, EpisodeSpec, RunDir
+from focusvit.runs import BackboneSpec, DistContext, EpisodeSpec, RunDir
 
 #: keys of a run's settings that may change when its folder is resumed
 RESUMABLE_KEYS = ("episodes.episodes", "methods", "progress", "report", "device", "out")
@@ -334,7 +334,7 @@ def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str,
         backbone = plan.backbone.load()
         selection_notes = []
         if cfg.select_alpha.alphas:
-            plan.fort, selection_notes = choose_alpha(cfg, plan, backbone, folder, device)
+            plan.fort, selection_notes = choose_alpha(cfg, plan, backbone, folder, device, context)
         runners = make_runners(plan, backbone, device)
         backbone.to(next(iter(runners.values())).device)
         results = evaluate_many(  # every episode decoded and preprocessed once for all methods
@@ -393,7 +393,7 @@ def validation_data(cfg: DictConfig, split: str):
 
 
 def choose_alpha(
-    cfg: DictConfig, plan: FewshotPlan, backbone, folder: RunDir, device
+    cfg: DictConfig, plan: FewshotPlan, backbone, folder: RunDir, device, context: DistContext
 ) -> tuple[Any, list[str]]:
     """α of the attention loss chosen on validation episodes (resumable in the run folder's
     ``validation/``); returns the fort setting with that α and the report notes."""
@@ -407,7 +407,7 @@ def choose_alpha(
             "select_alpha.alphas chooses the attention-loss weight, but fort is off; select "
             "fort=recipe, or set select_alpha.alphas=[]"
         )
-    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+    if context.distributed:
         raise ConfigError(
             "select_alpha runs in one process; choose α first (one process), then give "
             "fort.alpha=<chosen> and select_alpha.alphas=[] to the multi-process run"
