@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import replace
@@ -212,10 +211,14 @@ def test_rows(backbone, tuner: str, kind: str, setting: str, alpha: float, args,
     outputs = {r.name: folder / f"{r.name}.jsonl" for r in runners}
     dataset = scenes("novel", kind, k_shot + args.n_query)
     results = evaluate_many(runners, dataset, spec, outputs, progress=True)
-    accuracies = {row: list(results[row].accuracies) for row in alphas}
-    accuracies["validated"] = accuracies.get("validated") or (
-        accuracies["plain"] if alpha == 0 else accuracies["authors"]
-    )
+    return with_validated({row: list(results[row].accuracies) for row in alphas}, alpha)
+
+
+def with_validated(accuracies: dict[str, list[float]], alpha: float) -> dict[str, list[float]]:
+    """``accuracies`` with its ``validated`` row: its own, or the row it equals when the
+    validation chose α = 0 (``plain``) or the recipe α (``authors``), which is not recomputed."""
+    if not accuracies.get("validated"):
+        accuracies["validated"] = accuracies["plain" if alpha == 0 else "authors"]
     return accuracies
 
 
@@ -309,12 +312,7 @@ def _stored(folder: Path) -> tuple[float, dict] | None:
         if path.exists():
             records = read_episode_file(path)[1]
             accuracies[row] = [r["accuracy"] for r in sorted(records, key=lambda r: r["episode"])]
-    accuracies["validated"] = (
-        accuracies.get("validated") or accuracies["plain" if alpha == 0 else "authors"]
-    )
-    if math.isnan(alpha):
-        return None
-    return alpha, accuracies
+    return alpha, with_validated(accuracies, alpha)
 
 
 if __name__ == "__main__":
