@@ -11,6 +11,12 @@ For each cell (backbone × scenes × setting × tuner):
    chose one of them, which is then not recomputed).
 3. **Printed**: accuracy ± 95% interval per row, and the paired difference ``row − plain`` per
    episode with its 95% interval and wins / ties / losses.
+4. **Attention focus** (the mechanism, ``--focus-episodes``, first test episodes): the share
+   of the last block's CLS attention on the class object (ground-truth masks) of the support
+   and query images and on the support prompts, for the pretrained model and after each row's
+   fine-tuning (:func:`focusvit.reports.fewshot.attention_focus`; cached in
+   ``--out``/CELL/focus.json). Does the loss move the attention where it should, and does
+   that carry to the query images?
 
 Backbones: ``pretrained`` (the offline DINOv2-S/14 fine-tuned on the synthetic base classes by
 ``focusvit-pretrain pretrain_model=dinov2_s14_cpu``; trained here first when missing) and
@@ -77,6 +83,13 @@ def parse_args() -> argparse.Namespace:
         help="explainer: the recipe's rollout_svd prompts; oracle (diagnostic): the top-P "
         "patches by ground-truth object coverage, importance-weighted by coverage, to separate "
         "the loss from the prompt quality (cells are stored as TUNER-oracle)",
+    )
+    parser.add_argument(
+        "--focus-episodes",
+        type=int,
+        default=10,
+        help="first test episodes whose attention focus is measured (re-fits each row once "
+        "per episode; 0: skip)",
     )
     parser.add_argument("--report-only", action="store_true", help="print what is stored")
     return parser.parse_args()
@@ -187,31 +200,98 @@ def select(backbone, tuner: str, kind: str, setting: str, args, folder: Path) ->
     return stored
 
 
-def test_rows(backbone, tuner: str, kind: str, setting: str, alpha: float, args, folder: Path):
-    """plain / authors / validated on the novel episodes (resumable episode files)."""
+def row_runners(backbone, tuner: str, alpha: float, device) -> dict:
+    """``plain`` (α = 0), ``authors`` (recipe α) and, when it differs from both, ``validated``."""
     from focusvit import FortConfig
     from focusvit.finetune import make_runner
-    from focusvit.runs import EpisodeSpec, evaluate_many
 
     authors = recipe_alpha(backbone, tuner)
     alphas = {"plain": 0.0, "authors": authors}
     if alpha not in (0.0, authors):
         alphas["validated"] = alpha
-    runners = []
+    runners = {}
     for row, a in alphas.items():
         fort = None if a == 0 else replace(FortConfig(), alpha=a)
-        runner = make_runner(backbone, tuner=tuner, fort=fort, device=args.device)
-        runner.label = row
-        runners.append(runner)
+        runners[row] = make_runner(backbone, tuner=tuner, fort=fort, device=device)
+        runners[row].label = row
+    return runners
+
+
+def test_spec(setting: str, episodes: int, args):
+    from focusvit.runs import EpisodeSpec
+
     n_way, k_shot = SETTINGS[setting]
-    spec = EpisodeSpec(
-        n_way=n_way, k_shot=k_shot, n_query=args.n_query, episodes=args.episodes,
+    return EpisodeSpec(
+        n_way=n_way, k_shot=k_shot, n_query=args.n_query, episodes=episodes,
         seed=args.seed, split="novel",
     )  # fmt: skip
-    outputs = {r.name: folder / f"{r.name}.jsonl" for r in runners}
-    dataset = scenes("novel", kind, k_shot + args.n_query)
-    results = evaluate_many(runners, dataset, spec, outputs, progress=True)
-    return with_validated({row: list(results[row].accuracies) for row in alphas}, alpha)
+
+
+def test_rows(backbone, tuner: str, kind: str, setting: str, alpha: float, args, folder: Path):
+    """plain / authors / validated on the novel episodes (resumable episode files)."""
+    from focusvit.runs import evaluate_many
+
+    runners = row_runners(backbone, tuner, alpha, args.device)
+    spec = test_spec(setting, args.episodes, args)
+    outputs = {r.name: folder / f"{r.name}.jsonl" for r in runners.values()}
+    dataset = scenes("novel", kind, spec.k_shot + args.n_query)
+    results = evaluate_many(list(runners.values()), dataset, spec, outputs, progress=True)
+    return with_validated({row: list(results[row].accuracies) for row in runners}, alpha)
+
+
+#: focus numbers shown, in order (``attention_focus`` names)
+FOCUS_COLUMNS = {
+    "query_mass_on_object": "query→object",
+    "support_mass_on_object": "support→object",
+    "support_mass_on_prompt": "support→prompt",
+    "query_coverage_95": "query 95% patches",
+    "accuracy": "accuracy %",
+}
+
+
+def focus_runs(backbone, tuner, kind, setting, alpha, args, folder: Path) -> list[dict]:
+    """Attention focus of the first ``--focus-episodes`` test episodes (cached per episode)."""
+    from focusvit import FortConfig
+    from focusvit.finetune.trainer import resolve_fort
+    from focusvit.reports.fewshot import attention_focus
+
+    path = folder / "focus.json"
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    runners = row_runners(backbone, tuner, alpha, args.device)
+    spec = test_spec(setting, max(1, args.focus_episodes), args)
+    dataset = scenes("novel", kind, spec.k_shot + args.n_query)
+    for index in range(args.focus_episodes):
+        if set(runners) | {"pretrained"} <= set(cache.get(str(index), {})):
+            continue
+        focus = attention_focus(
+            backbone, dataset, runners, index, spec, resolve_fort(backbone, tuner, FortConfig()),
+            max_queries=0, device=args.device,
+        )  # fmt: skip
+        cache[str(index)] = focus["numbers"]
+        path.write_text(json.dumps(cache, indent=1))
+    return [{"numbers": cache[str(i)]} for i in range(args.focus_episodes) if str(i) in cache]
+
+
+def focus_table(name: str, runs: list[dict]) -> None:
+    """Mean ± 95% interval of each focus number per stage (pretrained, plain, authors, ...)."""
+    from focusvit.reports.fewshot import focus_rows
+
+    if not runs:
+        return
+    print(f"\nattention focus, {name}: share of last-block CLS attention (mean ± 95%), "
+          f"first {len(runs)} test episodes")  # fmt: skip
+    print(f"{'stage':<12}" + "".join(f"{title:>20}" for title in FOCUS_COLUMNS.values()))
+    for row in focus_rows(runs):
+        cells = []
+        for key in FOCUS_COLUMNS:
+            if key not in row:
+                cells.append(f"{'–':>20}")
+                continue
+            scale = 100 if key == "accuracy" else 1
+            digits = 1 if key in ("accuracy", "query_coverage_95") else 3
+            value = f"{scale * row[key]:.{digits}f} ± {scale * row[key + '_ci95']:.{digits}f}"
+            cells.append(f"{value:>20}")
+        print(f"{row['stage']:<12}" + "".join(cells))
 
 
 def with_validated(accuracies: dict[str, list[float]], alpha: float) -> dict[str, list[float]]:
@@ -292,7 +372,20 @@ def main() -> None:
                         "alpha": alpha, "authors_alpha": recipe_alpha(backbone, tuner),
                         "accuracies": accuracies,
                     })  # fmt: skip
-                    report(cells)
+                    if not args.report_only:
+                        report(cells)
+                        if args.focus_episodes > 0:
+                            runs = focus_runs(backbone, tuner, kind, setting, alpha, args, folder)
+                            cells[-1]["focus"] = runs
+                            focus_table(name, runs)
+                    elif (folder / "focus.json").exists():
+                        stored_focus = json.loads((folder / "focus.json").read_text())
+                        cells[-1]["focus"] = [{"numbers": v} for v in stored_focus.values()]
+    if args.report_only:
+        report(cells)
+        for c in cells:
+            focus_table(f"{c['backbone']} · {c['scenes']} · {c['setting']} · {c['tuner']}",
+                        c.get("focus", []))  # fmt: skip
     minutes = (time.perf_counter() - start) / 60
     print(f"\n{minutes:.1f} min this run; device {args.device}, {torch.get_num_threads()} threads")
     (out / "results.json").write_text(json.dumps(cells, indent=1))

@@ -90,7 +90,11 @@ def attention_focus(
     ``maps`` ``{"pretrained" | method:
     {"support": (K, h, w), "query": (q, h, w)}}`` and ``numbers`` ``{stage: {metric: value}}``
     (mean 95%-coverage count on support and query images, mean attention mass on the prompts,
-    and the episode accuracy of each method).
+    and the episode accuracy of each method). When the dataset has object masks
+    (``dataset.mask(i)``, e.g. SyntheticScenes or an ImageFolderDataset with ``mask_root``), also
+    ``support_mass_on_object`` / ``query_mass_on_object``: the share of the CLS attention on the
+    patches at least half covered by the class object (:func:`object_patches`), the quantity
+    the attention-enhancement loss is meant to raise (DESIGN.md section 9).
     """
     from focusvit.data.images import denormalise
 
@@ -110,6 +114,10 @@ def attention_focus(
     support, s_labels, query, q_labels = episode_tensors(dataset, episode, backbone, device)
     grid = backbone.grid_size(tuple(support.shape[-2:]))
     prompts = episode_prompts(backbone, support, s_labels, fort)
+    objects = {
+        "support": object_patches(backbone, dataset, episode.support, grid),
+        "query": object_patches(backbone, dataset, episode.query, grid),
+    }
 
     def measure(model: BackboneAdapter) -> tuple[dict[str, Tensor], dict[str, float]]:
         maps = {
@@ -125,6 +133,10 @@ def attention_focus(
             ),
             "support_mass_on_prompt": float(attention_mass(maps["support"], prompts).mean()),
         }
+        for part, patches in objects.items():
+            if patches is not None:
+                share = attention_mass(maps[part], patches).mean()
+                numbers[f"{part}_mass_on_object"] = float(share)
         maps["query"] = maps["query"][:max_queries]
         return maps, numbers
 
@@ -163,6 +175,26 @@ def attention_focus(
         "maps": maps,
         "numbers": numbers,
     }
+
+
+def object_patches(
+    backbone: BackboneAdapter, dataset, indices: Sequence[int], grid: tuple[int, int]
+) -> Tensor | None:
+    """``(B, h, w)`` bool: the patches at least half covered by each image's object mask.
+
+    The masks (``dataset.mask(i)``) go through the backbone's own resize / crop
+    (:meth:`~focusvit.backbones.BackboneAdapter.preprocess_masks`), then are average-pooled to
+    the patch grid. ``None`` when the dataset has no masks (no ``mask`` method, or a mask is
+    ``None``) or holds preprocessed tensors (their masks cannot be aligned).
+    """
+    reader = getattr(dataset, "mask", None)
+    if reader is None or not len(indices):
+        return None
+    masks = [reader(int(i)) for i in indices]
+    if any(m is None for m in masks) or isinstance(dataset.load(int(indices[0])), Tensor):
+        return None
+    pixels = backbone.preprocess_masks(masks).float()
+    return F.adaptive_avg_pool2d(pixels[:, None], grid)[:, 0] >= 0.5
 
 
 def episode_class_names(dataset, classes: Sequence[int]) -> list[str]:
@@ -272,6 +304,8 @@ def focus_rows(focus_runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 FOCUS_METRICS = {
     "coverage_95": "patches needed to cover 95% of the attention (fewer = more focused)",
     "mass_on_prompt": "share of the attention on the images' position prompts",
+    "mass_on_object": "share of the attention on the patches at least half covered by the "
+    "class object (ground-truth masks)",
     "accuracy": "accuracy of the tuned model on the episode's queries",
 }
 

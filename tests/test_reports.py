@@ -329,3 +329,47 @@ def test_report_screenshot_shows_the_heat_maps(explain_report, tmp_path):
     assert pixels.shape[0] > 0 and pixels.shape[1] > 0
     saturation = pixels.max(axis=2) - pixels.min(axis=2)
     assert (saturation > 120).mean() > 0.01  # coloured heat-map pixels, not a blank page
+
+
+def test_attention_focus_measures_the_attention_on_the_object_masks(tmp_path):
+    """``*_mass_on_object`` equals the CLS attention summed over the masked half of the grid,
+    computed here patch by patch; datasets without masks get no such number."""
+    from focusvit.data import ImageFolderDataset
+    from focusvit.data.episodes import sample_episode
+    from focusvit.explainers import cls_attention
+    from focusvit.reports.fewshot import attention_focus
+    from focusvit.runs import EpisodeSpec
+
+    backbone = tiny_adapter("timm-vit")
+    height, width = backbone.data_config["input_size"][1:]
+    root, masks = tmp_path / "data", tmp_path / "masks"
+    generator = np.random.default_rng(0)
+    for folder in ("a", "b"):
+        (root / folder).mkdir(parents=True)
+        (masks / folder).mkdir(parents=True)
+        for i in range(2):
+            pixels = generator.integers(0, 255, (height, width, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / folder / f"{i}.png")
+            mask = np.zeros((height, width), np.uint8)
+            mask[:, : width // 2] = 255  # the left half of the image is the object
+            Image.fromarray(mask).save(masks / folder / f"{i}.png")
+    spec = EpisodeSpec(n_way=2, k_shot=1, n_query=1, episodes=1, seed=0)
+    fort = type("Fort", (), {"explainer": "rollout", "top_k": 2, "top_fraction": None})()
+    dataset = ImageFolderDataset(root, mask_root=masks)
+    numbers = attention_focus(backbone, dataset, {}, 0, spec, fort)["numbers"]["pretrained"]
+
+    episode = sample_episode(dataset.labels, 0, 2, 1, 1, 0)
+    h, w = backbone.grid_size((height, width))
+    for part, indices in (("support", episode.support), ("query", episode.query)):
+        images = backbone.preprocess([dataset.load(i) for i in indices])
+        with torch.no_grad():
+            attention = cls_attention(backbone, images).view(-1, h, w)
+        expected = [
+            sum(float(a[r, c]) for r in range(h) for c in range(w // 2)) / float(a.sum())
+            for a in attention
+        ]
+        assert numbers[f"{part}_mass_on_object"] == pytest.approx(np.mean(expected), rel=1e-5)
+        assert 0 < numbers[f"{part}_mass_on_object"] < 1
+
+    without = attention_focus(backbone, ImageFolderDataset(root), {}, 0, spec, fort)
+    assert not any("object" in k for k in without["numbers"]["pretrained"])
