@@ -102,12 +102,13 @@ def validate_explain(cfg: DictConfig) -> ExplainPlan:
 
 
 def _load_inputs(inputs: list[str], limit: int):
-    """``(images, names, masks or None)`` from paths, ``samples`` or ``synthetic[:N]``."""
+    """``(images, names, masks or None, true class names or None)`` from paths, ``samples`` or
+    ``synthetic[:N]`` (only the synthetic scenes know their class: its glyph name)."""
     import numpy as np
 
     from focusvit.data import SyntheticScenes, load_images, sample_photos
 
-    images, names, masks = [], [], []
+    images, names, masks, labels = [], [], [], []
     for item in inputs:
         kind, _, count = item.partition(":")
         if kind == "samples":
@@ -115,13 +116,15 @@ def _load_inputs(inputs: list[str], limit: int):
             images += list(photos.values())
             names += list(photos)
             masks += [None] * len(photos)
+            labels += [None] * len(photos)
         elif kind == "synthetic":
             scenes = SyntheticScenes("novel", images_per_class=1)
             for index in range(min(int(count or 8), len(scenes))):
-                image, _, mask = scenes[index]
+                image, label, mask = scenes[index]
                 images.append(image)
                 names.append(f"scene{index}")
                 masks.append(mask)
+                labels.append(str(scenes.class_names[int(label)]))
         else:
             path = Path(item)
             from focusvit.data.images import list_images
@@ -130,7 +133,9 @@ def _load_inputs(inputs: list[str], limit: int):
             images += load_images(files)
             names += [f.stem for f in files]
             masks += [None] * len(files)
+            labels += [None] * len(files)
     images, names, masks = images[:limit], names[:limit], masks[:limit]
+    labels = labels[:limit]
     seen: dict[str, int] = {}
     unique = []
     for name in names:
@@ -139,7 +144,7 @@ def _load_inputs(inputs: list[str], limit: int):
     stacked = None
     if masks and all(m is not None for m in masks):
         stacked = np.stack(masks)
-    return images, unique, stacked
+    return images, unique, stacked, (labels if any(x is not None for x in labels) else None)
 
 
 def run_explain(cfg: DictConfig, out_dir: str | Path | None = None, progress: bool = True) -> Path:
@@ -162,7 +167,7 @@ def run_explain(cfg: DictConfig, out_dir: str | Path | None = None, progress: bo
     resumed = prepare_output_dir(out, cfg)
     if resumed:
         _say(f"focusvit-explain: {out} holds this run already; recomputing its report")
-    images, names, masks = _load_inputs(plan.inputs, int(cfg.report.max_images))
+    images, names, masks, labels = _load_inputs(plan.inputs, int(cfg.report.max_images))
     start = time.perf_counter()
     backbone = plan.backbone.load()
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -188,6 +193,7 @@ def run_explain(cfg: DictConfig, out_dir: str | Path | None = None, progress: bo
             plan.prompts,
             target=cfg.target,
             masks=gt,
+            labels=labels,
             deletion_steps=int(cfg.report.deletion_steps),
             baseline=str(cfg.report.baseline),
             batch_size=int(cfg.report.batch_size),

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_module
 from PIL import Image
 
 import focusvit.runconfig as rc
-from focusvit import cli
+from focusvit import SyntheticScenes, cli
 from focusvit.errors import SettingsMismatchError
 from focusvit.runs import BackboneSpec, read_episode_file
 
@@ -62,6 +62,9 @@ def test_explain_entry_point_writes_a_report(tmp_path, monkeypatch):
         assert method in html
         assert images_of(html, "explainer", method) == 1  # one per image and explainer
     assert images_of(html, "kind", "image") == 1
+    scenes = SyntheticScenes("novel", images_per_class=1)
+    true_class = scenes.class_names[int(scenes[0][1])]
+    assert f"scene0 · {true_class}" in html  # the scene's true class next to its name
     assert 'src="http' not in html and "<link" not in html  # self-contained
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["images"]) == 1
