@@ -291,7 +291,8 @@ def make_runners(plan: FewshotPlan, backbone, device) -> dict[str, Any]:
 
 def check_method_fits(tuner: str, backbone, plan: FewshotPlan) -> None:
     """Refuse a tuner without a DESIGN.md recipe for the backbone's family (CNN + lora, Swin +
-    vpt, ...) and a ViT prompt larger than the patch grid, before any training."""
+    vpt, ...), a ViT prompt larger than the patch grid and a Swin prompt larger than a window,
+    before any training."""
     from focusvit.finetune.recipes import RECIPES
 
     family = backbone.family
@@ -314,6 +315,25 @@ def check_method_fits(tuner: str, backbone, plan: FewshotPlan) -> None:
                 f"{size[0]}x{size[1]}; use fort.top_k<={h * w} (FORT: 14 of 196), or "
                 "fort.top_fraction=0.0714"
             )
+    if top_k is not None and family == "swin":
+        size = tuple(backbone.data_config["input_size"][1:])
+        tokens = smallest_window(backbone, size)
+        if top_k > tokens:
+            raise ConfigError(
+                f"fort.top_k={top_k} is more than the {tokens} tokens of a window of "
+                f"{plan.backbone.spec} at {size[0]}x{size[1]} (Swin prompts are chosen per "
+                f"window); use fort.top_k<={tokens} (FORT: 7 of 49)"
+            )
+
+
+def smallest_window(backbone, size: tuple[int, int]) -> int:
+    """Tokens of the smallest attention window of a Swin backbone at ``size`` pixels (one
+    forward of a blank image first: Hugging Face models clamp windows to small stage grids)."""
+    import torch
+
+    with torch.no_grad(), backbone.evaluating():
+        backbone.logits(torch.zeros(1, 3, *size, device=next(backbone.parameters()).device))
+    return min(g.window[0] * g.window[1] for g in backbone.window_geometry(size))
 
 
 def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:

@@ -126,6 +126,12 @@ CLI_CASES = {
         ConfigError,
         ["fort.top_k=1000", "16 patches", "fort.top_k<=16"],
     ),
+    "fort_prompt_larger_than_swin_window": (
+        "fewshot",
+        ["backbone=tiny_timm_swin", "tuner=lora", "fort.top_k=1000"],
+        ConfigError,
+        ["fort.top_k=1000", "tokens of a window", "per window", "fort.top_k<="],
+    ),
     "split_without_split_file": (
         "fewshot",
         ["backbone=tiny_timm_vit", "data=imagefolder", "data.path=.", "data.split=novel"],
