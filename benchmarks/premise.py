@@ -9,24 +9,24 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 
 
 def attention_share(backbone, scenes, count: int) -> torch.Tensor:
-    """Per image: last-block CLS attention mass (mean over heads) on the class object's patches."""
-    from focusvit.explainers import cls_attention
+    """Per image: last-block CLS attention mass (mean over heads) on the patches at least half
+    covered by the class object (``focusvit.reports.fewshot.object_patches``, the definition of
+    the few-shot report's ``*_mass_on_object``)."""
+    from focusvit.explainers import attention_mass, cls_attention
+    from focusvit.reports.fewshot import object_patches
 
     shares = []
     for start in range(0, count, 16):
-        items = [scenes[i] for i in range(start, min(count, start + 16))]
-        batch = backbone.preprocess([image for image, _, _ in items])
+        indices = list(range(start, min(count, start + 16)))
+        batch = backbone.preprocess([scenes.load(i) for i in indices])
         with torch.no_grad():
             attention = cls_attention(backbone, batch)  # (B, N), sums to 1 over patches
-        h, w = backbone.grid_size(tuple(batch.shape[-2:]))
-        attention = attention.view(-1, h, w)
-        masks = torch.stack([torch.as_tensor(mask, dtype=torch.float32) for _, _, mask in items])
-        grid = F.adaptive_avg_pool2d(masks[:, None], attention.shape[-2:])[:, 0] > 0.5
-        shares.append((attention * grid).flatten(1).sum(1) / attention.flatten(1).sum(1))
+        grid = backbone.grid_size(tuple(batch.shape[-2:]))
+        objects = object_patches(backbone, scenes, indices, grid)
+        shares.append(attention_mass(attention.view(-1, *grid), objects))
     return torch.cat(shares)
 
 
