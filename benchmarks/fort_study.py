@@ -292,6 +292,22 @@ def focus_table(name: str, runs: list[dict]) -> None:
             value = f"{scale * row[key]:.{digits}f} ± {scale * row[key + '_ci95']:.{digits}f}"
             cells.append(f"{value:>20}")
         print(f"{row['stage']:<12}" + "".join(cells))
+    for stage in [s for s in runs[0]["numbers"] if s not in ("pretrained", "plain")]:
+        print(f"{stage + ' − plain':<12}" + "".join(
+            f"{paired_focus(runs, stage, key):>20}" for key in FOCUS_COLUMNS
+        ) + "   (paired over the episodes)")  # fmt: skip
+
+
+def paired_focus(runs: list[dict], stage: str, key: str) -> str:
+    """``mean ± 95%`` of ``stage − plain`` for one focus number, paired per episode."""
+    from focusvit.runs import mean_and_ci
+
+    pairs = [r["numbers"] for r in runs if stage in r["numbers"] and "plain" in r["numbers"]]
+    if not pairs or key not in pairs[0]["plain"]:
+        return "–"
+    mean, ci = mean_and_ci([p[stage][key] - p["plain"][key] for p in pairs])
+    scale, digits = (100, 1) if key == "accuracy" else (1, 1 if "coverage" in key else 3)
+    return f"{scale * mean:+.{digits}f} ± {scale * ci:.{digits}f}"
 
 
 def with_validated(accuracies: dict[str, list[float]], alpha: float) -> dict[str, list[float]]:
