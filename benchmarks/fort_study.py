@@ -256,7 +256,7 @@ def focus_runs(backbone, tuner, kind, setting, alpha, args, folder: Path) -> lis
     from focusvit.reports.fewshot import attention_focus
 
     path = folder / "focus.json"
-    cache = json.loads(path.read_text()) if path.exists() else {}
+    cache = stored_focus(folder)
     runners = row_runners(backbone, tuner, alpha, args.device)
     spec = test_spec(setting, max(1, args.focus_episodes), args)
     dataset = scenes("novel", kind, spec.k_shot + args.n_query)
@@ -270,6 +270,12 @@ def focus_runs(backbone, tuner, kind, setting, alpha, args, folder: Path) -> lis
         cache[str(index)] = focus["numbers"]
         path.write_text(json.dumps(cache, indent=1))
     return [{"numbers": cache[str(i)]} for i in range(args.focus_episodes) if str(i) in cache]
+
+
+def stored_focus(folder: Path) -> dict[str, dict]:
+    """The focus numbers already measured for a cell, by episode index (``focus.json``)."""
+    path = folder / "focus.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def focus_table(name: str, runs: list[dict]) -> None:
@@ -287,10 +293,7 @@ def focus_table(name: str, runs: list[dict]) -> None:
             if key not in row:
                 cells.append(f"{'–':>20}")
                 continue
-            scale = 100 if key == "accuracy" else 1
-            digits = 1 if key in ("accuracy", "query_coverage_95") else 3
-            value = f"{scale * row[key]:.{digits}f} ± {scale * row[key + '_ci95']:.{digits}f}"
-            cells.append(f"{value:>20}")
+            cells.append(f"{focus_value(key, row[key], row[key + '_ci95']):>20}")
         print(f"{row['stage']:<12}" + "".join(cells))
     for stage in [s for s in runs[0]["numbers"] if s not in ("pretrained", "plain")]:
         print(f"{stage + ' − plain':<12}" + "".join(
@@ -306,8 +309,14 @@ def paired_focus(runs: list[dict], stage: str, key: str) -> str:
     if not pairs or key not in pairs[0]["plain"]:
         return "–"
     mean, ci = mean_and_ci([p[stage][key] - p["plain"][key] for p in pairs])
+    return focus_value(key, mean, ci, sign="+")
+
+
+def focus_value(key: str, mean: float, ci: float, sign: str = "") -> str:
+    """``mean ± ci`` of one focus number: accuracy in points, patch counts with one decimal,
+    attention shares with three; ``sign="+"`` for differences."""
     scale, digits = (100, 1) if key == "accuracy" else (1, 1 if "coverage" in key else 3)
-    return f"{scale * mean:+.{digits}f} ± {scale * ci:.{digits}f}"
+    return f"{scale * mean:{sign}.{digits}f} ± {scale * ci:.{digits}f}"
 
 
 def with_validated(accuracies: dict[str, list[float]], alpha: float) -> dict[str, list[float]]:
@@ -394,9 +403,8 @@ def main() -> None:
                             runs = focus_runs(backbone, tuner, kind, setting, alpha, args, folder)
                             cells[-1]["focus"] = runs
                             focus_table(name, runs)
-                    elif (folder / "focus.json").exists():
-                        stored_focus = json.loads((folder / "focus.json").read_text())
-                        cells[-1]["focus"] = [{"numbers": v} for v in stored_focus.values()]
+                    else:
+                        cells[-1]["focus"] = [{"numbers": v} for v in stored_focus(folder).values()]
     if args.report_only:
         report(cells)
         for c in cells:
