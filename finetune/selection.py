@@ -52,6 +52,17 @@ class AlphaSelection:
         return "\n".join(lines)
 
 
+TIE_TOLERANCE = 1e-6
+"""Validation means closer than this are a tie. Episode accuracies are float32 fractions, so the
+same number of correct queries spread differently over the episodes can give means ~1e-8 apart."""
+
+
+def _smallest_best(candidates: Sequence[float], means: dict[float, float]) -> float:
+    """The smallest α whose mean is within :data:`TIE_TOLERANCE` of the best one."""
+    best_mean = max(means.values())
+    return min(a for a in candidates if means[a] >= best_mean - TIE_TOLERANCE)
+
+
 def select_alpha(
     backbone: BackboneAdapter,
     validation,
@@ -104,5 +115,5 @@ def select_alpha(
     backbone.to(next(iter(runners.values())).device)
     by_name = evaluate_many(list(runners.values()), validation, episodes, outputs, progress)
     results = {alpha: by_name[runner.name] for alpha, runner in runners.items()}
-    best = max(candidates, key=lambda a: (round(results[a].mean, 12), -a))
+    best = _smallest_best(candidates, {a: results[a].mean for a in candidates})
     return AlphaSelection(best, None if best == 0 else replace(base, alpha=best), results)
