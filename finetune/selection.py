@@ -57,10 +57,10 @@ TIE_TOLERANCE = 1e-6
 same number of correct queries spread differently over the episodes can give means ~1e-8 apart."""
 
 
-def _smallest_best(candidates: Sequence[float], means: dict[float, float]) -> float:
-    """The smallest α whose mean is within :data:`TIE_TOLERANCE` of the best one."""
+def _smallest_best(means: dict[float, float]) -> float:
+    """The smallest α (key of ``means``) whose mean is within :data:`TIE_TOLERANCE` of the best."""
     best_mean = max(means.values())
-    return min(a for a in candidates if means[a] >= best_mean - TIE_TOLERANCE)
+    return min(a for a, mean in means.items() if mean >= best_mean - TIE_TOLERANCE)
 
 
 def select_alpha(
@@ -115,5 +115,5 @@ def select_alpha(
     backbone.to(next(iter(runners.values())).device)
     by_name = evaluate_many(list(runners.values()), validation, episodes, outputs, progress)
     results = {alpha: by_name[runner.name] for alpha, runner in runners.items()}
-    best = _smallest_best(candidates, {a: results[a].mean for a in candidates})
+    best = _smallest_best({a: r.mean for a, r in results.items()})
     return AlphaSelection(best, None if best == 0 else replace(base, alpha=best), results)
