@@ -75,7 +75,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--device", default=None, help="default: cuda when available")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="outputs/benchmarks/fort_study")
+    parser.add_argument(
+        "--out",
+        default=str(HERE / "results" / "fort_study"),
+        help="per-episode records (committed with the repository, so the tables can be re-printed)",
+    )
     parser.add_argument(
         "--prompts",
         choices=("explainer", "oracle"),
