@@ -373,7 +373,8 @@ def main() -> None:
     cells = []
     start = time.perf_counter()
     for key in args.backbones.split(","):
-        backbone = load_backbone(key, args)
+        # --report-only reads the records alone: no backbone, so no pretraining when it is missing
+        backbone = None if args.report_only else load_backbone(key, args)
         for kind in args.scenes.split(","):
             for setting in args.settings.split(","):
                 if args.prompts == "oracle" and not args.report_only:
@@ -389,16 +390,17 @@ def main() -> None:
                         stored = _stored(folder)
                         if stored is None:
                             continue
-                        alpha, accuracies = stored
+                        alpha, accuracies, authors_alpha = stored
                     else:
                         print(f"\n== {name}: validation", flush=True)
                         alpha = float(select(backbone, tuner, kind, setting, args, folder)["alpha"])
                         print(f"== {name}: test (validated α = {alpha:g})", flush=True)
                         accuracies = test_rows(backbone, tuner, kind, setting, alpha, args, folder)
+                        authors_alpha = recipe_alpha(backbone, tuner)
                     cells.append({
                         "backbone": key, "scenes": kind, "setting": setting,
                         "tuner": f"{tuner}{suffix}",
-                        "alpha": alpha, "authors_alpha": recipe_alpha(backbone, tuner),
+                        "alpha": alpha, "authors_alpha": authors_alpha,
                         "accuracies": accuracies,
                     })  # fmt: skip
                     if not args.report_only:
@@ -414,26 +416,34 @@ def main() -> None:
         for c in cells:
             focus_table(f"{c['backbone']} · {c['scenes']} · {c['setting']} · {c['tuner']}",
                         c.get("focus", []))  # fmt: skip
+        if cells:  # the summary of every stored cell (a partial run would overwrite it)
+            (out / "results.json").write_text(json.dumps(cells, indent=1))
+        else:
+            print(f"no stored cells under {out} for these options; run without --report-only")
+        return
     minutes = (time.perf_counter() - start) / 60
     print(f"\n{minutes:.1f} min this run; device {args.device}, {torch.get_num_threads()} threads")
-    (out / "results.json").write_text(json.dumps(cells, indent=1))
 
 
-def _stored(folder: Path) -> tuple[float, dict] | None:
-    """The validation choice and test accuracies already on disk for one cell."""
+def _stored(folder: Path) -> tuple[float, dict, float] | None:
+    """``(validated α, accuracies per row, authors' α)`` already on disk for one cell.
+
+    The authors' α is the one recorded in ``authors.jsonl`` (its ``fort`` settings)."""
     from focusvit.runs import read_episode_file
 
     selection = folder / "selection.json"
     if not selection.exists() or not (folder / "plain.jsonl").exists():
         return None
     alpha = float(json.loads(selection.read_text())["alpha"])
-    accuracies = {}
+    accuracies, authors_alpha = {}, float("nan")
     for row in ("plain", "authors", "validated"):
         path = folder / f"{row}.jsonl"
         if path.exists():
-            records = read_episode_file(path)[1]
+            header, records = read_episode_file(path)
             accuracies[row] = [r["accuracy"] for r in sorted(records, key=lambda r: r["episode"])]
-    return alpha, with_validated(accuracies, alpha)
+            if row == "authors" and header is not None:
+                authors_alpha = float(header["settings"]["runner"]["fort"]["alpha"])
+    return alpha, with_validated(accuracies, alpha), authors_alpha
 
 
 if __name__ == "__main__":

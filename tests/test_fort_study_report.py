@@ -1,0 +1,84 @@
+"""``benchmarks/fort_study.py --report-only``: the study table re-printed from the committed
+per-episode records, checked against an independent computation from the same files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "fort_study"
+CELL = Path("dinov2") / "premise" / "5w1s" / "ssf"  # a committed 150-episode cell
+
+
+@pytest.fixture(scope="module")
+def fort_study():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "fort_study", ROOT / "benchmarks" / "fort_study.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _accuracies(path: Path) -> np.ndarray:
+    """Per-episode accuracies in episode order, read with json alone (the reference)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = sorted((r for r in rows if "episode" in r), key=lambda r: r["episode"])
+    return np.array([r["accuracy"] for r in rows])
+
+
+def _report(fort_study, monkeypatch, capsys, out: Path) -> str:
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("--report-only must not load (or pretrain) a backbone")
+
+    monkeypatch.setattr(fort_study, "load_backbone", no_backbone)
+    argv = ["fort_study.py", "--report-only", "--out", str(out), "--backbones", "dinov2"]
+    argv += ["--scenes", "premise", "--settings", "5w1s", "--tuners", "ssf"]
+    monkeypatch.setattr(sys, "argv", argv)
+    fort_study.main()
+    return capsys.readouterr().out
+
+
+def test_report_matches_an_independent_paired_computation(
+    fort_study, monkeypatch, capsys, tmp_path
+):
+    if not (RESULTS / CELL / "plain.jsonl").exists():
+        pytest.skip(f"{RESULTS / CELL} is not in this checkout")
+    shutil.copytree(RESULTS / CELL, tmp_path / CELL)
+    printed = _report(fort_study, monkeypatch, capsys, tmp_path)
+
+    plain = _accuracies(tmp_path / CELL / "plain.jsonl")
+    authors = _accuracies(tmp_path / CELL / "authors.jsonl")
+    diff = authors - plain
+    half_width = 1.96 * diff.std() / np.sqrt(len(diff))
+    wtl = f"{(diff > 0).sum()}/{(diff == 0).sum()}/{(diff < 0).sum()}"
+    row = next(line for line in printed.splitlines() if line.startswith("dinov2     premise"))
+    fields = row.split()
+    assert int(fields[4]) == len(plain) == 150
+    assert float(fields[5]) == pytest.approx(100 * plain.mean(), abs=0.051)
+    assert float(fields[8]) == pytest.approx(0.1)  # the recipe α stored in authors.jsonl
+    assert float(fields[9]) == pytest.approx(100 * diff.mean(), abs=0.051)
+    assert float(fields[11]) == pytest.approx(100 * half_width, abs=0.051)
+    assert fields[12] == wtl
+    # validation chose α = 0 there, so `validated` is `plain`: a zero difference, all ties
+    assert fields[13] == "0" and fields[-1] == f"0/{len(plain)}/0"
+    assert json.loads((tmp_path / "results.json").read_text())[0]["tuner"] == "ssf"
+
+
+def test_report_without_records_says_so_and_writes_nothing(
+    fort_study, monkeypatch, capsys, tmp_path
+):
+    printed = _report(fort_study, monkeypatch, capsys, tmp_path)
+    assert "no stored cells" in printed and "run without --report-only" in printed
+    assert not (tmp_path / "results.json").exists()
