@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "fort_study"
-CELL = Path("dinov2") / "premise" / "5w1s" / "ssf"  # a committed 150-episode cell
+CELL = Path("dinov2") / "premise" / "5w1s" / "ssf"  # a committed 150-episode cell (must exist)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,6 @@ def _report(fort_study, monkeypatch, capsys, out: Path) -> str:
 def test_report_matches_an_independent_paired_computation(
     fort_study, monkeypatch, capsys, tmp_path
 ):
-    if not (RESULTS / CELL / "plain.jsonl").exists():
-        pytest.skip(f"{RESULTS / CELL} is not in this checkout")
     shutil.copytree(RESULTS / CELL, tmp_path / CELL)
     printed = _report(fort_study, monkeypatch, capsys, tmp_path)
 
