@@ -435,14 +435,18 @@ def _stored(folder: Path) -> tuple[float, dict, float] | None:
     if not selection.exists() or not (folder / "plain.jsonl").exists():
         return None
     alpha = float(json.loads(selection.read_text())["alpha"])
-    accuracies, authors_alpha = {}, float("nan")
+    by_episode, authors_alpha = {}, float("nan")
     for row in ("plain", "authors", "validated"):
         path = folder / f"{row}.jsonl"
         if path.exists():
             header, records = read_episode_file(path)
-            accuracies[row] = [r["accuracy"] for r in sorted(records, key=lambda r: r["episode"])]
+            by_episode[row] = {int(r["episode"]): r["accuracy"] for r in records}
             if row == "authors" and header is not None:
                 authors_alpha = float(header["settings"]["runner"]["fort"]["alpha"])
+    # pair by episode index: only the episodes every stored row holds (a row stopped earlier,
+    # or a record lost from one file, must not shift the pairing)
+    common = sorted(set.intersection(*(set(rows) for rows in by_episode.values())))
+    accuracies = {row: [rows[e] for e in common] for row, rows in by_episode.items()}
     return alpha, with_validated(accuracies, alpha), authors_alpha
 
 

@@ -80,3 +80,24 @@ def test_report_without_records_says_so_and_writes_nothing(
     printed = _report(fort_study, monkeypatch, capsys, tmp_path)
     assert "no stored cells" in printed and "run without --report-only" in printed
     assert not (tmp_path / "results.json").exists()
+
+
+def test_report_pairs_rows_by_episode_index(fort_study, monkeypatch, capsys, tmp_path):
+    """A record missing from one row drops that episode from the pairing; it does not shift
+    every later episode against the wrong one."""
+    shutil.copytree(RESULTS / CELL, tmp_path / CELL)
+    authors_path = tmp_path / CELL / "authors.jsonl"
+    lines = authors_path.read_text().splitlines()
+    dropped = next(i for i, line in enumerate(lines) if '"episode": 3,' in line)
+    authors_path.write_text("\n".join(lines[:dropped] + lines[dropped + 1 :]) + "\n")
+    printed = _report(fort_study, monkeypatch, capsys, tmp_path)
+
+    plain = np.delete(_accuracies(tmp_path / CELL / "plain.jsonl"), 3)
+    authors = _accuracies(authors_path)
+    diff = authors - plain
+    row = next(line for line in printed.splitlines() if line.startswith("dinov2     premise"))
+    fields = row.split()
+    assert int(fields[4]) == len(plain) == 149
+    assert float(fields[5]) == pytest.approx(100 * plain.mean(), abs=0.051)
+    assert float(fields[9]) == pytest.approx(100 * diff.mean(), abs=0.051)
+    assert fields[12] == f"{(diff > 0).sum()}/{(diff == 0).sum()}/{(diff < 0).sum()}"
