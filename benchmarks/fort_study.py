@@ -416,13 +416,26 @@ def main() -> None:
         for c in cells:
             focus_table(f"{c['backbone']} · {c['scenes']} · {c['setting']} · {c['tuner']}",
                         c.get("focus", []))  # fmt: skip
-        if cells:  # the summary of every stored cell (a partial run would overwrite it)
-            (out / "results.json").write_text(json.dumps(cells, indent=1))
+        if cells:  # the summary of every stored cell, merged into the one on disk
+            write_summary(out / "results.json", cells)
         else:
             print(f"no stored cells under {out} for these options; run without --report-only")
         return
     minutes = (time.perf_counter() - start) / 60
     print(f"\n{minutes:.1f} min this run; device {args.device}, {torch.get_num_threads()} threads")
+
+
+def write_summary(path: Path, cells: list[dict]) -> None:
+    """Write ``cells`` into the summary at ``path``: cells re-read now replace the stored ones of
+    the same backbone / scenes / setting / tuner, the others stay (a filtered ``--report-only``
+    must not drop the cells it did not read)."""
+
+    def key(cell: dict) -> tuple:
+        return cell["backbone"], cell["scenes"], cell["setting"], cell["tuner"]
+
+    merged = {key(c): c for c in json.loads(path.read_text())} if path.exists() else {}
+    merged.update({key(c): c for c in cells})
+    path.write_text(json.dumps([merged[k] for k in sorted(merged)], indent=1))
 
 
 def _stored(folder: Path) -> tuple[float, dict, float] | None:

@@ -101,3 +101,19 @@ def test_report_pairs_rows_by_episode_index(fort_study, monkeypatch, capsys, tmp
     assert float(fields[5]) == pytest.approx(100 * plain.mean(), abs=0.051)
     assert float(fields[9]) == pytest.approx(100 * diff.mean(), abs=0.051)
     assert fields[12] == f"{(diff > 0).sum()}/{(diff == 0).sum()}/{(diff < 0).sum()}"
+
+
+def test_filtered_report_keeps_the_other_cells_of_the_summary(
+    fort_study, monkeypatch, capsys, tmp_path
+):
+    shutil.copytree(RESULTS / CELL, tmp_path / CELL)
+    other = {"backbone": "pretrained", "scenes": "shipped", "setting": "5w1s", "tuner": "lora"}
+    stale = {"backbone": "dinov2", "scenes": "premise", "setting": "5w1s", "tuner": "ssf"}
+    (tmp_path / "results.json").write_text(json.dumps([other, stale]))
+    _report(fort_study, monkeypatch, capsys, tmp_path)
+
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert len(summary) == 2
+    assert other in summary  # not re-read, kept as it was
+    fresh = next(c for c in summary if c["backbone"] == "dinov2")
+    assert len(fresh["accuracies"]["plain"]) == 150  # the re-read cell replaced the stale one
