@@ -332,10 +332,19 @@ def with_validated(accuracies: dict[str, list[float]], alpha: float) -> dict[str
 
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float, str]:
+    """``(mean, 95% interval, "wins/ties/losses")`` of ``a − b``, episode by episode.
+
+    The rows must hold the same episodes in the same order (``_stored`` keeps only the
+    episodes every row holds; the live path evaluates all rows on each episode): rows of
+    different lengths are refused rather than silently cut to the shorter one."""
     from focusvit.runs import mean_and_ci
 
-    n = min(len(a), len(b))
-    diff = np.asarray(a[:n]) - np.asarray(b[:n])
+    if len(a) != len(b) or not a:
+        raise ValueError(
+            f"paired rows must hold the same, non-empty set of episodes; got {len(a)} and "
+            f"{len(b)}. Pair them by episode index first (as `_stored` does)."
+        )
+    diff = np.asarray(a) - np.asarray(b)
     mean, ci = mean_and_ci(diff.tolist())
     return mean, ci, f"{(diff > 0).sum()}/{(diff == 0).sum()}/{(diff < 0).sum()}"
 

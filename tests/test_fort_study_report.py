@@ -117,3 +117,19 @@ def test_filtered_report_keeps_the_other_cells_of_the_summary(
     assert other in summary  # not re-read, kept as it was
     fresh = next(c for c in summary if c["backbone"] == "dinov2")
     assert len(fresh["accuracies"]["plain"]) == 150  # the re-read cell replaced the stale one
+
+
+def test_paired_refuses_rows_of_different_lengths(fort_study):
+    with pytest.raises(ValueError, match="same, non-empty set of episodes"):
+        fort_study.paired([0.5, 0.6, 0.7], [0.5, 0.6])
+    with pytest.raises(ValueError, match="non-empty"):
+        fort_study.paired([], [])
+
+
+def test_paired_matches_a_direct_computation(fort_study):
+    a, b = [0.6, 0.5, 0.8, 0.4], [0.5, 0.5, 0.6, 0.6]
+    diff = np.subtract(a, b)
+    mean, ci, wtl = fort_study.paired(a, b)
+    assert mean == pytest.approx(diff.mean())
+    assert ci == pytest.approx(1.96 * diff.std() / np.sqrt(len(diff)))
+    assert wtl == "2/1/1"
