@@ -20,7 +20,7 @@ import torch
 
 from focusvit.backbones import BackboneAdapter
 from focusvit.errors import ConfigError
-from focusvit.runs import EpisodeSpec, EvaluationResult, evaluate_many
+from focusvit.runs import DistContext, EpisodeSpec, EvaluationResult, evaluate_many
 
 from .losses import FortConfig
 from .recipes import FitOptions
@@ -74,6 +74,7 @@ def select_alpha(
     device: str | torch.device | None = None,
     output_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    context: DistContext | None = None,
 ) -> AlphaSelection:
     """Pick the attention-loss weight on validation episodes (α = 0 always included).
 
@@ -88,6 +89,9 @@ def select_alpha(
             recipe's); its α is replaced by each candidate.
         options: fine-tuning options (recipe overrides, head init).
         output_dir: optional folder of resumable episode files, one per candidate.
+        context: a multi-process context (:meth:`focusvit.runs.DistContext.from_env`, e.g. under
+            ``torchrun``): each process evaluates its share of the validation episodes
+            (round-robin) and every process returns the same choice; needs ``output_dir``.
 
     Returns:
         :class:`AlphaSelection`; ties go to the smaller α, so plain fine-tuning wins a tie.
@@ -98,6 +102,11 @@ def select_alpha(
         raise ConfigError(
             f"select_alpha got a dataset of the {validation.split!r} split; choose α on base or "
             "validation classes (e.g. SyntheticScenes('val')), never on the test classes"
+        )
+    if context is not None and context.distributed and output_dir is None:
+        raise ConfigError(
+            f"select_alpha over {context.world_size} processes merges their episodes through "
+            "files: pass output_dir=FOLDER (the same folder in every process)"
         )
     candidates = sorted({0.0, *(float(a) for a in alphas)})
     if candidates[0] < 0:
@@ -113,7 +122,9 @@ def select_alpha(
     if output_dir is not None:
         outputs = {r.name: Path(output_dir) / f"{r.name}.jsonl" for r in runners.values()}
     backbone.to(next(iter(runners.values())).device)
-    by_name = evaluate_many(list(runners.values()), validation, episodes, outputs, progress)
+    by_name = evaluate_many(
+        list(runners.values()), validation, episodes, outputs, progress, context=context
+    )
     results = {alpha: by_name[runner.name] for alpha, runner in runners.items()}
     best = _smallest_best({a: r.mean for a, r in results.items()})
     return AlphaSelection(best, None if best == 0 else replace(base, alpha=best), results)

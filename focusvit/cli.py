@@ -433,23 +433,20 @@ def choose_alpha(
             "select_alpha.alphas chooses the attention-loss weight, but fort is off; select "
             "fort=recipe, or set select_alpha.alphas=[]"
         )
-    if context.distributed:
-        raise ConfigError(
-            "select_alpha runs in one process; choose α first (one process), then give "
-            "fort.alpha=<chosen> and select_alpha.alphas=[] to the multi-process run"
-        )
     if int(selection.episodes) < 1:
         raise ConfigError(f"select_alpha.episodes must be >= 1, got {selection.episodes}")
     validation = validation_data(cfg, str(selection.split))
     spec = replace(plan.episodes, episodes=int(selection.episodes), split=str(selection.split))
-    _say(f"focusvit-fewshot: choosing α on {spec.describe()} (validation classes)")
-    chosen = select_alpha(
+    if context.is_main:
+        _say(f"focusvit-fewshot: choosing α on {spec.describe()} (validation classes)")
+    chosen = select_alpha(  # under torchrun each process takes its share of the episodes
         backbone, validation, plan.tuner, [float(a) for a in selection.alphas], spec,
         fort=plan.fort, options=plan.options, device=device,
-        output_dir=folder.path / "validation", progress=bool(cfg.progress),
+        output_dir=folder.path / "validation", progress=bool(cfg.progress), context=context,
     )  # fmt: skip
-    for line in chosen.table().splitlines():
-        _say(f"focusvit-fewshot: {line}")
+    if context.is_main:
+        for line in chosen.table().splitlines():
+            _say(f"focusvit-fewshot: {line}")
     note = (
         f"α of the attention loss chosen on {spec.describe()}: {chosen.alpha:g} "
         f"(candidates 0, {', '.join(f'{a:g}' for a in selection.alphas)}; α = 0 wins ties"

@@ -58,7 +58,7 @@ def test_select_alpha_picks_the_best_validation_mean_and_plain_wins_ties(monkeyp
     data.split = "val"
     means = {"alpha=0": 0.5, "alpha=0.1": 0.7, "alpha=1": 0.6}
 
-    def fake_many(runners, dataset, spec, outputs=None, progress=True):
+    def fake_many(runners, dataset, spec, outputs=None, progress=True, context=None):
         assert dataset is data
         return {r.name: EvaluationResult(r.name, [means[r.name]]) for r in runners}
 
@@ -82,7 +82,7 @@ def test_select_alpha_sees_a_tie_through_float32_episode_accuracies(monkeypatch)
     plain_mean, loss_mean = (sum(a) / 2 for a in accuracies.values())
     assert loss_mean > plain_mean  # the float32 rounding favours the loss by ~1e-8
 
-    def fake_many(runners, dataset, spec, outputs=None, progress=True):
+    def fake_many(runners, dataset, spec, outputs=None, progress=True, context=None):
         return {r.name: EvaluationResult(r.name, accuracies[r.name]) for r in runners}
 
     monkeypatch.setattr(selection, "evaluate_many", fake_many)
@@ -105,3 +105,13 @@ def test_select_alpha_runs_on_validation_episodes_and_refuses_test_classes():
     data.split = "novel"
     with pytest.raises(ConfigError, match="never on the test classes"):
         select_alpha(backbone, data, "lora", [0.5], SPEC, progress=False)
+
+
+def test_select_alpha_over_several_processes_needs_an_output_folder():
+    from focusvit.runs import DistContext
+
+    data = dataset()
+    data.split = "val"
+    two = DistContext(rank=0, world_size=2)  # the refusal comes before any process group is used
+    with pytest.raises(ConfigError, match="pass output_dir=FOLDER"):
+        select_alpha(tiny_adapter("timm-vit"), data, "lora", [0.5], SPEC, context=two)

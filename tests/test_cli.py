@@ -164,6 +164,8 @@ def test_wrong_type_fails_before_anything_is_written(tmp_path, monkeypatch, caps
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
+    """torchrun: the validation episodes of select_alpha and the test episodes are shared out
+    between the processes; the merged files, the chosen α and every record equal one process's."""
     torchrun = shutil.which("torchrun", path=str(BIN)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun not found")
@@ -171,6 +173,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         *FAST_FEWSHOT,
         "methods=[prototype,lora+fort]",
         "report.focus_episodes=0",
+        "select_alpha.alphas=[0.5]",
+        "select_alpha.episodes=2",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     multi = tmp_path / "two"
@@ -208,6 +212,21 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                 assert a["final_loss"][key] == pytest.approx(b["final_loss"][key], rel=1e-4)
     shards = sorted(p.name for p in (multi / "episodes" / "shards").iterdir())
     assert "prototype.rank0.jsonl" in shards and "prototype.rank1.jsonl" in shards
+    for alpha in ("0", "0.5"):  # validation: both processes' episodes, merged, as one process
+        one = read_records(single / "validation" / f"alpha={alpha}.jsonl")
+        two = read_records(multi / "validation" / f"alpha={alpha}.jsonl")
+        assert [r["episode"] for r in two] == [0, 1]
+        assert [(r["classes"], r["accuracy"]) for r in one] == [
+            (r["classes"], r["accuracy"]) for r in two
+        ]
+    validation_shards = {p.name for p in (multi / "validation" / "shards").iterdir()}
+    assert {"alpha=0.rank0.jsonl", "alpha=0.rank1.jsonl"} <= validation_shards
+    assert proc.stdout.count("choosing α on") == 1  # printed by rank 0 only
+    chosen = [
+        read_episode_file(folder / "episodes" / "lora_fort.jsonl")[0]["settings"]["runner"]
+        for folder in (single, multi)
+    ]
+    assert chosen[0]["fort"]["alpha"] == chosen[1]["fort"]["alpha"]
 
 
 def test_fewshot_chooses_alpha_on_validation_classes(tmp_path, capsys):

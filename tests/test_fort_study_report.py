@@ -3,7 +3,6 @@ per-episode records, checked against an independent computation from the same fi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -15,20 +14,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "fort_study"
 CELL = Path("dinov2") / "premise" / "5w1s" / "ssf"  # a committed 150-episode cell (must exist)
-
-
-@pytest.fixture(scope="module")
-def fort_study():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "fort_study", ROOT / "benchmarks" / "fort_study.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def _accuracies(path: Path) -> np.ndarray:
