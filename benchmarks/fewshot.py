@@ -276,6 +276,8 @@ def baseline_models(args: argparse.Namespace, mode: Mode, out: Path):
 
     bench = load_module("baselines")
     encoder = {"encoder": "conv4", "widths": [32], "image_size": 84}
+    # seeded: the untrained floor must be the same encoder in every process that resumes its rows
+    torch.manual_seed(args.seed)
     reference = PrototypeNetwork(PrototypeConfig(**encoder))
     base = bench.tensors("base", 64, 20, reference)
     val = bench.tensors("val", 16, 20, reference)
