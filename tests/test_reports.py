@@ -262,6 +262,34 @@ def test_sharding_and_merging_are_canonical(tmp_path):
     assert single.path.read_bytes() == multi.path.read_bytes()
 
 
+def test_process_group_waits_hours_not_torch_minutes(monkeypatch):
+    """The main process alone fine-tunes the report's focus episodes while the others wait in a
+    barrier: the group is created with the long timeout (env override checked, bad values named)."""
+    import torch.distributed as dist
+
+    from focusvit.errors import ConfigError
+    from focusvit.runs import DistContext
+    from focusvit.runs.distributed import DEFAULT_TIMEOUT_MINUTES, TIMEOUT_ENV
+
+    created = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: created.update(kwargs))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    context = DistContext.from_env("cpu")
+    assert (context.rank, context.world_size, context.backend) == (1, 2, "gloo")
+    assert created["timeout"].total_seconds() == DEFAULT_TIMEOUT_MINUTES * 60 > 30 * 60
+    monkeypatch.setenv(TIMEOUT_ENV, "90")
+    DistContext.from_env("cpu")
+    assert created["timeout"].total_seconds() == 90 * 60
+    for bad in ("0", "soon"):
+        monkeypatch.setenv(TIMEOUT_ENV, bad)
+        with pytest.raises(ConfigError, match=TIMEOUT_ENV):
+            DistContext.from_env("cpu")
+
+
 def _chromium(*args: str, timeout: int = 90) -> subprocess.CompletedProcess:
     import tempfile
 

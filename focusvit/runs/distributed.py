@@ -5,6 +5,11 @@ Episode ids are dealt round-robin (rank ``r`` of ``W`` gets ``r, r + W, ...``). 
 loop (:func:`focusvit.runs.evaluate`) does the rest: every rank streams to its own shard file
 (resumable), the records are gathered with ``all_gather_object`` and rank 0 writes the one
 episode file, identical to the file of a single-process run. gloo on CPU, nccl on CUDA.
+
+Collectives wait up to :data:`TIMEOUT_ENV` minutes (default :data:`DEFAULT_TIMEOUT_MINUTES`)
+for the slowest process, not torch's 30 (gloo) or 10 (nccl): the main process alone fine-tunes
+the attention-focus episodes of a report while the others wait, which takes longer than that on
+a CPU.
 """
 
 from __future__ import annotations
@@ -12,8 +17,31 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
+
+from focusvit.errors import ConfigError
+
+TIMEOUT_ENV = "FOCUSVIT_DIST_TIMEOUT_MINUTES"
+DEFAULT_TIMEOUT_MINUTES = 240.0
+
+
+def process_group_timeout() -> timedelta:
+    """How long a collective waits for the slowest process: ``$FOCUSVIT_DIST_TIMEOUT_MINUTES``
+    or :data:`DEFAULT_TIMEOUT_MINUTES` (a crashed process still ends the job at once: the
+    launcher stops the others)."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        minutes = float(raw) if raw else DEFAULT_TIMEOUT_MINUTES
+    except ValueError:
+        minutes = -1.0
+    if not minutes > 0:
+        raise ConfigError(
+            f"{TIMEOUT_ENV}={raw!r} is not a positive number of minutes; set e.g. "
+            f"{TIMEOUT_ENV}=240, or unset it for the default ({DEFAULT_TIMEOUT_MINUTES:g})"
+        )
+    return timedelta(minutes=minutes)
 
 
 def shard(ids: Sequence[int], rank: int, world_size: int) -> list[int]:
@@ -56,7 +84,7 @@ class DistContext:
         if not dist.is_initialized():
             if use_cuda:
                 torch.cuda.set_device(local_rank)
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend=backend, timeout=process_group_timeout())
             owns = True
         return cls(dist.get_rank(), dist.get_world_size(), local_rank, backend, owns)
 
