@@ -409,8 +409,8 @@ def report(cells: list[dict]) -> None:
     )
     header = (
         f"{'backbone':<11}{'scenes':<9}{'set':<6}{'tuner':<12}{'eps':>5}{'plain %':>14}"
-        f"{'authors α':>10}{'authors − plain':>18}{'w/t/l':>10}{'val α':>8}"
-        f"{'validated − plain':>19}{'w/t/l':>10}"
+        f"{'authors α':>10}{'authors − plain':>18}{'w/t/l':>13}{'val α':>8}"
+        f"{'validated − plain':>19}{'w/t/l':>13}"
     )
     print(header)
     for c in cells:
@@ -421,8 +421,8 @@ def report(cells: list[dict]) -> None:
         print(
             f"{c['backbone']:<11}{c['scenes']:<9}{c['setting']:<6}{c['tuner']:<12}"
             f"{len(acc['plain']):>5}{f'{100 * plain_mean:.1f} ± {100 * plain_ci:.1f}':>14}"
-            f"{c['authors_alpha']:>10g}{f'{100 * a_mean:+.1f} ± {100 * a_ci:.1f}':>18}{a_wtl:>10}"
-            f"{c['alpha']:>8g}{f'{100 * v_mean:+.1f} ± {100 * v_ci:.1f}':>19}{v_wtl:>10}"
+            f"{c['authors_alpha']:>10g}{f'{100 * a_mean:+.1f} ± {100 * a_ci:.1f}':>18}{a_wtl:>13}"
+            f"{c['alpha']:>8g}{f'{100 * v_mean:+.1f} ± {100 * v_ci:.1f}':>19}{v_wtl:>13}"
         )
 
 
