@@ -288,37 +288,39 @@ def focus_runs(backbone, tuner, kind, setting, alpha, args, folder: Path, contex
     from focusvit.runs import shard
 
     cache = stored_focus(folder)
-    context.barrier()  # every process has read the cache before the main one rewrites it
+    context.barrier()  # all read the same cache (so split the same episodes) before any writes
     runners = row_runners(backbone, tuner, alpha, args.device)
     spec = test_spec(setting, max(1, args.focus_episodes), args)
     dataset = scenes("novel", kind, spec.k_shot + args.n_query)
     wanted = set(runners) | {"pretrained"}
     missing = [i for i in range(args.focus_episodes) if not wanted <= set(cache.get(str(i), {}))]
+    merged = folder / "focus.json"
+    # each finished episode is kept at once: in focus.json, or in this process's shard file
+    progress = (
+        folder / "shards" / f"focus.rank{context.rank}.json" if context.distributed else merged
+    )
     mine: dict[str, dict] = {}
-    own_file = folder / "shards" / f"focus.rank{context.rank}.json"
     for index in shard(missing, context.rank, context.world_size):
         focus = attention_focus(
             backbone, dataset, runners, index, spec, resolve_fort(backbone, tuner, FortConfig()),
             max_queries=0, device=args.device,
         )  # fmt: skip
         mine[str(index)] = focus["numbers"]
-        _write_json(own_file if context.distributed else folder / "focus.json",
-                    mine if context.distributed else {**cache, **mine})  # fmt: skip
+        _write_focus(progress, {**cache, **mine})
     for part in context.gather(mine):
         cache.update(part)
     if context.is_main and context.distributed:
-        _write_json(folder / "focus.json", cache)
+        _write_focus(merged, cache)
     context.barrier()
     return [{"numbers": cache[str(i)]} for i in range(args.focus_episodes) if str(i) in cache]
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """``data`` as JSON at ``path``, replaced whole (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ordered = dict(sorted(data.items(), key=lambda item: int(item[0])))
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(ordered, indent=1))
-    partial.replace(path)
+def _write_focus(path: Path, numbers: dict[str, dict]) -> None:
+    """Focus numbers by episode index, in index order, written atomically."""
+    from focusvit.runs import atomic_write_text
+
+    ordered = dict(sorted(numbers.items(), key=lambda item: int(item[0])))
+    atomic_write_text(path, json.dumps(ordered, indent=1))
 
 
 def stored_focus(folder: Path) -> dict[str, dict]:
