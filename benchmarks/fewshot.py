@@ -30,13 +30,15 @@ images, share of the support attention on the position prompts).
 
 Every episode is appended to ``--out``/SETTING/BACKBONE/METHOD.jsonl as it finishes; rerunning the
 same command resumes without repeating or losing episodes; the tables are also written to
-``--out``/results.json and results.csv.
+``--out``/results.json and results.csv. ``--report-only`` re-prints the tables from those records
+alone (no model loaded, no baseline retrained; records of other episode settings are refused).
 
 The paired evidence for the attention loss with α chosen on validation classes (plain, the
 authors' α and the validated α on the same episodes, shipped and premise scenes) is
 ``benchmarks/fort_study.py``.
 
     python benchmarks/fewshot.py --quick   # CPU: 5w1s and 5w5s, 10 episodes, 5 queries per class
+    python benchmarks/fewshot.py --quick --report-only --out benchmarks/results/fewshot_quick
     python benchmarks/fewshot.py           # GPU: 5w1s, 5w5s, 20w1s, 600 episodes, 15 queries
 """
 
@@ -123,6 +125,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="default: cuda when available")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default="outputs/benchmarks/fewshot")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="re-print the tables from the episode records under --out (no model is loaded or "
+        "trained; e.g. --quick --out benchmarks/results/fewshot_quick)",
+    )
     return parser.parse_args()
 
 
@@ -229,6 +237,7 @@ def summary(method: str, result, seconds: float) -> dict:
         "mean": result.mean,
         "ci95": result.ci95,
         "accuracies": list(result.accuracies),
+        "episode_ids": [int(r["episode"]) for r in result.records],
         "trainable": trainable,
         "seconds_per_episode": seconds,
     }
@@ -307,6 +316,71 @@ def evaluate_baselines(models, dataset, setting: dict, folder: Path, device) -> 
     return rows
 
 
+# ----------------------------------------------------------------------------- stored records
+STORED_ROWS = {"pretrained": VIT_ROWS, "dinov2": VIT_ROWS, "swin": SWIN_ROWS, "effnet": CNN_ROWS}
+
+
+def stored_row(method: str, path: Path, setting: dict) -> dict | None:
+    """The summary of a row's records (first ``setting["episodes"]`` episodes), ``None`` without
+    records; refuses records of another episode setting (e.g. the full mode's against --quick)."""
+    from focusvit.runs import EvaluationResult, read_episode_file
+
+    header, records = read_episode_file(path)
+    wanted = {k: setting[k] for k in ("n_way", "k_shot", "n_query", "seed")}
+    stored = {k: (header or {}).get("settings", {}).get("episodes", {}).get(k) for k in wanted}
+    if records and stored != wanted:
+        raise SystemExit(
+            f"{path} holds episodes of {stored}, not {wanted}: pass the options it was run with "
+            "(--quick, --n-query, --seed) or another --out"
+        )
+    records = sorted(
+        (r for r in records if r["episode"] < setting["episodes"]), key=lambda r: r["episode"]
+    )
+    if not records:
+        return None
+    return summary(method, EvaluationResult.from_records(method, records), math.nan)
+
+
+def stored_focus(path: Path, methods: tuple[str, ...], count: int) -> dict:
+    """The cached attention focus of the first ``count`` episodes (``{}`` when none is stored)."""
+    if count <= 0 or not path.exists():
+        return {}
+    cache = json.loads(path.read_text())
+    runs = {
+        k: {m: v for m, v in cache[str(k)].items() if m in ("pretrained", *methods)}
+        for k in range(count)
+        if str(k) in cache
+    }
+    return {"patches": cache["patches"], "runs": runs} if runs else {}
+
+
+def stored_results(
+    out: Path, keys: list[str], everything: dict, methods: set[str] | None, focus_count: int
+) -> int:
+    """Fill ``everything`` from the records under ``out``; returns the number of rows found."""
+    found = 0
+    for key in keys:
+        column = "conv4-84px" if key == "baselines" else key
+        rows = BASELINE_ROWS if key == "baselines" else STORED_ROWS[key]
+        rows = tuple(m for m in rows if key == "baselines" or methods is None or m in methods)
+        for name, block in everything.items():
+            folder = out / name / key
+            summaries = [
+                stored_row(m, folder / f"{m.replace('+', '_')}.jsonl", block["setting"])
+                for m in rows
+            ]
+            summaries = [row for row in summaries if row is not None]
+            found += len(summaries)
+            if summaries:
+                block["accuracy"][column] = summaries
+            focus = (
+                {} if key == "baselines" else stored_focus(folder / "focus.json", rows, focus_count)
+            )
+            if focus:
+                block["focus"][key] = focus
+    return found
+
+
 # ----------------------------------------------------------------------------- tables
 def cell(row: dict | None) -> str:
     if row is None:
@@ -338,8 +412,9 @@ def paired_table(results: dict[str, list[dict]]) -> list[str]:
             plain, fort = by_method.get(tuner), by_method.get(f"{tuner}+fort")
             if not plain or not fort:
                 continue
-            n = min(len(plain["accuracies"]), len(fort["accuracies"]))
-            diff = np.array(fort["accuracies"][:n]) - np.array(plain["accuracies"][:n])
+            diff = paired_differences(plain, fort)
+            if diff.size == 0:
+                continue
             mean, ci = mean_and_ci(diff.tolist())
             wtl = f"{(diff > 0).sum()}/{(diff == 0).sum()}/{(diff < 0).sum()}"
             lines.append(
@@ -347,6 +422,15 @@ def paired_table(results: dict[str, list[dict]]) -> list[str]:
                 f"{f'{100 * mean:+.1f} ± {100 * ci:.1f}':>17}{wtl:>10}"
             )
     return lines
+
+
+def paired_differences(plain: dict, fort: dict) -> np.ndarray:
+    """``fort − plain`` accuracy on the episodes both rows hold, matched by episode index (a
+    record missing from one row drops that episode; it does not shift the later ones)."""
+    plain_by_id = dict(zip(plain["episode_ids"], plain["accuracies"], strict=True))
+    fort_by_id = dict(zip(fort["episode_ids"], fort["accuracies"], strict=True))
+    common = sorted(plain_by_id.keys() & fort_by_id.keys())
+    return np.array([fort_by_id[i] - plain_by_id[i] for i in common], dtype=float)
 
 
 def focus_table(focus: dict[str, dict]) -> list[str]:
@@ -412,11 +496,6 @@ def main() -> None:
         )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     per_class = max(mode.images_per_class, max(SETTINGS[s][1] for s in settings) + n_query)
-    scenes = focusvit.SyntheticScenes("novel", images_per_class=per_class)
-    scenes_84 = focusvit.SyntheticScenes("novel", per_class, SceneConfig(image_size=84))
-    assert list(scenes.labels) == list(scenes_84.labels), "84-px scenes must index the same tasks"
-    out = Path(args.out)
-    models = baseline_models(args, mode, out) if "baselines" in keys else {}
     shape = {"n_query": n_query, "episodes": episodes, "seed": args.seed}
     everything: dict[str, dict] = {
         name: {
@@ -426,6 +505,19 @@ def main() -> None:
         }
         for name in settings
     }
+    out = Path(args.out)
+    if args.report_only:  # the records alone: no backbone loaded, no baseline trained
+        if not stored_results(out, keys, everything, methods, focus_count):
+            raise SystemExit(
+                f"no stored episode records under {out} for these options; run without "
+                "--report-only, or pass the --out (and --quick) the records were written with"
+            )
+        print_report(everything, args, per_class, device, None)
+        return
+    scenes = focusvit.SyntheticScenes("novel", images_per_class=per_class)
+    scenes_84 = focusvit.SyntheticScenes("novel", per_class, SceneConfig(image_size=84))
+    assert list(scenes.labels) == list(scenes_84.labels), "84-px scenes must index the same tasks"
+    models = baseline_models(args, mode, out) if "baselines" in keys else {}
     start = time.perf_counter()
     for key in keys:  # each backbone is loaded once and runs every setting
         backbone = None if key == "baselines" else load_backbone(key, args)
@@ -452,13 +544,23 @@ def main() -> None:
 
 
 def print_report(
-    everything: dict, args: argparse.Namespace, per_class: int, device: str, seconds: float
+    everything: dict,
+    args: argparse.Namespace,
+    per_class: int,
+    device: str,
+    seconds: float | None,
 ) -> None:
+    """The tables; ``seconds=None``: re-printed from the records under ``--out``."""
+    run = (
+        f"device {device}, {torch.get_num_threads()} threads; recipes of DESIGN.md section 6; "
+        f"same episodes in every row; {seconds / 60:.1f} min this run (resumed episodes are free)"
+        if seconds is not None
+        else f"same episodes in every row; re-printed from the episode records under {args.out} "
+        "(no model loaded; device and timings are in the records)"
+    )
     print(
         f"\nfocusvit few-shot benchmark: synthetic scenes (novel classes, {per_class} images per "
-        f"class), inputs {args.image_size} px (baselines 84 px), seed {args.seed}, device {device}, "
-        f"{torch.get_num_threads()} threads; recipes of DESIGN.md section 6; "
-        f"same episodes in every row; {seconds / 60:.1f} min this run (resumed episodes are free)"
+        f"class), inputs {args.image_size} px (baselines 84 px), seed {args.seed}, {run}"
     )
     for name, block in everything.items():
         s = block["setting"]

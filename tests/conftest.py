@@ -41,6 +41,21 @@ def fort_study():
         sys.path.remove(str(benchmarks))
 
 
+@pytest.fixture(scope="module")
+def fewshot_bench():
+    """``benchmarks/fewshot.py`` as a module (``benchmarks`` is not a package; registered in
+    ``sys.modules`` while used, as its dataclasses need)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fewshot.py"
+    spec = importlib.util.spec_from_file_location("fewshot_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
