@@ -27,6 +27,7 @@ from .hf_vit import HFViTAdapter
 from .registry import (
     adapt,
     load_backbone,
+    model_family,
     register_adapter,
     save_backbone,
     supported_families,
@@ -59,6 +60,7 @@ __all__ = [
     "imagenet_class_names",
     "is_timm_model",
     "load_backbone",
+    "model_family",
     "register_adapter",
     "save_backbone",
     "suggest_model_names",

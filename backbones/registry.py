@@ -225,6 +225,72 @@ def _load_backbone(
     )
 
 
+def model_family(spec: str | os.PathLike) -> str | None:
+    """The adapter family (``"vit"``, ``"swin"``, ``"cnn"``) a spec would load as, told without
+    downloading or allocating weights: tiny models are built, timm and Hugging Face
+    architectures on the ``meta`` device (Hugging Face reads only the model's config),
+    checkpoints from their metadata. ``None`` when it cannot be told that cheaply (offline
+    models, unknown specs, an unreachable hub): :func:`load_backbone` then decides, and
+    raises, as usual. Lets a run refuse a tuner the family has no recipe for before a download.
+    """
+    try:
+        model = _architecture_only(str(spec))
+    except Exception:  # never refuse here: loading the model reports the real problem
+        return None
+    if model is None:
+        return None
+    model = _unwrap(model)
+    entry = next((e for e in ADAPTERS if e.matches(model)), None)
+    return None if entry is None else entry.adapter.family
+
+
+def _architecture_only(text: str, **model_kwargs: Any) -> nn.Module | None:
+    """The spec's architecture without weights (``meta`` tensors), or ``None``."""
+    prefix, _, rest = text.partition(":")
+    path = Path(text).expanduser()
+    if prefix == "tiny" and rest:
+        from .tiny import build_tiny
+
+        return build_tiny(rest)
+    if prefix == "timm" and rest:
+        return _timm_architecture(rest, **model_kwargs)
+    if prefix == "hf" and rest:
+        return _hf_architecture(rest)
+    if prefix == "offline" and rest:
+        return None  # local weights: loading them is the cheap way to know
+    if path.is_dir() and (path / "config.json").exists():
+        return _hf_architecture(str(path))
+    if path.is_file() and path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            info = json.loads((handle.metadata() or {})["focusvit"])
+        return _architecture_only(info["spec"], **info.get("model_kwargs", {}))
+    return _timm_architecture(text, **model_kwargs)
+
+
+def _timm_architecture(name: str, **model_kwargs: Any) -> nn.Module | None:
+    import timm
+    import torch
+
+    if not timm.is_model(name):
+        return None
+    with torch.device("meta"):
+        kwargs = {**_timm_family_kwargs(name), **model_kwargs}
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _hf_architecture(name: str) -> nn.Module:
+    """From a config already on disk (a local folder or the hub cache): never waits on the
+    network (an uncached hub id raises, so the family is told when the model loads)."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(name, local_files_only=True)
+    with torch.device("meta"):
+        return AutoModel.from_config(config)
+
+
 def _offline_names() -> list[str]:
     from .offline import OFFLINE_MODELS
 

@@ -255,6 +255,7 @@ def validate_fewshot(cfg: DictConfig) -> FewshotPlan:
     fort = build(cfg, "fort")
     options = build(cfg, "trainer")
     methods = fewshot_methods(cfg, tuner, fort)
+    check_methods_apply(methods, backbone)
     if OmegaConf.is_missing(cfg.data, "path"):  # (`"path" in cfg.data` is False when missing)
         raise ConfigError(
             "data.path is required for data=imagefolder: give the dataset root holding one "
@@ -289,22 +290,49 @@ def make_runners(plan: FewshotPlan, backbone, device) -> dict[str, Any]:
     return runners
 
 
+def check_methods_apply(methods: list[str], spec: BackboneSpec) -> None:
+    """Refuse, before the model is downloaded or loaded, a tuner or the attention loss that the
+    backbone's family cannot take, when :func:`focusvit.backbones.model_family` can tell the
+    family from the spec alone (otherwise :func:`check_method_fits` refuses after loading)."""
+    from focusvit.backbones import model_family
+    from focusvit.finetune import parse_method
+
+    family = model_family(spec.spec)
+    if family is None:
+        return
+    for method in methods:
+        choice = parse_method(method)
+        if choice.tuner is not None:
+            check_tuner_family(choice.tuner, family, spec.spec)
+        if choice.fort and family not in ("vit", "swin"):
+            raise ConfigError(
+                f"method {method!r}: the attention-enhancement loss needs a transformer with "
+                f"attention; {spec.spec} is a {family}: drop '+fort' (fort=off), or load a ViT "
+                "or Swin"
+            )
+
+
+def check_tuner_family(tuner: str, family: str, spec: str) -> None:
+    """Refuse a tuner without a DESIGN.md recipe for ``family`` (CNN + lora, Swin + vpt, ...)."""
+    from focusvit.finetune.recipes import RECIPES
+
+    known = sorted(t for f, t in RECIPES if f == family)
+    if tuner not in known:
+        raise UnsupportedMethodError(
+            f"tuner {tuner!r} does not apply to {family} backbones ({spec}); use "
+            f"tuner={' or tuner='.join(known)}, or a backbone of another family"
+            if known
+            else f"no tuner applies to {family} backbones ({spec}); use a solver, "
+            "e.g. methods=[prototype]"
+        )
+
+
 def check_method_fits(tuner: str, backbone, plan: FewshotPlan) -> None:
     """Refuse a tuner without a DESIGN.md recipe for the backbone's family (CNN + lora, Swin +
     vpt, ...), a ViT prompt larger than the patch grid and a Swin prompt larger than a window,
     before any training."""
-    from focusvit.finetune.recipes import RECIPES
-
     family = backbone.family
-    known = sorted(t for f, t in RECIPES if f == family)
-    if tuner not in known:
-        raise UnsupportedMethodError(
-            f"tuner {tuner!r} does not apply to {family} backbones ({plan.backbone.spec}); use "
-            f"tuner={' or tuner='.join(known)}, or a backbone of another family"
-            if known
-            else f"no tuner applies to {family} backbones ({plan.backbone.spec}); use a solver, "
-            "e.g. methods=[prototype]"
-        )
+    check_tuner_family(tuner, family, plan.backbone.spec)
     top_k = getattr(plan.fort, "top_k", None)
     if top_k is not None and family == "vit":
         size = tuple(backbone.data_config["input_size"][1:])

@@ -658,6 +658,46 @@ def test_save_and_load_backbone_roundtrip(tmp_path):
     assert loaded.data_config["input_size"] == adapter.data_config["input_size"]
 
 
+@pytest.mark.parametrize(
+    ("spec", "family"),
+    [
+        ("tiny:timm-vit", "vit"),
+        ("tiny:hf-dinov2", "vit"),
+        ("tiny:timm-swin", "swin"),
+        ("tiny:hf-swin", "swin"),
+        ("tiny:timm-cnn", "cnn"),
+        # hub architectures on the meta device: no download (this machine has no hub access)
+        ("timm:vit_large_patch14_dinov2", "vit"),
+        ("timm:swin_base_patch4_window7_224", "swin"),
+        ("resnet50", "cnn"),
+    ],
+)
+def test_model_family_is_the_loaded_adapters_without_weights(spec, family):
+    from focusvit.backbones import model_family
+
+    assert model_family(spec) == family
+    if spec.startswith("tiny:"):  # the family load_backbone gives the same spec
+        assert focusvit.load_backbone(spec).family == family
+
+
+def test_model_family_of_local_files_and_what_it_cannot_tell(tmp_path):
+    from focusvit.backbones import model_family
+
+    build_tiny("hf-swin").save_pretrained(tmp_path / "hfswin")
+    assert model_family(tmp_path / "hfswin") == model_family(f"hf:{tmp_path / 'hfswin'}") == "swin"
+    path = focusvit.save_backbone(
+        focusvit.load_backbone("tiny:timm-cnn"),
+        tmp_path / "m.safetensors",
+        {"spec": "tiny:timm-cnn"},
+    )
+    assert model_family(path) == "cnn"
+    # not told cheaply: offline weights, an uncached hub id, unknown names, missing files
+    assert model_family("offline:dinov2-s14-imgfocus") is None
+    assert model_family("hf:nobody/not-cached-anywhere") is None
+    assert model_family("not-a-model-anywhere") is None
+    assert model_family(tmp_path / "missing.safetensors") is None
+
+
 def test_unknown_model_errors_name_the_fix(tmp_path):
     with pytest.raises(UnknownModelError, match="timm:NAME"):
         focusvit.load_backbone("not-a-model-anywhere")

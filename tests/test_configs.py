@@ -200,6 +200,12 @@ def test_unknown_key_fails_while_composing():
         (["episodes.k_shot=0"], "k_shot"),
         (["episodes.n_way=500"], "class"),
         (["data=imagefolder", "data.path=/nonexistent/cub"], "not a directory"),
+        # the family told from the spec alone (a hub model here would be refused before the
+        # download: this machine has no hub access)
+        (["backbone=tiny_timm_cnn", "tuner=lora", "fort=off"], "does not apply to cnn"),
+        (["backbone=tiny_timm_swin", "tuner=vpt", "fort=off"], "does not apply to swin"),
+        (["backbone.spec=timm:resnet50", "tuner=ssf", "fort=off"], "tuner=full or tuner=linear"),
+        (["backbone.spec=timm:resnet50", "tuner=full"], "needs a transformer"),
     ],
 )
 def test_bad_values_fail_before_the_model_loads(overrides, match):
