@@ -27,7 +27,10 @@ image as large and contrasted as the class object, DESIGN.md section 9). Inputs 
 
 Every episode of every row is appended to ``--out``/CELL/ROW.jsonl as it finishes: rerunning
 the same command resumes, and rerunning with a larger ``--episodes`` extends the same episodes.
-The validation choice is stored in ``--out``/CELL/selection.json.
+The validation choice is stored in ``--out``/CELL/selection.json. ``--report-only`` re-prints
+every stored cell from those files (no model loaded) and, without a cell filter, draws
+``--out``/paired_differences.png: ``authors − plain`` and ``validated − plain`` with their 95%
+intervals per cell against the +2-point goal (``--figure PATH`` for a filtered report).
 
 Several processes (``torchrun``; gloo on CPU, one thread each) share out every stage of a cell:
 the validation and test episodes round-robin (each process streams to ``shards/`` and the
@@ -107,7 +110,19 @@ def parse_args() -> argparse.Namespace:
         "per episode; 0: skip)",
     )
     parser.add_argument("--report-only", action="store_true", help="print what is stored")
-    return parser.parse_args()
+    parser.add_argument(
+        "--figure",
+        default=None,
+        help="--report-only: PNG of the paired differences of the printed cells; default "
+        "OUT/paired_differences.png when no cell filter (--backbones, --scenes, --settings, "
+        "--tuners, --prompts) is given, none otherwise (a filtered report must not replace the "
+        "figure of every cell)",
+    )
+    args = parser.parse_args()
+    filters = ("backbones", "scenes", "settings", "tuners", "prompts")
+    if args.figure is None and all(getattr(args, f) == parser.get_default(f) for f in filters):
+        args.figure = str(Path(args.out) / "paired_differences.png")
+    return args
 
 
 def load_backbone(key: str, args: argparse.Namespace, context=None):
@@ -428,6 +443,47 @@ def report(cells: list[dict]) -> None:
         )
 
 
+GOAL_POINTS = 2.0  # issue 13: a paired gain of at least 2 points, interval above zero
+
+
+def forest_figure(cells: list[dict], path: Path, dpi: int = 110):
+    """One row per cell: ``authors − plain`` and ``validated − plain`` in points with their 95%
+    intervals (:func:`paired`), a line at 0 and at the issue's +2-point goal; saved to ``path``
+    (PNG) and returned (``axes[0].containers``: authors first, then validated)."""
+    from matplotlib.figure import Figure
+
+    labels, rows = [], {"authors": [], "validated": []}
+    for c in cells:
+        acc = c["accuracies"]
+        labels.append(
+            f"{c['backbone']} · {c['scenes']} · {c['setting']} · {c['tuner']} ({len(acc['plain'])})"
+        )
+        for row in rows:
+            mean, ci, _ = paired(acc[row], acc["plain"])
+            rows[row].append((100 * mean, 100 * ci))
+    figure = Figure(figsize=(8, 1.2 + 0.32 * len(cells)), layout="constrained")
+    axes = figure.add_subplot()
+    y = np.arange(len(cells))[::-1].astype(float)
+    styles = {"authors": ("o", "tab:gray", "authors' α"), "validated": ("s", "tab:blue",
+              "α chosen on validation classes")}  # fmt: skip
+    for offset, (row, values) in zip((0.17, -0.17), rows.items(), strict=True):
+        marker, colour, label = styles[row]
+        means, cis = np.array(values).T
+        axes.errorbar(means, y + offset, xerr=cis, fmt=marker, color=colour, capsize=2,
+                      markersize=4, label=label)  # fmt: skip
+    axes.axvline(0.0, color="black", linewidth=0.8)
+    axes.axvline(GOAL_POINTS, color="tab:green", linestyle="--", linewidth=0.8,
+                 label=f"goal: +{GOAL_POINTS:g} points")  # fmt: skip
+    axes.set_yticks(y, labels, fontsize=8)
+    axes.set_xlabel("paired accuracy difference, row − plain (points; 95% interval)")
+    axes.set_title("attention-enhancement loss on the same novel-class episodes", fontsize=10)
+    figure.legend(fontsize=8, loc="outside lower center", ncol=3)
+    axes.grid(axis="x", alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    return figure
+
+
 def main() -> None:
     from focusvit.runs import DistContext
 
@@ -465,6 +521,8 @@ def run_cells(args: argparse.Namespace, context) -> None:
                     if args.report_only:
                         stored = _stored(folder)
                         if stored is None:
+                            if (folder / "selection.json").exists():
+                                print(f"({name}: no test episode in every row yet; skipped)")
                             continue
                         alpha, accuracies, authors_alpha = stored
                     else:
@@ -502,6 +560,9 @@ def run_cells(args: argparse.Namespace, context) -> None:
                         c.get("focus", []))  # fmt: skip
         if cells:  # the summary of every stored cell, merged into the one on disk
             write_summary(out / "results.json", cells)
+            if args.figure:
+                forest_figure(cells, Path(args.figure))
+                print(f"\nfigure of the paired differences: {args.figure}")
         else:
             print(f"no stored cells under {out} for these options; run without --report-only")
         return
@@ -547,6 +608,8 @@ def _stored(folder: Path) -> tuple[float, dict, float] | None:
     # pair by episode index: only the episodes every stored row holds (a row stopped earlier,
     # or a record lost from one file, must not shift the pairing)
     common = sorted(set.intersection(*(set(rows) for rows in by_episode.values())))
+    if not common:  # a cell whose test rows have not started (or not reached a common episode)
+        return None
     accuracies = {row: [rows[e] for e in common] for row, rows in by_episode.items()}
     return alpha, with_validated(accuracies, alpha), authors_alpha
 

@@ -118,3 +118,66 @@ def test_paired_matches_a_direct_computation(fort_study):
     assert mean == pytest.approx(diff.mean())
     assert ci == pytest.approx(1.96 * diff.std() / np.sqrt(len(diff)))
     assert wtl == "2/1/1"
+
+
+def _run(fort_study, monkeypatch, capsys, argv: list[str]) -> str:
+    monkeypatch.setattr(sys, "argv", ["fort_study.py", "--report-only", *argv])
+    fort_study.main()
+    return capsys.readouterr().out
+
+
+def _capture_figures(fort_study, monkeypatch) -> list:
+    figures, draw = [], fort_study.forest_figure
+
+    def capture(*args, **kwargs):
+        figures.append(draw(*args, **kwargs))
+        return figures[-1]
+
+    monkeypatch.setattr(fort_study, "forest_figure", capture)
+    return figures
+
+
+def test_unfiltered_report_draws_every_cell_with_its_paired_intervals(
+    fort_study, monkeypatch, capsys, tmp_path
+):
+    shutil.copytree(RESULTS / CELL, tmp_path / CELL)
+    figures = _capture_figures(fort_study, monkeypatch)
+    printed = _run(fort_study, monkeypatch, capsys, ["--out", str(tmp_path)])
+
+    assert (tmp_path / "paired_differences.png").stat().st_size > 0
+    assert str(tmp_path / "paired_differences.png") in printed
+    (axes,) = figures[0].axes
+    authors, validated = axes.containers  # one point each per stored cell (here one cell)
+    plain = _accuracies(tmp_path / CELL / "plain.jsonl")
+    diff = _accuracies(tmp_path / CELL / "authors.jsonl") - plain
+    assert authors.lines[0].get_xdata() == pytest.approx([100 * diff.mean()])
+    low, high = authors.lines[2][0].get_segments()[0][:, 0]
+    assert (high - low) / 2 == pytest.approx(100 * 1.96 * diff.std() / np.sqrt(len(diff)))
+    assert validated.lines[0].get_xdata() == pytest.approx([0.0])  # α = 0 chosen: plain itself
+    labels = [t.get_text() for t in axes.get_yticklabels()]
+    assert labels == ["dinov2 · premise · 5w1s · ssf (150)"]
+
+
+def test_filtered_report_draws_no_figure_unless_asked(fort_study, monkeypatch, capsys, tmp_path):
+    """A filtered report must not replace the figure of every cell with one of its cells."""
+    shutil.copytree(RESULTS / CELL, tmp_path / CELL)
+    _report(fort_study, monkeypatch, capsys, tmp_path)
+    assert not (tmp_path / "paired_differences.png").exists()
+    figure = tmp_path / "one_cell.png"
+    _run(fort_study, monkeypatch, capsys,
+         ["--out", str(tmp_path), "--tuners", "ssf", "--figure", str(figure)])  # fmt: skip
+    assert figure.stat().st_size > 0
+
+
+def test_report_skips_a_cell_whose_test_rows_have_not_started(
+    fort_study, monkeypatch, capsys, tmp_path
+):
+    """A cell stopped (or still running) after its validation holds headers but no common
+    test episode: the report names it and goes on instead of failing on an empty row."""
+    shutil.copytree(RESULTS / CELL, tmp_path / CELL)
+    for row in ("plain", "authors"):
+        path = tmp_path / CELL / f"{row}.jsonl"
+        path.write_text(path.read_text().splitlines()[0] + "\n")  # the settings header only
+    printed = _report(fort_study, monkeypatch, capsys, tmp_path)
+    assert "dinov2 · premise · 5w1s · ssf: no test episode in every row yet; skipped" in printed
+    assert "no stored cells" in printed
