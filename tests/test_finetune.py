@@ -196,8 +196,9 @@ def test_head_scaling_keeps_initial_predictions_and_shrinks_the_head_step():
         optimizer = torch.optim.AdamW(module.parameters(), lr=0.1, weight_decay=0.0)
         torch.nn.functional.cross_entropy(module(features), labels).backward()
         optimizer.step()
-    change = (head.weight - init_head(features, labels, "svm").weight).abs().max()
-    scaled_change = (scaled.weight / 20 - init_head(features, labels, "svm").weight).abs().max()
+    initial = init_head(features, labels, "svm").weight.detach()
+    change = (head.weight.detach() - initial).abs().max()
+    scaled_change = (scaled.weight.detach() / 20 - initial).abs().max()
     assert float(scaled_change) == pytest.approx(float(change) / 20, rel=1e-3)  # Adam: 20x smaller
     backbone = tiny_adapter("timm-vit")
     images, labels = support_set(backbone)
