@@ -261,10 +261,7 @@ def _architecture_only(text: str, **model_kwargs: Any) -> nn.Module | None:
     if path.is_dir() and (path / "config.json").exists():
         return _hf_architecture(str(path))
     if path.is_file() and path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            info = json.loads((handle.metadata() or {})["focusvit"])
+        info = _checkpoint_info(path)
         return _architecture_only(info["spec"], **info.get("model_kwargs", {}))
     return _timm_architecture(text, **model_kwargs)
 
@@ -435,11 +432,10 @@ def save_backbone(adapter: BackboneAdapter, path: str | os.PathLike, spec: dict)
     return path
 
 
-def _load_checkpoint(path: Path, num_classes: int | None = None) -> BackboneAdapter:
-    """Rebuild the saved architecture, load its weights; ``num_classes`` as in
-    :func:`load_backbone` (``None`` keeps the saved head, ``0`` removes it, ``N`` a new one)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+def _checkpoint_info(path: Path) -> dict:
+    """The focusvit metadata of a :func:`save_backbone` file (``spec``, ``num_classes``,
+    ``model_kwargs``, ``data_config``), read from the header alone; clear errors otherwise."""
+    from safetensors import SafetensorError, safe_open
 
     if path.suffix != ".safetensors":
         raise UnknownModelError(
@@ -447,8 +443,6 @@ def _load_checkpoint(path: Path, num_classes: int | None = None) -> BackboneAdap
             "written by focusvit.save_backbone; for a plain state dict build the model and call "
             "model.load_state_dict yourself, then focusvit.adapt(model)"
         )
-    from safetensors import SafetensorError
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = (handle.metadata() or {}).get("focusvit")
@@ -463,6 +457,15 @@ def _load_checkpoint(path: Path, num_classes: int | None = None) -> BackboneAdap
         raise UnknownModelError(
             f"{path} has no focusvit metadata; it was not written by focusvit.save_backbone"
         )
+    return info
+
+
+def _load_checkpoint(path: Path, num_classes: int | None = None) -> BackboneAdapter:
+    """Rebuild the saved architecture, load its weights; ``num_classes`` as in
+    :func:`load_backbone` (``None`` keeps the saved head, ``0`` removes it, ``N`` a new one)."""
+    from safetensors.torch import load_file
+
+    info = _checkpoint_info(path)
     adapter = load_backbone(
         info["spec"],
         num_classes=info.get("num_classes"),

@@ -174,8 +174,9 @@ def load_backbone(key: str, args: argparse.Namespace):
     return backbone
 
 
-def rows_for(backbone, methods: set[str] | None) -> tuple[str, ...]:
-    rows = {"vit": VIT_ROWS, "swin": SWIN_ROWS}.get(backbone.family, CNN_ROWS)
+def rows_for(family: str, methods: set[str] | None) -> tuple[str, ...]:
+    """The rows of a backbone family (``vit``, ``swin``, else CNN), restricted to ``methods``."""
+    rows = {"vit": VIT_ROWS, "swin": SWIN_ROWS}.get(family, CNN_ROWS)
     return tuple(m for m in rows if methods is None or m in methods)
 
 
@@ -317,7 +318,8 @@ def evaluate_baselines(models, dataset, setting: dict, folder: Path, device) -> 
 
 
 # ----------------------------------------------------------------------------- stored records
-STORED_ROWS = {"pretrained": VIT_ROWS, "dinov2": VIT_ROWS, "swin": SWIN_ROWS, "effnet": CNN_ROWS}
+#: the family of each backbone key, known without loading it (for ``--report-only``)
+FAMILIES = {"pretrained": "vit", "dinov2": "vit", "swin": "swin", "effnet": "cnn"}
 
 
 def stored_row(method: str, path: Path, setting: dict) -> dict | None:
@@ -361,8 +363,7 @@ def stored_results(
     found = 0
     for key in keys:
         column = "conv4-84px" if key == "baselines" else key
-        rows = BASELINE_ROWS if key == "baselines" else STORED_ROWS[key]
-        rows = tuple(m for m in rows if key == "baselines" or methods is None or m in methods)
+        rows = BASELINE_ROWS if key == "baselines" else rows_for(FAMILIES[key], methods)
         for name, block in everything.items():
             folder = out / name / key
             summaries = [
@@ -529,7 +530,7 @@ def main() -> None:
                     models, scenes_84, setting, folder, device
                 )
                 continue
-            rows = rows_for(backbone, methods)
+            rows = rows_for(backbone.family, methods)
             block["accuracy"][key] = [
                 evaluate_row(
                     backbone, scenes, m, setting, folder / f"{m.replace('+', '_')}.jsonl", device

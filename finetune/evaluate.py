@@ -86,13 +86,15 @@ def parse_method(method: str) -> MethodChoice:
             f"unknown method {method!r}; solvers: {', '.join(SOLVERS)}; tuners (optionally "
             f"+fort): {', '.join(TUNERS)}"
         )
-    _refuse_fort(choice.tuner, choice.solver, fort)
+    refuse_fort(choice.tuner, choice.solver, fort)
     return choice
 
 
-def _refuse_fort(
+def refuse_fort(
     tuner: str | None, solver: str | None, fort: bool, family: str | None = None
 ) -> None:
+    """Refuse the attention loss where it cannot act: a frozen-feature solver, the linear probe,
+    or a backbone ``family`` without attention (``None``: not known yet)."""
     if not fort:
         return
     if solver is not None:
@@ -354,7 +356,7 @@ def make_runner(
     fort = FortConfig() if fort is True else (None if fort is False else fort)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if solver is not None:
-        _refuse_fort(None, solver, fort is not None)
+        refuse_fort(None, solver, fort is not None)
         if options is not None or tuner_options:
             raise ConfigError(
                 f"fine-tuning options do not apply to solver {solver!r} (it fits frozen "
@@ -386,7 +388,7 @@ def make_runner(
             check_batchable(backbone, config)
         except BatchingUnsupportedError as error:
             raise ConfigError(f"tasks_per_batch={tasks_per_batch}: {error}") from None
-    _refuse_fort(config.name, None, fort is not None, backbone.family)
+    refuse_fort(config.name, None, fort is not None, backbone.family)
     recipe_for(backbone.family, config.name)  # refuses a tuner without a recipe for the family
     return TunerRunner(backbone, config, fort, options or FitOptions(), device, tasks_per_batch)
 

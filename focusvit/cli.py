@@ -296,6 +296,7 @@ def check_methods_apply(methods: list[str], spec: BackboneSpec) -> None:
     family from the spec alone (otherwise :func:`check_method_fits` refuses after loading)."""
     from focusvit.backbones import model_family
     from focusvit.finetune import parse_method
+    from focusvit.finetune.evaluate import refuse_fort
 
     family = model_family(spec.spec)
     if family is None:
@@ -304,12 +305,7 @@ def check_methods_apply(methods: list[str], spec: BackboneSpec) -> None:
         choice = parse_method(method)
         if choice.tuner is not None:
             check_tuner_family(choice.tuner, family, spec.spec)
-        if choice.fort and family not in ("vit", "swin"):
-            raise ConfigError(
-                f"method {method!r}: the attention-enhancement loss needs a transformer with "
-                f"attention; {spec.spec} is a {family}: drop '+fort' (fort=off), or load a ViT "
-                "or Swin"
-            )
+        refuse_fort(choice.tuner, choice.solver, choice.fort, family)
 
 
 def check_tuner_family(tuner: str, family: str, spec: str) -> None:
