@@ -11,12 +11,17 @@ from focusvit.errors import (
     UnsupportedMethodError,
 )
 
+# The family files: each registers itself on import (docs: the families page).
+from . import beit, hf_clip, hf_dinov3, hf_siglip, swinv2  # noqa: F401  (register themselves)
+from . import timm_beit  # noqa: F401  (registers itself)
 from .base import (
     AttentionRecord,
     AttentionSite,
     BackboneAdapter,
     BlockInput,
+    RecomputedSite,
     TokenGeometry,
+    TokenLayout,
     WindowGeometry,
     default_data_config,
 )
@@ -24,22 +29,26 @@ from .catalog import imagenet_class_names, is_timm_model, suggest_model_names
 from .cnn import TimmCNNAdapter
 from .hf_swin import HFSwinAdapter
 from .hf_vit import HFViTAdapter
+from .loading import load_backbone, model_family, save_backbone
 from .registry import (
+    FAMILIES,
+    FamilyEntry,
     adapt,
-    load_backbone,
-    model_family,
+    family_of,
     register_adapter,
-    save_backbone,
+    register_family,
     supported_families,
 )
 from .timm_swin import TimmSwinAdapter
 from .timm_vit import TimmViTAdapter
 
 __all__ = [
+    "FAMILIES",
     "AttentionRecord",
     "AttentionSite",
     "BackboneAdapter",
     "BlockInput",
+    "FamilyEntry",
     "FocusVitError",
     "HFSwinAdapter",
     "HFViTAdapter",
@@ -47,21 +56,25 @@ __all__ = [
     "InputSizeError",
     "NonFiniteError",
     "OfflineWeightsMissingError",
+    "RecomputedSite",
     "TimmCNNAdapter",
     "TimmSwinAdapter",
     "TimmViTAdapter",
     "TokenGeometry",
+    "TokenLayout",
     "UnknownModelError",
     "UnsupportedFamilyError",
     "UnsupportedMethodError",
     "WindowGeometry",
     "adapt",
     "default_data_config",
+    "family_of",
     "imagenet_class_names",
     "is_timm_model",
     "load_backbone",
     "model_family",
     "register_adapter",
+    "register_family",
     "save_backbone",
     "suggest_model_names",
     "supported_families",

@@ -1,243 +1,68 @@
-"""The backbone adapter contract (DESIGN.md section 3).
+"""The backbone adapter contract (docs: :doc:`families`).
 
 Explainers, prompting and fine-tuners talk to a :class:`BackboneAdapter`, never to module paths
-of timm or Hugging Face models. One subclass per model family knows those internals.
-
-Attention capture does not rely on the model's own attention code path: it hooks the q/k
-projections of the chosen layers and recomputes ``q kᵀ · scale`` (+ relative position bias for
-Swin) from their outputs. The maps therefore exist whether the model runs fused
-(``scaled_dot_product_attention``) or eager attention, they stay in the autograd graph, and the
-rest of the network keeps its fast path.
+of timm or Hugging Face models. Each model family is one small file (``timm_vit.py``,
+``hf_clip.py``, ...) that declares its facts (blocks, attention sites, token layout, pooling,
+LoRA / SSF targets, Grad-CAM layer, head) and registers itself with
+:func:`focusvit.backbones.registry.register_family`. The attention-capture engine lives in
+``capture.py`` and the token geometry in ``geometry.py``; no family re-implements them.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Sequence
+import dataclasses
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from focusvit.errors import InputSizeError, UnsupportedMethodError
 
+from .capture import (
+    AttentionKind,
+    AttentionRecord,
+    AttentionReducer,
+    AttentionSite,
+    BlockInput,
+    RecomputedSite,
+    capture,
+)
+from .geometry import (
+    TokenGeometry,
+    TokenLayout,
+    WindowGeometry,
+    nearest_fitting_size,
+    split_heads,
+    to_tuple2,
+)
+
 Family = Literal["vit", "swin", "cnn"]
-AttentionKind = Literal["probs", "logits"]
-#: ``reduce(layer, maps)`` for :meth:`BackboneAdapter.capture_attention`: per-chunk attention
-#: maps -> a batch-first tensor (or tuple of them).
-AttentionReducer = Callable[[int, Tensor], "Tensor | tuple[Tensor, ...]"]
 
+#: ImageNet normalisation ``(mean, std)``: the default of :attr:`BackboneAdapter.default_mean_std`
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
-@dataclass(frozen=True)
-class TokenGeometry:
-    """Token layout of a columnar ViT for one input size.
-
-    Two layouts exist while a tuner has inserted tokens (VPT prompts)::
-
-        final tokens (adapter.tokens, pooling, head):       [ prefix (P) | patches (N) ]
-        inside the blocks (block inputs, captured attention,
-        outputs of block sub-modules such as gradcam_layer): [ prefix (P) | inserted (T) | patches (N) ]
-
-    Attributes:
-        num_prefix_tokens: P, the model's own CLS + register + distillation tokens.
-        grid: patch grid ``(h, w)`` for the input size.
-        patch_size: ``(ph, pw)`` in pixels.
-        num_inserted_tokens: T, tokens a tuner inserted after the prefix inside the blocks
-            (0 without such a tuner).
-    """
-
-    num_prefix_tokens: int
-    grid: tuple[int, int]
-    patch_size: tuple[int, int]
-    num_inserted_tokens: int = 0
-
-    @property
-    def num_patches(self) -> int:
-        """N = h · w."""
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def num_tokens(self) -> int:
-        """P + N: tokens of the final (normalised) token sequence."""
-        return self.num_prefix_tokens + self.num_patches
-
-    @property
-    def num_tokens_before_patches(self) -> int:
-        """P + T: index of the first patch token inside the blocks."""
-        return self.num_prefix_tokens + self.num_inserted_tokens
-
-    @property
-    def num_block_tokens(self) -> int:
-        """P + T + N: tokens inside the blocks (the side of captured attention maps)."""
-        return self.num_tokens_before_patches + self.num_patches
-
-
-@dataclass(frozen=True)
-class WindowGeometry:
-    """Window layout of one Swin block for one input size.
-
-    Attributes:
-        grid: token grid ``(H, W)`` of the stage (before padding).
-        window: window size ``(wh, ww)``.
-        shift: cyclic shift ``(sh, sw)`` applied before partitioning (0 for W-MSA blocks).
-        stage: index of the stage the block belongs to.
-    """
-
-    grid: tuple[int, int]
-    window: tuple[int, int]
-    shift: tuple[int, int]
-    stage: int
-
-    @property
-    def padded_grid(self) -> tuple[int, int]:
-        return (
-            math.ceil(self.grid[0] / self.window[0]) * self.window[0],
-            math.ceil(self.grid[1] / self.window[1]) * self.window[1],
-        )
-
-    @property
-    def num_windows(self) -> int:
-        ph, pw = self.padded_grid
-        return (ph // self.window[0]) * (pw // self.window[1])
-
-
-@dataclass
-class AttentionSite:
-    """How to recompute one layer's attention logits from hooked projection outputs.
-
-    Attributes:
-        modules: the modules whose outputs are needed, in the order ``split`` expects them
-            (one fused ``qkv`` linear, or separate ``q`` and ``k`` linears).
-        split: maps those outputs to ``(q, k)``, each ``(B', heads, N, head_dim)``.
-        scale: multiplier of ``q kᵀ``.
-        bias: optional callable returning an additive ``(1, heads, N, N)`` bias (Swin's
-            relative position bias), evaluated at capture time so it follows training.
-        eager_owner: optional attention module with a ``fused_attn`` flag whose eager path
-            computes the softmax probabilities itself; for ``kind="probs"`` without ``reduce``
-            the capture turns the flag off for this layer only (restored on exit) and reads them
-            instead of recomputing ``q kᵀ`` a second time next to the fused kernel.
-        probs_module: the module the eager path feeds the probabilities ``(B', heads, N, N)``
-            to (timm: ``attn_drop``); required with ``eager_owner``.
-        sdpa_owner: optional module during whose forward this layer's attention is one
-            ``F.scaled_dot_product_attention(q, k, v)`` call on ``(B', heads, N, head_dim)``
-            tensors, with ``q, k`` as ``split`` returns them. For ``kind="probs"`` with
-            ``reduce`` the capture computes that call itself, eagerly and ``chunk`` images at a
-            time, and hands the softmax it computed to ``reduce`` while it is in cache: the
-            probabilities are computed once instead of once in the fused kernel and once more
-            for the record. Calls it cannot reproduce exactly (a mask, dropout, causal, a scale
-            other than ``scale``, not float32/float64) run unchanged and the maps are
-            recomputed from the hooked projections.
-    """
-
-    modules: Sequence[nn.Module]
-    split: Callable[[Sequence[Tensor]], tuple[Tensor, Tensor]]
-    scale: float
-    bias: Callable[[], Tensor] | None = None
-    eager_owner: nn.Module | None = None
-    probs_module: nn.Module | None = None
-    sdpa_owner: nn.Module | None = None
-
-    def logits(self, outputs: Sequence[Tensor]) -> Tensor:
-        """Pre-softmax attention logits ``(B', heads, N, N)``."""
-        q, k = self.split(outputs)
-        logits = (q * self.scale) @ k.transpose(-2, -1)
-        if self.bias is not None:
-            logits = logits + self.bias().to(logits.dtype)
-        return logits
-
-
-@dataclass
-class AttentionRecord:
-    """Attention maps of the most recent forward pass inside :meth:`capture_attention`.
-
-    Index it like a list: ``record[i]`` is the map of the i-th requested layer, shape
-    ``(B, heads, N, N)`` for columnar ViTs and ``(B, windows, heads, n, n)`` for Swin.
-    """
-
-    layers: list[int]
-    kind: AttentionKind
-    maps: list[Tensor | None] = field(default_factory=list)
-
-    def __getitem__(self, index: int) -> Tensor:
-        value = self.maps[index]
-        if value is None:
-            raise RuntimeError(
-                f"no attention was recorded for layer {self.layers[index]}: run a forward pass "
-                "of the adapter (e.g. adapter.logits(x)) inside the capture_attention block"
-            )
-        return value
-
-    def __len__(self) -> int:
-        return len(self.maps)
-
-    def __iter__(self) -> Iterator[Tensor]:
-        return (self[i] for i in range(len(self.maps)))
-
-
-@dataclass
-class BlockInput:
-    """The input tokens of one block, made a leaf that requires grad (see ``track_block_input``).
-
-    ``tokens`` is ``(B, N, D)`` for ViTs, ``(B, H, W, C)`` or ``(B, H*W, C)`` for Swin, as the
-    block receives it. For ViTs ``N = num_tokens_before_patches + patches``: it includes tokens a
-    tuner inserted (VPT prompts).
-    """
-
-    tokens: Tensor | None = None
-
-
-class _RestoreFlag:
-    """A hook-handle-like object that puts an attribute back on ``remove()``."""
-
-    def __init__(self, owner: Any, attribute: str, value: Any):
-        self.owner, self.attribute = owner, attribute
-        self.saved = getattr(owner, attribute)
-        setattr(owner, attribute, value)
-
-    def remove(self) -> None:
-        setattr(self.owner, self.attribute, self.saved)
-
-
-class _AttentionCall(TorchFunctionMode):
-    """Routes the first ``F.scaled_dot_product_attention`` call made while it is active to
-    ``compute(*args, **kwargs)``, which returns the attention output, or ``None`` to let the
-    original call run. Entered by a forward pre-hook of the attention module and exited by its
-    (always called) forward hook, or by :meth:`remove` when the capture ends."""
-
-    def __init__(self, compute: Callable[..., Tensor | None]):
-        super().__init__()
-        self.compute = compute
-        self.seen = self.handled = self.active = False
-
-    def start(self) -> None:
-        self.seen = self.handled = False
-        self.__enter__()
-        self.active = True
-
-    def remove(self) -> None:
-        if self.active:
-            self.active = False
-            self.__exit__(None, None, None)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention and not self.seen:
-            self.seen = True
-            out = self.compute(*args, **kwargs)
-            if out is not None:
-                self.handled = True
-                return out
-        return func(*args, **kwargs)
-
-
-def _remove_all(handles: list[Any]) -> None:
-    for handle in handles:
-        handle.remove()
-    handles.clear()
+__all__ = [
+    "IMAGENET_MEAN_STD",
+    "AttentionKind",
+    "AttentionRecord",
+    "AttentionReducer",
+    "AttentionSite",
+    "BackboneAdapter",
+    "BlockInput",
+    "Family",
+    "RecomputedSite",
+    "TokenGeometry",
+    "TokenLayout",
+    "WindowGeometry",
+    "default_data_config",
+    "nearest_fitting_size",
+    "parameter_device",
+    "split_heads",
+    "submodule_names",
+    "to_tuple2",
+]
 
 
 class BackboneAdapter(nn.Module):
@@ -255,6 +80,9 @@ class BackboneAdapter(nn.Module):
     """
 
     family: Family = "vit"
+    #: normalisation of the family's pretrained weights when the model ships no processor
+    #: config (Hugging Face ``preprocessor_config.json`` / timm ``pretrained_cfg`` win)
+    default_mean_std: tuple[tuple[float, ...], tuple[float, ...]] = IMAGENET_MEAN_STD
     _inserted_tokens: int = 0
     _inserted_refreshed: bool = False
 
@@ -358,6 +186,26 @@ class BackboneAdapter(nn.Module):
             "it with load_backbone(spec, num_classes=K) to create one"
         )
 
+    # ----------------------------------------------------------------- text tower
+    @property
+    def has_text_tower(self) -> bool:
+        """True when the model was loaded with a text encoder (full CLIP / SigLIP models)."""
+        return False
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """Text embeddings ``(K, num_features)`` in the space of :meth:`features`, for
+        ``head_init="text"`` (a head built from class names, CLIP-style zero-shot).
+
+        Raises:
+            UnsupportedMethodError: the model has no text tower.
+        """
+        raise UnsupportedMethodError(
+            f"{self.name} has no text tower, so head_init='text' cannot build a head from class "
+            "names; load a full CLIP or SigLIP model with its text encoder (e.g. "
+            "hf:openai/clip-vit-base-patch16 or hf:google/siglip-base-patch16-224), or use "
+            "head_init='svm'"
+        )
+
     def _detach_head(self) -> None:
         """Remove the (existing) head so that logits are the pooled features."""
         self.set_head(nn.Identity())
@@ -425,11 +273,56 @@ class BackboneAdapter(nn.Module):
     def patch_size(self) -> tuple[int, int]:
         raise NotImplementedError
 
+    def prefix_layout(self) -> TokenLayout:
+        """The model's own prefix tokens (a family fact): CLS, distillation, registers.
+
+        Default: no prefix and no CLS token (pyramid models, CNNs)."""
+        return TokenLayout(cls=0)
+
+    @property
+    def token_layout(self) -> TokenLayout:
+        """:meth:`prefix_layout` plus the tokens a tuner inserted (one object for both)."""
+        layout = self.prefix_layout()
+        if not self._inserted_tokens:
+            return layout
+        return dataclasses.replace(
+            layout, inserted=self._inserted_tokens, refreshed=self._inserted_refreshed
+        )
+
     @property
     def num_prefix_tokens(self) -> int:
         """P: the model's own tokens before the patch tokens (CLS, registers, distillation
         token). Tokens a tuner inserts are not counted (see :attr:`inserted_tokens`)."""
-        return 0
+        return self.prefix_layout().num_prefix
+
+    @property
+    def has_cls_token(self) -> bool:
+        """True when token 0 is a CLS token. Without one (SigLIP, GAP ViTs) the "CLS row" of
+        rollout, raw attention and the attention loss is the mean of the patch query rows."""
+        return self.prefix_layout().has_cls
+
+    @property
+    def heads_per_block(self) -> list[int]:
+        """Attention heads of every block in :attr:`blocks` order (a family fact)."""
+        raise UnsupportedMethodError(
+            f"{self.name} ({self.family}) has no attention heads; heads apply to transformers"
+        )
+
+    @property
+    def num_heads(self) -> int:
+        """Attention heads per block of a columnar ViT (every block has the same count).
+
+        Raises:
+            UnsupportedMethodError: a CNN, or a pyramid model whose stages differ (use
+                :attr:`heads_per_block`).
+        """
+        heads = set(self.heads_per_block)
+        if len(heads) != 1:
+            raise UnsupportedMethodError(
+                f"{self.name} ({self.family}) has {sorted(heads)} heads in different blocks; "
+                "read adapter.heads_per_block instead of adapter.num_heads"
+            )
+        return heads.pop()
 
     @property
     def inserted_tokens(self) -> int:
@@ -595,253 +488,31 @@ class BackboneAdapter(nn.Module):
         Args:
             layers: block indices (negative allowed), default all blocks. A block named more
                 than once (``[-1, n - 1]``) is hooked once; its map fills every slot naming it.
-            kind: ``"probs"`` (softmax over keys) or ``"logits"`` (``q kᵀ · scale`` + relative
-                position bias; Swin's shift masks only with ``shift_mask=True``).
-            reduce: optional ``reduce(layer, maps) -> Tensor | tuple[Tensor, ...]`` applied, under
-                ``torch.no_grad``, to the detached maps of ``chunk`` images at a time as soon as
-                the block has computed them; the record then holds the per-layer results
-                concatenated along dim 0 instead of the full maps. Each result must keep the
-                batch as its first dim. The full ``(B, heads, N, N)`` map of a layer is never
-                materialised, which keeps the work in cache (explainers that only need a fused
-                map run ~10% faster on CPU) and the memory at ``chunk`` images' worth. Not in the
-                autograd graph. On blocks whose attention is one fused SDPA call
-                (``AttentionSite.sdpa_owner``: timm and HF ViTs) the capture computes that call
-                itself, chunk by chunk, and reduces the softmax it computed, so the attention is
-                computed once (the block's output is unchanged and stays differentiable).
+            kind: ``"probs"`` (softmax over keys) or ``"logits"`` (what the model feeds its
+                softmax: ``q kᵀ · scale`` after any rotary embedding, + relative position bias;
+                cosine logits times the learned scale for Swin V2; Swin's shift masks only with
+                ``shift_mask=True``).
+            reduce: optional ``reduce(layer, maps)`` applied, under ``torch.no_grad``, to the
+                detached maps of ``chunk`` images at a time; the record then holds the
+                per-layer results concatenated along dim 0 (see :func:`capture.capture`).
             chunk: images per ``reduce`` call (only used with ``reduce``).
-            shift_mask: Swin adapters only: also add the model's own shifted-window mask
-                (0 / -100 per window, query and key; what the block passed to its attention)
-                to the logits of shifted blocks, so ``kind="probs"`` is the attention the model
-                computes. Other families raise :class:`UnsupportedMethodError` when True.
+            shift_mask: Swin adapters only: also add the model's own shifted-window mask to
+                the logits of shifted blocks. Other families raise
+                :class:`UnsupportedMethodError` when True.
 
         Yields:
             :class:`AttentionRecord` whose i-th map has shape ``(B, heads, N, N)`` (ViT, with
-            ``N = num_tokens_before_patches + patches``: tokens a tuner inserted are included)
-            or ``(B, windows, heads, n, n)`` (Swin), from the most recent forward, in the
-            autograd graph (or the ``reduce`` results). Hooks are removed on exit, also when
-            the forward raises.
+            ``N = num_tokens_before_patches + patches``) or ``(B, windows, heads, n, n)``
+            (Swin), from the most recent forward, in the autograd graph (or the ``reduce``
+            results). Hooks are removed on exit, also when the forward raises.
         """
-        if kind not in ("probs", "logits"):
-            raise ValueError(f"kind must be 'probs' or 'logits', got {kind!r}")
         if shift_mask:
             raise UnsupportedMethodError(
                 f"{self.name} ({self.family}) has no shifted-window attention mask; "
                 "shift_mask=True applies to Swin adapters only"
             )
-        if reduce is not None and (not isinstance(chunk, int) or chunk < 1):
-            raise ValueError(f"chunk={chunk!r} must be a positive int (images per reduce call)")
-        indices = self._normalise_layers(layers)
-        sites = self.attention_sites()
-        record = AttentionRecord(layers=indices, kind=kind, maps=[None] * len(indices))
-        handles: list[Any] = []
-        state: dict[str, int] = {"batch": 0}
-
-        def on_model_input(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-            x = args[0] if args else next(iter(kwargs.values()))
-            state["batch"] = int(x.shape[0])
-            record.maps[:] = [None] * len(indices)
-
-        handles.append(
-            self.input_module.register_forward_pre_hook(on_model_input, with_kwargs=True)
-        )
-        try:
-            # one set of hooks per block: a block named twice (``[-1, n - 1]``) is hooked once
-            # and fills every slot that names it (installing it twice would save the
-            # ``fused_attn`` flag already switched off by the first install and restore that)
-            for layer in dict.fromkeys(indices):
-                slot = indices.index(layer)
-                handles.extend(
-                    self._hook_site(sites[layer], slot, record, state, kind, reduce, chunk)
-                )
+        with capture(self, layers, kind, reduce, chunk) as record:
             yield record
-        finally:
-            _remove_all(handles)
-
-    def _hook_site(
-        self,
-        site: AttentionSite,
-        slot: int,
-        record: AttentionRecord,
-        state: dict,
-        kind: str,
-        reduce: AttentionReducer | None = None,
-        chunk: int = 4,
-    ) -> list[Any]:
-        outputs: list[Tensor | None] = [None] * len(site.modules)
-        layer = record.layers[slot]
-        slots = [i for i, other in enumerate(record.layers) if other == layer]
-
-        def put(value: Any) -> None:
-            for index in slots:  # the same block requested more than once
-                record.maps[index] = value
-
-        # Full probability maps: read the eager path's own softmax (measured on ViT-S/16, batch
-        # 32, CPU: capturing all 12 layers 1.17x -> 1.03x a forward). With ``reduce`` the maps
-        # are recomputed chunk by chunk in cache instead, which beats materialising them.
-        eager = (
-            kind == "probs"
-            and reduce is None
-            and site.eager_owner is not None
-            and site.probs_module is not None
-        )
-        streamed = kind == "probs" and reduce is not None and site.sdpa_owner is not None
-
-        def maps_of(parts: Sequence[Tensor], batch: int) -> Tensor:
-            if eager:  # parts = [the probabilities the eager path computed]
-                return self._reshape_attention(parts[0], batch)
-            logits = site.logits(parts)
-            value = logits.softmax(dim=-1) if kind == "probs" else logits
-            return self._reshape_attention(value, batch)
-
-        def concat(pieces: list[Any]) -> Tensor | tuple[Tensor, ...]:
-            if isinstance(pieces[0], tuple):
-                return tuple(torch.cat(group) for group in zip(*pieces, strict=True))
-            return torch.cat(pieces)
-
-        def reduced(parts: Sequence[Tensor], batch: int) -> Tensor | tuple[Tensor, ...]:
-            rows_per_image = parts[0].shape[0] // max(batch, 1)  # Swin: windows per image
-            pieces = []
-            with torch.no_grad():
-                for start in range(0, batch, chunk):
-                    stop = min(start + chunk, batch)
-                    sliced = [
-                        p.detach()[start * rows_per_image : stop * rows_per_image] for p in parts
-                    ]
-                    pieces.append(reduce(layer, maps_of(sliced, stop - start)))
-            return concat(pieces)
-
-        def attention_call(
-            q: Tensor,
-            k: Tensor,
-            v: Tensor,
-            attn_mask: Tensor | None = None,
-            dropout_p: float = 0.0,
-            is_causal: bool = False,
-            scale: float | None = None,
-            enable_gqa: bool = False,
-            **unknown: Any,
-        ) -> Tensor | None:
-            """The layer's ``scaled_dot_product_attention`` call, computed eagerly ``chunk``
-            images at a time (as timm's eager path: ``softmax((q · scale) kᵀ) v``); each
-            chunk's softmax goes to ``reduce`` while in cache. ``None``: not reproducible here,
-            the original call runs and the maps are recomputed from the projections."""
-            batch = state["batch"]
-            scale = q.shape[-1] ** -0.5 if scale is None else scale
-            if (
-                unknown
-                or attn_mask is not None
-                or dropout_p
-                or is_causal
-                or enable_gqa
-                or q.dtype not in (torch.float32, torch.float64)
-                or not q.dtype == k.dtype == v.dtype
-                or q.dim() != 4
-                or k.shape != q.shape
-                or v.shape[:-1] != k.shape[:-1]
-                or batch < 1
-                or q.shape[0] % batch
-                or not math.isclose(scale, site.scale, rel_tol=1e-6)
-            ):
-                return None
-            rows = q.shape[0] // batch  # attention rows per image (1 for columnar ViTs)
-            pieces = []
-
-            def reduce_chunk(probs: Tensor, images: int) -> None:
-                with torch.no_grad():
-                    maps = self._reshape_attention(probs.detach(), images)
-                    pieces.append(reduce(layer, maps))  # type: ignore[misc]
-
-            if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-                # in the autograd graph (the block a gradient is taken at): differentiable ops,
-                # chunks from ``split`` (its backward is one ``cat``; slicing would build a
-                # zero-filled full-size gradient per chunk)
-                outputs = []
-                size = chunk * rows
-                for qc, kc, vc in zip(q.split(size), k.split(size), v.split(size), strict=True):
-                    probs = ((qc * scale) @ kc.transpose(-2, -1)).softmax(dim=-1)
-                    reduce_chunk(probs, qc.shape[0] // rows)
-                    outputs.append(probs @ vc)
-                put(concat(pieces))
-                return torch.cat(outputs)
-            # No graph: the logits of each image straight from the strided q, k views (no
-            # copies, scale folded in), softmax in place, and the output written in the
-            # (B', N, heads, d) layout, so the caller's ``.transpose(1, 2).reshape(B', N, C)``
-            # needs no copy. A fresh buffer per chunk: ``reduce`` may keep views of its input.
-            heads, tokens = q.shape[1], q.shape[2]
-            out = v.new_empty(v.shape[0], tokens, heads, v.shape[3]).transpose(1, 2)
-            for start in range(0, batch, chunk):
-                part = slice(start * rows, min(start + chunk, batch) * rows)
-                if q.device.type == "cpu":
-                    probs = q.new_empty(part.stop - part.start, heads, tokens, tokens)
-                    for i, row in enumerate(range(part.start, part.stop)):
-                        key = k[row].transpose(-2, -1)
-                        torch.baddbmm(probs[i], q[row], key, beta=0.0, alpha=scale, out=probs[i])
-                else:  # one batched kernel rather than one launch per image
-                    probs = (q[part] * scale) @ k[part].transpose(-2, -1)
-                torch.softmax(probs, dim=-1, out=probs)
-                reduce_chunk(probs, part.stop // rows - start)
-                out[part] = probs @ v[part]
-            put(concat(pieces))
-            return out
-
-        def store(parts: list[Tensor]) -> None:
-            if reduce is None:
-                put(maps_of(parts, state["batch"]))
-            else:
-                put(reduced(parts, state["batch"]))
-
-        if eager:
-
-            def probs_hook(_module: nn.Module, inputs: tuple) -> None:
-                store([inputs[0]])
-
-            return [
-                _RestoreFlag(site.eager_owner, "fused_attn", False),
-                site.probs_module.register_forward_pre_hook(probs_hook),  # type: ignore[union-attr]
-            ]
-
-        def make_hook(position: int) -> Callable:
-            def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-                outputs[position] = output
-                if not streamed and all(o is not None for o in outputs):
-                    parts = list(outputs)
-                    outputs[:] = [None] * len(outputs)
-                    store(parts)  # type: ignore[arg-type]
-
-            return hook
-
-        projection_hooks = [
-            m.register_forward_hook(make_hook(i)) for i, m in enumerate(site.modules)
-        ]
-        if not streamed:
-            return projection_hooks
-
-        # Reduced probabilities where the attention is one SDPA call: compute that call here,
-        # softmax once per chunk (ViT-S/16, batch 32, 2-core CPU, alternating in one process:
-        # rollout 1.20x -> 1.07x a forward).
-        # The projections are only kept for the fallback (call not reproducible, or the module
-        # ran its eager path); nothing is recorded when the forward raises.
-        call = _AttentionCall(attention_call)
-
-        def begin(_module: nn.Module, _inputs: tuple) -> None:
-            outputs[:] = [None] * len(outputs)
-            call.remove()
-            call.start()
-
-        def end(_module: nn.Module, _inputs: tuple, output: Any) -> None:
-            call.remove()
-            parts = list(outputs)
-            outputs[:] = [None] * len(outputs)
-            if output is not None and not call.handled and all(p is not None for p in parts):
-                store(parts)  # type: ignore[arg-type]
-
-        owner = site.sdpa_owner
-        return [
-            *projection_hooks,
-            owner.register_forward_pre_hook(begin),  # type: ignore[union-attr]
-            owner.register_forward_hook(end, always_call=True),  # type: ignore[union-attr]
-            call,
-        ]
 
     # ----------------------------------------------------------------- gradients and modes
     @contextmanager
@@ -932,15 +603,6 @@ class BackboneAdapter(nn.Module):
         return f"name={self.name!r}, family={self.family!r}"
 
 
-def nearest_fitting_size(size: tuple[int, int], multiple: tuple[int, int]) -> tuple[int, int]:
-    """The ``(H, W)`` nearest to ``size`` whose sides are positive multiples of ``multiple``
-    (the suggestion of an input-size error)."""
-    return (
-        max(multiple[0], round(size[0] / multiple[0]) * multiple[0]),
-        max(multiple[1], round(size[1] / multiple[1]) * multiple[1]),
-    )
-
-
 def _check_raw_images(images: Any) -> Any:
     """``images`` (an iterable as a list), or a clear error for what
     :meth:`BackboneAdapter.preprocess` cannot take."""
@@ -1009,18 +671,6 @@ def submodule_names(
                 continue
             out.append(f"{prefix}.{part}" if prefix else part)
     return out
-
-
-def split_heads(x: Tensor, num_heads: int) -> Tensor:
-    """``(B, N, heads*d)`` -> ``(B, heads, N, d)``."""
-    b, n, _ = x.shape
-    return x.reshape(b, n, num_heads, -1).transpose(1, 2)
-
-
-def to_tuple2(value: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    return (int(value[0]), int(value[1]))
 
 
 def parameter_device(module: nn.Module) -> torch.device:

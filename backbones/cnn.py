@@ -11,15 +11,27 @@ from torch import Tensor, nn
 from focusvit.errors import UnsupportedFamilyError
 
 from .base import BackboneAdapter
+from .registry import FamilyEntry, register_family
 from .timm_vit import TimmHeadMixin
 
 
+def has_attention_layers(model: nn.Module) -> bool:
+    """True when the model holds self-attention modules (a transformer whose family is not
+    registered must be refused, not taken for a CNN with its attention ignored)."""
+    return any(
+        "attention" in type(m).__name__.lower() and not isinstance(m, nn.Conv2d)
+        for m in model.modules()
+    )
+
+
 def is_timm_cnn(model: nn.Module) -> bool:
-    """A timm model with ``forward_features``/``forward_head`` built from convolutions."""
+    """A timm model with ``forward_features``/``forward_head`` built from convolutions and
+    without attention layers."""
     return (
         hasattr(model, "forward_features")
         and hasattr(model, "forward_head")
         and any(isinstance(m, nn.Conv2d) for m in model.modules())
+        and not has_attention_layers(model)
     )
 
 
@@ -116,3 +128,16 @@ class TimmCNNAdapter(TimmHeadMixin, BackboneAdapter):
     def tokens_to_grid(self, tokens: Tensor, image_size: tuple[int, int]) -> Tensor:
         """Feature maps are already grids: ``(B, C, h, w)`` is returned as is."""
         return tokens
+
+
+register_family(
+    FamilyEntry(
+        "timm CNN",
+        is_timm_cnn,
+        TimmCNNAdapter,
+        examples=("timm:resnet50.a1_in1k", "offline:efficientnet-lite0"),
+        tiny=("timm-cnn",),
+        cls_row="-",
+        priority=-100,
+    )
+)

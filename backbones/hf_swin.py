@@ -7,8 +7,15 @@ from torch import Tensor, nn
 from focusvit.errors import UnsupportedFamilyError
 
 from .base import AttentionSite, BackboneAdapter, submodule_names, to_tuple2
-from .hf_vit import HF_SSF_BLOCK_PARTS, HFHeadMixin, hf_attention_projections, qk_site
-from .timm_swin import SwinAdapterMixin
+from .hf_vit import (
+    HF_SSF_BLOCK_PARTS,
+    HFHeadMixin,
+    hf_attention_heads,
+    hf_attention_projections,
+    qk_site,
+)
+from .registry import FamilyEntry, register_family
+from .windows import SwinAdapterMixin
 
 
 def is_hf_swin(model: nn.Module) -> bool:
@@ -105,6 +112,10 @@ class HFSwinAdapter(SwinAdapterMixin, HFHeadMixin, BackboneAdapter):
     def patch_size(self) -> tuple[int, int]:
         return to_tuple2(self.model.config.patch_size)
 
+    @property
+    def heads_per_block(self) -> list[int]:
+        return [hf_attention_heads(block.attention)[0] for block in self.blocks]
+
     def attention_sites(self) -> list[AttentionSite]:
         return self._with_shift_masks(
             [qk_site(b.attention, bias=_relative_bias(b.attention)) for b in self.blocks]
@@ -120,3 +131,16 @@ class HFSwinAdapter(SwinAdapterMixin, HFHeadMixin, BackboneAdapter):
         if len(args) > 1:
             return args[1]
         return kwargs.get("attention_mask")
+
+
+register_family(
+    FamilyEntry(
+        "HF Swin",
+        is_hf_swin,
+        HFSwinAdapter,
+        examples=("hf:microsoft/swin-tiny-patch4-window7-224",),
+        tiny=("hf-swin",),
+        cls_row="-",
+        priority=20,
+    )
+)

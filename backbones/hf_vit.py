@@ -12,7 +12,15 @@ from torch import Tensor, nn
 
 from focusvit.errors import UnsupportedFamilyError, UnsupportedMethodError
 
-from .base import AttentionSite, BackboneAdapter, split_heads, submodule_names, to_tuple2
+from .base import (
+    AttentionSite,
+    BackboneAdapter,
+    TokenLayout,
+    split_heads,
+    submodule_names,
+    to_tuple2,
+)
+from .registry import FamilyEntry, register_family
 
 
 def hf_attention_projections(attn: nn.Module) -> tuple[nn.Module, nn.Module, list[str]]:
@@ -241,16 +249,18 @@ class HFViTAdapter(HFHeadMixin, BackboneAdapter):
     def patch_size(self) -> tuple[int, int]:
         return to_tuple2(self.config.patch_size)
 
-    @property
-    def num_prefix_tokens(self) -> int:
+    def prefix_layout(self) -> TokenLayout:
         embeddings = self.base.embeddings
-        count = 1
-        if getattr(embeddings, "distillation_token", None) is not None:
-            count += 1
         registers = getattr(embeddings, "register_tokens", None)
-        if registers is not None:
-            count += registers.shape[1]
-        return count
+        return TokenLayout(
+            cls=1,
+            distillation=int(getattr(embeddings, "distillation_token", None) is not None),
+            registers=0 if registers is None else int(registers.shape[1]),
+        )
+
+    @property
+    def heads_per_block(self) -> list[int]:
+        return [hf_attention_heads(block.attention)[0] for block in self.blocks]
 
     # attention
     def attention_sites(self) -> list[AttentionSite]:
@@ -260,3 +270,15 @@ class HFViTAdapter(HFHeadMixin, BackboneAdapter):
             dataclasses.replace(qk_site(block.attention), sdpa_owner=block.attention)
             for block in self.blocks
         ]
+
+
+register_family(
+    FamilyEntry(
+        "HF ViT/DeiT/Dinov2",
+        is_hf_columnar_vit,
+        HFViTAdapter,
+        examples=("hf:google/vit-base-patch16-224", "hf:facebook/dinov2-small"),
+        tiny=("hf-vit", "hf-dinov2"),
+        priority=20,
+    )
+)

@@ -9,7 +9,15 @@ from torch import Tensor, nn
 
 from focusvit.errors import InputSizeError, UnsupportedFamilyError, UnsupportedMethodError
 
-from .base import AttentionSite, BackboneAdapter, split_heads, submodule_names, to_tuple2
+from .base import (
+    AttentionSite,
+    BackboneAdapter,
+    TokenLayout,
+    split_heads,
+    submodule_names,
+    to_tuple2,
+)
+from .registry import FamilyEntry, register_family
 
 
 def is_timm_vit(model: nn.Module) -> bool:
@@ -161,9 +169,20 @@ class TimmViTAdapter(TimmHeadMixin, BackboneAdapter):
     def patch_size(self) -> tuple[int, int]:
         return to_tuple2(self.model.patch_embed.patch_size)
 
+    def prefix_layout(self) -> TokenLayout:
+        m = self.model
+        layout = TokenLayout(
+            cls=int(getattr(m, "cls_token", None) is not None),
+            distillation=int(getattr(m, "dist_token", None) is not None),
+            registers=int(getattr(m, "num_reg_tokens", 0) or 0),
+        )
+        if layout.num_prefix != int(m.num_prefix_tokens):  # a layout this file does not know
+            return TokenLayout(cls=1, registers=int(m.num_prefix_tokens) - 1)
+        return layout
+
     @property
-    def num_prefix_tokens(self) -> int:
-        return int(self.model.num_prefix_tokens)
+    def heads_per_block(self) -> list[int]:
+        return [int(block.attn.num_heads) for block in self.model.blocks]
 
     # attention
     def attention_sites(self) -> list[AttentionSite]:
@@ -196,3 +215,21 @@ class TimmViTAdapter(TimmHeadMixin, BackboneAdapter):
             probs_module=attn.attn_drop if eager else None,
             sdpa_owner=attn,
         )
+
+
+register_family(
+    FamilyEntry(
+        "timm ViT/DeiT/DINO/DINOv2",
+        is_timm_vit,
+        TimmViTAdapter,
+        examples=(
+            "timm:vit_base_patch16_224.dino",
+            "timm:vit_small_patch14_dinov2.lvd142m",
+            "timm:vit_base_patch16_clip_224.openai",
+            "timm:deit_base_distilled_patch16_224",
+        ),
+        tiny=("timm-vit", "timm-vit-reg", "timm-deit-distilled"),
+        cls_row="cls token (mean of patch query rows for global-pool ViTs)",
+        priority=10,
+    )
+)

@@ -117,7 +117,9 @@ def _timm_cnn(num_classes: int) -> nn.Module:
     return timm.create_model("resnet10t", pretrained=False, num_classes=num_classes)
 
 
-TINY_MODELS: dict[str, Callable[[int], nn.Module]] = {
+TinyBuilder = Callable[[int], nn.Module]
+
+TINY_MODELS: dict[str, TinyBuilder] = {
     "timm-vit": _timm_vit,
     "timm-vit-reg": _timm_vit_registers,
     "timm-deit-distilled": _timm_deit_distilled,
@@ -127,6 +129,20 @@ TINY_MODELS: dict[str, Callable[[int], nn.Module]] = {
     "hf-swin": _hf_swin,
     "timm-cnn": _timm_cnn,
 }
+
+
+def register_tiny(name: str) -> Callable[[TinyBuilder], TinyBuilder]:
+    """Decorator a family file uses to add its tiny model(s) as ``tiny:NAME``: the builder
+    takes ``num_classes`` (0: no head) and returns the model; :func:`build_tiny` seeds it and
+    puts it in eval mode. The conformance tests run over every registered tiny model."""
+
+    def add(builder: TinyBuilder) -> TinyBuilder:
+        if name in TINY_MODELS:
+            raise ValueError(f"tiny model {name!r} is registered already")
+        TINY_MODELS[name] = builder
+        return builder
+
+    return add
 
 
 def build_tiny(name: str, num_classes: int = 5, seed: int = 0) -> nn.Module:

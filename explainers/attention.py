@@ -16,12 +16,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from focusvit.backbones import BackboneAdapter, InputSizeError
+from focusvit.backbones import BackboneAdapter, InputSizeError, UnsupportedMethodError
 
 from .base import Explainer, Target, register_explainer, resolve_targets
 
 HEAD_FUSIONS = ("mean", "min", "max")
-QUERIES = ("cls", "mean")
+#: query rows of rollout / raw attention: ``"auto"`` is the model's "CLS row": the CLS token's
+#: row, or the mean of the patch query rows for models without a CLS token (SigLIP, GAP ViTs)
+QUERIES = ("auto", "cls", "mean")
 
 Layers = int | Sequence[int] | None
 
@@ -94,6 +96,32 @@ def block_indices(backbone: BackboneAdapter, layers: Layers) -> list[int]:
     return sorted({int(layer) % count for layer in chosen})
 
 
+def resolve_query(backbone: BackboneAdapter, query: str) -> str:
+    """``"auto"`` -> ``"cls"`` when the model has a CLS token, else ``"mean"`` (the mean of the
+    patch query rows is then its "CLS row"); ``"cls"`` on a model without a CLS token raises.
+
+    Raises:
+        UnsupportedMethodError: ``query="cls"`` on a model without a CLS token.
+    """
+    check_choice("query", query, QUERIES)
+    if query == "auto":
+        return "cls" if backbone.has_cls_token else "mean"
+    if query == "cls" and not backbone.has_cls_token:
+        raise UnsupportedMethodError(
+            f"{backbone.name} has no CLS token, so query='cls' has no row to read; use "
+            "query='mean' (the mean of the patch query rows, what query='auto' picks for it)"
+        )
+    return query
+
+
+def query_params(backbone: BackboneAdapter, params: dict) -> dict:
+    """``params`` with ``query`` resolved for ``backbone`` and ``cls_row`` saying what the row is
+    (recorded in the explanation)."""
+    query = resolve_query(backbone, params["query"])
+    row = "cls token" if query == "cls" else "mean of patch query rows"
+    return {**params, "query": query, "cls_row": row}
+
+
 def query_rows(attention: Tensor, num_prefix: int, query: str) -> Tensor:
     """Attention paid by the query to every token: ``(B, T, T)`` -> ``(B, T)``.
 
@@ -156,24 +184,29 @@ def streamed_attention(
 @register_explainer
 class AttentionExplainer(Explainer):
     """Raw attention of one layer (default the last), head-fused, from the CLS query or the
-    mean of the patch queries, restricted to the patch keys.
+    mean of the patch queries, restricted to the patch keys. The explanation's params record
+    the resolved ``query`` and ``cls_row``.
 
     No gradient is taken (the forward runs under ``torch.no_grad``); ``target`` is only resolved
     (validated and reported). Columnar ViTs only.
 
     Args:
         head_fusion: ``"mean"`` | ``"min"`` | ``"max"`` over heads.
-        query: ``"cls"`` (row of the CLS token) or ``"mean"`` (mean over patch query rows).
+        query: ``"auto"`` (default: the CLS row, or the mean over patch query rows for models
+            without a CLS token), ``"cls"`` (row of the CLS token) or ``"mean"``.
         layer: block whose attention is read (default ``-1``, the last).
     """
 
     name: ClassVar[str] = "attention"
     families: ClassVar[tuple[str, ...]] = ("vit",)
 
-    def __init__(self, head_fusion: str = "mean", query: str = "cls", layer: int = -1):
+    def __init__(self, head_fusion: str = "mean", query: str = "auto", layer: int = -1):
         check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
         check_choice("query", query, QUERIES)
         super().__init__(head_fusion=head_fusion, query=query, layer=int(layer))
+
+    def resolved_params(self, backbone: BackboneAdapter) -> dict:
+        return query_params(backbone, self.params)
 
     def scores(
         self, backbone: BackboneAdapter, images: Tensor, target: Target
@@ -189,6 +222,6 @@ class AttentionExplainer(Explainer):
             _, classes = resolve_targets(logits, target)
             fused = fuse_heads(record[0], self.params["head_fusion"])
         start = backbone.num_tokens_before_patches
-        rows = query_rows(fused, start, self.params["query"])
+        rows = query_rows(fused, start, resolve_query(backbone, self.params["query"]))
         patches = rows[:, start:]
         return to_patch_grid(backbone, patches, image_size_of(images)), classes

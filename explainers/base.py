@@ -87,6 +87,11 @@ class Explainer:
         """Return ``(scores (B, h, w), targets (B,))``."""
         raise NotImplementedError
 
+    def resolved_params(self, backbone: BackboneAdapter) -> dict:
+        """The params recorded in the explanation, with choices that depend on the model
+        resolved (e.g. ``query="auto"``); raises for a choice the model cannot take."""
+        return dict(self.params)
+
     def __call__(
         self, backbone: BackboneAdapter, images: Tensor, target: Target = None
     ) -> Explanation:
@@ -98,6 +103,7 @@ class Explainer:
                 scores (nothing is replaced by zeros).
         """
         self.check(backbone)
+        params = self.resolved_params(backbone)
         check_finite_images(images)
         scores, targets = self.scores(backbone, images, target)
         scores = scores.detach().float()
@@ -113,7 +119,7 @@ class Explainer:
         return Explanation(
             scores=scores,
             method=self.name,
-            params=dict(self.params),
+            params=params,
             image_size=(int(images.shape[-2]), int(images.shape[-1])),
             targets=None if targets is None else targets.detach(),
         )

@@ -306,6 +306,9 @@ def insertion(
 def cls_attention(backbone: BackboneAdapter, images: Tensor, layer: int = -1) -> Tensor:
     """CLS -> patch attention ``(B, N)`` of one block, mean over heads, renormalised over patches.
 
+    For models without a CLS token (SigLIP, global-pool ViTs) the "CLS row" is the mean of the
+    patch query rows.
+
     Prefix tokens (CLS, registers, distillation) and tokens a tuner inserted (VPT prompts) are
     dropped from the keys, so N is always the patch count of the input size. Runs under
     ``torch.no_grad`` and ``backbone.evaluating()``.
@@ -315,9 +318,9 @@ def cls_attention(backbone: BackboneAdapter, images: Tensor, layer: int = -1) ->
         images: ``(B, 3, H, W)`` batch.
         layer: block index (negative allowed), default the last block.
     """
-    if getattr(backbone, "family", None) != "vit" or backbone.num_prefix_tokens < 1:
+    if getattr(backbone, "family", None) != "vit":
         raise UnsupportedMethodError(
-            f"cls_attention needs a columnar ViT with a CLS token, got {backbone.name} "
+            f"cls_attention needs a columnar ViT, got {backbone.name} "
             f"({backbone.family}); for Swin use the per-window scores of "
             "focusvit.prompting.swin_window_prompts"
         )
@@ -330,7 +333,11 @@ def cls_attention(backbone: BackboneAdapter, images: Tensor, layer: int = -1) ->
     ):
         backbone.logits(images)
         probs = record[0]
-    cls_row = probs[:, :, 0, backbone.num_tokens_before_patches :].float().mean(dim=1)
+    start = backbone.num_tokens_before_patches
+    if backbone.has_cls_token:
+        cls_row = probs[:, :, 0, start:].float().mean(dim=1)
+    else:  # no CLS token (SigLIP, GAP ViTs): the "CLS row" is the mean of the patch query rows
+        cls_row = probs[:, :, start:, start:].float().mean(dim=(1, 2))
     return cls_row / cls_row.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 

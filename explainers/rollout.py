@@ -28,6 +28,8 @@ from .attention import (
     discard_lowest,
     fuse_heads,
     image_size_of,
+    query_params,
+    resolve_query,
     streamed_attention,
     to_patch_grid,
 )
@@ -92,7 +94,9 @@ class RolloutExplainer(Explainer):
         head_fusion: ``"mean"`` | ``"min"`` | ``"max"``.
         discard_ratio: fraction in ``[0, 1)`` of each row zeroed (0: none).
         identity: add the identity before row-normalising.
-        query: ``"cls"`` | ``"mean"``.
+        query: ``"auto"`` (default: ``"cls"``, or ``"mean"`` for models without a CLS token,
+            whose "CLS row" is the mean of the patch query rows) | ``"cls"`` | ``"mean"``; the
+            explanation's params record the resolved value and ``cls_row``.
         layers: blocks that enter the product (default every block).
     """
 
@@ -104,7 +108,7 @@ class RolloutExplainer(Explainer):
         head_fusion: str = "mean",
         discard_ratio: float = 0.0,
         identity: bool = True,
-        query: str = "cls",
+        query: str = "auto",
         layers: Layers = None,
     ):
         check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
@@ -116,6 +120,9 @@ class RolloutExplainer(Explainer):
             query=query,
             layers=layers if layers is None or isinstance(layers, int) else tuple(layers),
         )
+
+    def resolved_params(self, backbone: BackboneAdapter) -> dict:
+        return query_params(backbone, self.params)
 
     def scores(
         self, backbone: BackboneAdapter, images: Tensor, target: Target
@@ -147,7 +154,7 @@ class RolloutExplainer(Explainer):
             _, classes = resolve_targets(logits, target)
         prefix = backbone.num_tokens_before_patches
         start = torch.zeros_like(matrices[0][:, 0])
-        if p["query"] == "cls":
+        if resolve_query(backbone, p["query"]) == "cls":
             start[:, 0] = 1.0
         else:
             start[:, prefix:] = 1.0 / (start.shape[1] - prefix)

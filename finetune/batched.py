@@ -614,26 +614,11 @@ def available_memory(device: torch.device | str) -> int:
         return 1 << 30  # unknown: assume 1 GiB
 
 
-def _num_heads(backbone: BackboneAdapter) -> int:
-    attn = getattr(backbone.blocks[0], "attn", None) or getattr(
-        backbone.blocks[0], "attention", None
-    )
-    heads = getattr(attn, "num_heads", None)
-    if heads is None and attn is not None:
-        try:
-            from focusvit.backbones.hf_vit import hf_attention_heads
-
-            heads = hf_attention_heads(attn)[0]
-        except Exception:
-            heads = None
-    return int(heads) if heads else max(1, backbone.embed_dim // 64)
-
-
 def _tokens_width_heads(
     backbone: BackboneAdapter, image_size: tuple[int, int]
 ) -> tuple[int, int, int]:
     h, w = backbone.grid_size(image_size)
-    return h * w + backbone.num_prefix_tokens, backbone.embed_dim, _num_heads(backbone)
+    return h * w + backbone.num_prefix_tokens, backbone.embed_dim, backbone.num_heads
 
 
 def _ssf_channels(backbone: BackboneAdapter) -> int:

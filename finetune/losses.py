@@ -139,6 +139,7 @@ def vit_attention_loss(
     tau: float = 1.0,
     query_rows: QueryRows = "all",
     extra_tokens: int = 0,
+    has_cls: bool = True,
 ) -> Tensor:
     """Attention-enhancement loss on columnar ViT layers.
 
@@ -150,6 +151,9 @@ def vit_attention_loss(
         tau: temperature.
         query_rows: ``"all"``: the CLS row and every patch row; ``"cls"``: the CLS row only.
         extra_tokens: E tokens between prefix and patches that are neither keys nor queries.
+        has_cls: False for models without a CLS token (SigLIP, global-pool ViTs): their "CLS
+            row" is the mean of the patch query rows' (head-fused) logits, so ``"all"`` scores
+            the patch rows alone and ``"cls"`` that mean row.
 
     Returns:
         scalar: mean over layers of the mean over rows and images.
@@ -165,11 +169,12 @@ def vit_attention_loss(
             )
         fused = logits.mean(dim=1)  # (B, T, T)
         patch_keys = fused[:, :, start:]
-        rows = (
-            patch_keys[:, :1]
-            if query_rows == "cls"
-            else torch.cat([patch_keys[:, :1], patch_keys[:, start:]], dim=1)
-        )
+        patch_rows = patch_keys[:, start:]
+        cls_row = patch_keys[:, :1] if has_cls else patch_rows.mean(dim=1, keepdim=True)
+        if query_rows == "cls":
+            rows = cls_row
+        else:
+            rows = torch.cat([cls_row, patch_rows], dim=1) if has_cls else patch_rows
         losses.append(_cross_entropy_rows(rows, targets.to(rows.dtype), tau).mean())
     return torch.stack(losses).mean()
 

@@ -128,6 +128,7 @@ def _attention_loss(backbone: BackboneAdapter, fort: FortConfig, record, targets
         fort.tau,
         fort.query_rows,
         backbone.inserted_tokens,
+        has_cls=backbone.has_cls_token,
     )
 
 

@@ -1,0 +1,1 @@
+"""BEiT / Data2Vec-vision. (family file in progress)"""

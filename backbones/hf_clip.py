@@ -1,0 +1,1 @@
+"""Hugging Face CLIP vision towers. (family file in progress)"""

@@ -1,0 +1,1 @@
+"""Hugging Face DINOv3 ViT. (family file in progress)"""

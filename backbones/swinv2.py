@@ -1,0 +1,1 @@
+"""Swin V2. (family file in progress)"""
