@@ -11,9 +11,17 @@ from focusvit.errors import (
     UnsupportedMethodError,
 )
 
-# The family files: each registers itself on import (docs: the families page).
-from . import beit, hf_clip, hf_dinov3, hf_siglip, swinv2  # noqa: F401  (register themselves)
-from . import timm_beit  # noqa: F401  (registers itself)
+# The family files: each registers itself on import (docs/families.md).
+from . import (  # noqa: F401  (register themselves)
+    beit,
+    hf_clip,
+    hf_dinov3,
+    hf_siglip,
+    swinv2,
+    timm_beit,
+    timm_eva,
+    timm_swinv2,
+)
 from .base import (
     AttentionRecord,
     AttentionSite,

@@ -1,4 +1,4 @@
-"""The backbone adapter contract (docs: :doc:`families`).
+"""The backbone adapter contract (docs: docs/families.md).
 
 Explainers, prompting and fine-tuners talk to a :class:`BackboneAdapter`, never to module paths
 of timm or Hugging Face models. Each model family is one small file (``timm_vit.py``,
@@ -191,6 +191,18 @@ class BackboneAdapter(nn.Module):
     def has_text_tower(self) -> bool:
         """True when the model was loaded with a text encoder (full CLIP / SigLIP models)."""
         return False
+
+    @property
+    def text_logit_scale(self) -> float | None:
+        """Multiplier of the image-text cosine in the model's zero-shot logits (CLIP / SigLIP:
+        ``logit_scale.exp()``); ``None`` without a text tower."""
+        return None
+
+    @property
+    def text_logit_bias(self) -> float | None:
+        """Bias of the model's zero-shot logits (SigLIP's ``logit_bias``; 0 for CLIP);
+        ``None`` without a text tower."""
+        return None
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         """Text embeddings ``(K, num_features)`` in the space of :meth:`features`, for

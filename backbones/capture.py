@@ -1,4 +1,4 @@
-"""The attention-capture engine of the backbone adapters (docs: :doc:`families`).
+"""The attention-capture engine of the backbone adapters (docs: docs/families.md).
 
 Capture does not rely on the model's own attention code path. For each chosen block the family
 declares an :class:`AttentionSite`: either the q/k projections whose outputs are hooked (the
@@ -344,12 +344,13 @@ def hook_site(
         """The layer's ``scaled_dot_product_attention`` call, computed eagerly ``chunk``
         images at a time (as timm's eager path: ``softmax((q · scale) kᵀ) v``); each
         chunk's softmax goes to ``reduce`` while in cache. ``None``: not reproducible here,
-        the original call runs and the maps are recomputed from the projections."""
+        the original call runs and the maps are recomputed from the projections. An additive
+        float ``attn_mask`` (BEiT's relative position bias) is added to the logits."""
         batch = state["batch"]
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         if (
             unknown
-            or attn_mask is not None
+            or not _additive_mask_fits(attn_mask, q)
             or dropout_p
             or is_causal
             or enable_gqa
@@ -377,8 +378,12 @@ def hook_site(
             # zero-filled full-size gradient per chunk)
             outputs = []
             size = chunk * rows
-            for qc, kc, vc in zip(q.split(size), k.split(size), v.split(size), strict=True):
-                probs = ((qc * scale) @ kc.transpose(-2, -1)).softmax(dim=-1)
+            for index, (qc, kc, vc) in enumerate(
+                zip(q.split(size), k.split(size), v.split(size), strict=True)
+            ):
+                logits = (qc * scale) @ kc.transpose(-2, -1)
+                mask = _mask_rows(attn_mask, index * size, index * size + qc.shape[0])
+                probs = (logits if mask is None else logits + mask).softmax(dim=-1)
                 reduce_chunk(probs, qc.shape[0] // rows)
                 outputs.append(probs @ vc)
             put(concat(pieces))
@@ -398,6 +403,9 @@ def hook_site(
                     torch.baddbmm(probs[i], q[row], key, beta=0.0, alpha=scale, out=probs[i])
             else:  # one batched kernel rather than one launch per image
                 probs = (q[part] * scale) @ k[part].transpose(-2, -1)
+            mask = _mask_rows(attn_mask, part.start, part.stop)
+            if mask is not None:
+                probs.add_(mask)
             torch.softmax(probs, dim=-1, out=probs)
             reduce_chunk(probs, part.stop // rows - start)
             out[part] = probs @ v[part]
@@ -421,31 +429,50 @@ def hook_site(
         ]
 
     if isinstance(site, RecomputedSite):
+        saved: list[tuple[tuple, dict]] = []
 
         def inputs_hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-            store([site.compute(args, kwargs)])  # type: ignore[misc]
+            if streamed:  # the layer's attention call is computed below; this is the fallback
+                saved[:] = [(args, kwargs)]
+            else:
+                store([site.compute(args, kwargs)])  # type: ignore[misc]
 
-        return [site.owner.register_forward_pre_hook(inputs_hook, with_kwargs=True)]  # type: ignore[union-attr]
+        source_hooks = [site.owner.register_forward_pre_hook(inputs_hook, with_kwargs=True)]  # type: ignore[union-attr]
 
-    def make_hook(position: int) -> Callable:
-        def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-            outputs[position] = output
-            if not streamed and all(o is not None for o in outputs):
-                parts = list(outputs)
-                outputs[:] = [None] * len(outputs)
-                store(parts)  # type: ignore[arg-type]
+        def fallback_parts() -> list[Tensor] | None:
+            if not saved:
+                return None
+            args, kwargs = saved.pop()
+            return [site.compute(args, kwargs)]  # type: ignore[misc]
 
-        return hook
+    else:
 
-    projection_hooks = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(site.modules)]
+        def make_hook(position: int) -> Callable:
+            def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+                outputs[position] = output
+                if not streamed and all(o is not None for o in outputs):
+                    parts = list(outputs)
+                    outputs[:] = [None] * len(outputs)
+                    store(parts)  # type: ignore[arg-type]
+
+            return hook
+
+        source_hooks = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(site.modules)]
+
+        def fallback_parts() -> list[Tensor] | None:
+            parts = list(outputs)
+            outputs[:] = [None] * len(outputs)
+            return parts if all(p is not None for p in parts) else None  # type: ignore[return-value]
+
     if not streamed:
-        return projection_hooks
+        return source_hooks
 
     # Reduced probabilities where the attention is one SDPA call: compute that call here,
     # softmax once per chunk (ViT-S/16, batch 32, 2-core CPU, alternating in one process:
-    # rollout 1.20x -> 1.07x a forward).
-    # The projections are only kept for the fallback (call not reproducible, or the module
-    # ran its eager path); nothing is recorded when the forward raises.
+    # rollout 1.20x -> 1.07x a forward). The q and k it receives are the model's own (after
+    # any rotary embedding), so recomputed sites use it too. The projections (or the saved
+    # inputs of a recomputed site) are only kept for the fallback (call not reproducible, or
+    # the module ran its eager path); nothing is recorded when the forward raises.
     call = _AttentionCall(attention_call)
 
     def begin(_module: nn.Module, _inputs: tuple) -> None:
@@ -455,15 +482,35 @@ def hook_site(
 
     def end(_module: nn.Module, _inputs: tuple, output: Any) -> None:
         call.remove()
-        parts = list(outputs)
-        outputs[:] = [None] * len(outputs)
-        if output is not None and not call.handled and all(p is not None for p in parts):
-            store(parts)  # type: ignore[arg-type]
+        parts = fallback_parts()
+        if output is not None and not call.handled and parts is not None:
+            store(parts)
 
     owner = site.sdpa_owner
     return [
-        *projection_hooks,
+        *source_hooks,
         owner.register_forward_pre_hook(begin),  # type: ignore[union-attr]
         owner.register_forward_hook(end, always_call=True),  # type: ignore[union-attr]
         call,
     ]
+
+
+def _additive_mask_fits(mask: Tensor | None, q: Tensor) -> bool:
+    """True for no mask, or a float mask of q's dtype broadcasting to ``(B', heads, N, N)`` along
+    its first two dims (per row or shared): what the capture can add to the logits itself."""
+    if mask is None:
+        return True
+    return (
+        mask.dtype == q.dtype
+        and mask.dim() == 4
+        and mask.shape[-2:] == (q.shape[2], q.shape[2])
+        and mask.shape[0] in (1, q.shape[0])
+        and mask.shape[1] in (1, q.shape[1])
+    )
+
+
+def _mask_rows(mask: Tensor | None, start: int, stop: int) -> Tensor | None:
+    """Rows ``start:stop`` of an additive mask (the whole mask when it is shared, batch 1)."""
+    if mask is None or mask.shape[0] == 1:
+        return mask
+    return mask[start:stop]

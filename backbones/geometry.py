@@ -1,5 +1,5 @@
 """Token geometry of the backbone adapters: which tokens a model's sequence holds and where
-its patches sit (DESIGN.md section 3 of the docs: :doc:`families`).
+its patches sit (docs: docs/families.md).
 
 A columnar ViT's sequence is ``[prefix | inserted | patches]``: the prefix is the model's own
 CLS, distillation and register tokens (:class:`TokenLayout`), the inserted tokens belong to a

@@ -1,4 +1,4 @@
-"""Model loading (docs: :doc:`families`).
+"""Model loading (docs: docs/families.md).
 
 ``load_backbone(spec)`` accepts:
 
@@ -218,7 +218,7 @@ def _timm_family_kwargs(name: str) -> dict:
     module = timm.models.model_entrypoint(name).__module__
     if module.endswith(("vision_transformer", "deit", "vision_transformer_hybrid", "eva")):
         return {"dynamic_img_size": True}
-    if module.endswith("swin_transformer"):
+    if module.endswith(("swin_transformer", "swin_transformer_v2", "swin_transformer_v2_cr")):
         return {"strict_img_size": False}
     return {}
 
@@ -268,17 +268,23 @@ def _load_hf(name: str, num_classes: int | None, pretrained: bool) -> BackboneAd
         ) from error
     has_head = any("ForImageClassification" in a for a in (config.architectures or []))
     with_head = num_classes not in (None, 0) or (num_classes is None and has_head)
-    cls = AutoModelForImageClassification if with_head else AutoModel
+    # families without a classification class in transformers (DINOv3): the bare model, and
+    # the adapter adds the head slot below
+    head_class = type(config) in AutoModelForImageClassification._model_mapping
+    cls = AutoModelForImageClassification if with_head and head_class else AutoModel
     kwargs: dict[str, Any] = {}
-    if num_classes:
+    if num_classes and cls is AutoModelForImageClassification:
         kwargs = {"num_labels": num_classes, "ignore_mismatched_sizes": True}
     if pretrained:
         model = cls.from_pretrained(name, **kwargs)
     else:
-        if num_classes:
+        if kwargs:
             config.num_labels = num_classes
         model = cls.from_config(config)
-    return adapt(model, name=f"hf:{name}", data_config=_hf_data_config(name, config, model))
+    adapter = adapt(model, name=f"hf:{name}", data_config=_hf_data_config(name, config, model))
+    if num_classes and not adapter.head_name:
+        adapter.replace_head(nn.Linear(adapter.num_features, num_classes))
+    return adapter
 
 
 def _hf_data_config(name: str, config, model: nn.Module) -> dict:
@@ -291,15 +297,18 @@ def _hf_data_config(name: str, config, model: nn.Module) -> dict:
         processor = AutoImageProcessor.from_pretrained(name)
         mean, std = processor.image_mean, processor.image_std
         size = fallback["input_size"][-1]
-        crop = getattr(processor, "crop_size", None) or {}
-        resize = getattr(processor, "size", None) or {}
-        if isinstance(crop, dict) and "height" in crop:
-            size = crop["height"]
-        elif isinstance(resize, dict) and "height" in resize:
-            size = resize["height"]
+        crop, resize = getattr(processor, "crop_size", None), getattr(processor, "size", None)
+        size = _size_height(crop) or _size_height(resize) or size
         return default_data_config(int(size), mean=mean, std=std)
     except (OSError, ValueError, AttributeError, TypeError, KeyError):
         return fallback
+
+
+def _size_height(size: Any) -> int | None:
+    """The ``height`` of an image processor's ``size`` / ``crop_size``: a dict (transformers
+    4.x) or a ``SizeDict`` (5.x), ``None`` when it has none (e.g. ``{"shortest_edge": 224}``)."""
+    get = getattr(size, "get", None)
+    return get("height") if callable(get) else None
 
 
 def _load_offline(name: str, num_classes: int | None) -> BackboneAdapter:

@@ -1,4 +1,4 @@
-"""The registry of backbone families (docs: :doc:`families`).
+"""The registry of backbone families (docs: docs/families.md).
 
 Each family file (``timm_vit.py``, ``hf_clip.py``, ...) declares its adapter and registers it
 with :func:`register_family`; :func:`adapt` wraps a built model in the adapter of the first
@@ -105,8 +105,8 @@ def adapt(
     raise UnsupportedFamilyError(
         f"no focusvit adapter for {type(model).__name__}; supported families: "
         f"{', '.join(supported_families())}. Register one with "
-        "focusvit.backbones.register_adapter(name, predicate, AdapterClass) (see the "
-        "families page of the docs)"
+        "focusvit.backbones.register_adapter(name, predicate, AdapterClass) (see "
+        "docs/families.md)"
     )
 
 

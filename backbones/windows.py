@@ -1,5 +1,5 @@
 """What the Swin families share: the windowed pyramid geometry and the shifted-window masks of
-the attention capture (docs: :doc:`families`). Swin, Swin V2 and Swin V2-Cr families (timm and
+the attention capture (docs: docs/families.md). Swin, Swin V2 and Swin V2-Cr families (timm and
 Hugging Face) each keep their own file and mix :class:`SwinAdapterMixin` in.
 """
 

@@ -247,8 +247,16 @@ class TunerRunner:
 
     def run(self, data: EpisodeData) -> tuple[Tensor, Tensor, dict]:
         support, s_labels, query, q_labels = _episode_tensors(data, self.backbone, self.device)
-        predictions, info = self.predict(support, s_labels, query, data.shared)
+        names = self._class_names(data)
+        predictions, info = self.predict(support, s_labels, query, data.shared, names)
         return predictions, q_labels, info
+
+    def _class_names(self, data: EpisodeData) -> list[str] | None:
+        """The episode's class names in label order, for ``head_init="text"`` (else None)."""
+        names = getattr(data.dataset, "class_names", None)
+        if self.options.head_init != "text" or names is None:
+            return None
+        return [str(names[c]) for c in data.episode.classes]
 
     def run_batch(self, datas: list[EpisodeData]) -> list[tuple[Tensor, Tensor, dict]]:
         """Episodes ``tasks_per_batch`` at a time in one batched computation
@@ -262,7 +270,7 @@ class TunerRunner:
             group = datas[start : start + size]
             tensors = [_episode_tensors(d, self.backbone, self.device) for d in group]
             results = None
-            if len(group) > 1:
+            if len(group) > 1 and self.options.head_init != "text":  # batched: no class names
                 try:
                     results = fit_predict_batched(
                         self.backbone, [t[0] for t in tensors], [t[1] for t in tensors],
@@ -275,19 +283,27 @@ class TunerRunner:
                 results = []
                 for data, (support, labels, query, _) in zip(group, tensors, strict=True):
                     torch.manual_seed(data.seed)
-                    results.append(self.predict(support, labels, query, data.shared))
+                    results.append(
+                        self.predict(support, labels, query, data.shared, self._class_names(data))
+                    )
             outcomes.extend((p, t[3], info) for (p, info), t in zip(results, tensors, strict=True))
         return outcomes
 
     def predict(
-        self, support: Tensor, support_labels: Tensor, query: Tensor, shared: dict | None = None
+        self,
+        support: Tensor,
+        support_labels: Tensor,
+        query: Tensor,
+        shared: dict | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> tuple[Tensor, dict]:
         """Fine-tune on the preprocessed support set ``(M,3,H,W)``; query predictions ``(Q,)``
         and the record's extra info (final losses, trainable parameter count). ``shared``: the
-        episode's cache of pretrained-model results (:class:`~focusvit.runs.EpisodeData`)."""
+        episode's cache of pretrained-model results (:class:`~focusvit.runs.EpisodeData`);
+        ``class_names``: one per support label (``head_init="text"``)."""
         with fit_task(
             self.backbone, support, support_labels, tuner=self.tuner, fort=self.fort,
-            options=self.options, shared=shared,
+            options=self.options, shared=shared, class_names=class_names,
         ) as task:  # fmt: skip
             predictions = task.predict(query)
             info = {

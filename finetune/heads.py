@@ -8,14 +8,22 @@ regression (scikit-learn).
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from focusvit.errors import ConfigError, UnsupportedMethodError
+
+if TYPE_CHECKING:
+    from focusvit.backbones import BackboneAdapter
+
 HeadInit = Literal["svm", "prototype", "ridge", "logistic"]
+#: the prompt :func:`text_head` puts each class name in (CLIP's ImageNet prompt)
+TEXT_TEMPLATE = "a photo of a {}."
 SOLVERS = ("prototype", "knn", "ridge", "svm", "logistic")
 
 
@@ -158,7 +166,52 @@ def init_head(
 
         model = LogisticRegression(C=1.0 / strength, max_iter=1000).fit(x, y)
         return _linear_from(*_sklearn_binary_fix(model.coef_, model.intercept_), feats)
+    if method == "text":
+        raise ConfigError(
+            "head_init 'text' builds the head from class names, not support features: use "
+            "text_head(backbone, class_names), or fit_task(..., class_names=[...])"
+        )
     raise ValueError(f"unknown head init {method!r}; use svm, prototype, ridge or logistic")
+
+
+def text_head(
+    backbone: BackboneAdapter, class_names: Sequence[str], template: str = TEXT_TEMPLATE
+) -> nn.Linear:
+    """The zero-shot head of a CLIP / SigLIP model from class names (beyond the paper).
+
+    Each name is put in ``template`` and embedded by the text tower
+    (``backbone.encode_text``: L2-normalised, in the space of ``backbone.features``). The head
+    ``D -> K`` has weight ``text_logit_scale · text embeddings`` ``(K, D)`` and bias
+    ``text_logit_bias`` (1 and 0 where the adapter declares none), so over the model's
+    L2-normalised image features its logits are the model's own image-text logits (CLIP:
+    ``logit_scale.exp() · cos``; SigLIP adds its ``logit_bias``). Usable alone, ``backbone.replace_head(text_head(backbone, names))``, or as
+    the starting head of every tuner (``head_init="text"``). Draws no random numbers.
+
+    Raises:
+        UnsupportedMethodError: the model has no text tower (naming what to load).
+        ConfigError: no class names, or a template without ``{}``.
+    """
+    names = [class_names] if isinstance(class_names, str) else [str(n) for n in class_names]
+    if not names:
+        raise ConfigError("text_head got no class names; pass one name per class")
+    if "{}" not in template:
+        raise ConfigError(
+            f"template {template!r} has no '{{}}' for the class name; e.g. {TEXT_TEMPLATE!r}"
+        )
+    with torch.no_grad():
+        embeddings = backbone.encode_text([template.format(name) for name in names]).detach()
+    if embeddings.shape != (len(names), backbone.num_features):
+        raise UnsupportedMethodError(
+            f"{backbone.name}.encode_text returned {tuple(embeddings.shape)} for {len(names)} "
+            f"names; the head needs ({len(names)}, {backbone.num_features}) (num_features)"
+        )
+    scale, bias = backbone.text_logit_scale, backbone.text_logit_bias
+    head = nn.Linear(embeddings.shape[1], len(names), device="meta", dtype=embeddings.dtype)
+    head = head.to_empty(device=embeddings.device)
+    with torch.no_grad():
+        head.weight.copy_(embeddings * (1.0 if scale is None else float(scale)))
+        head.bias.fill_(0.0 if bias is None else float(bias))
+    return head
 
 
 #: the frozen solvers' default feature transform, chosen on the validation classes by

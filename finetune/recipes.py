@@ -97,7 +97,10 @@ class FitOptions:
         lr, steps, optimizer, weight_decay, momentum: optimiser settings (``None`` = recipe).
         head_init: how the task head is initialised from the support features: ``svm``
             (FORT's margin-1 Crammer-Singer SVM, the default), ``ridge`` (a fast close
-            substitute), ``prototype`` or ``logistic`` (fits the support set: little gradient).
+            substitute), ``prototype`` or ``logistic`` (fits the support set: little gradient),
+            or ``text``: the zero-shot head of a CLIP / SigLIP model with its text tower, built
+            from the episode's class names (:func:`~focusvit.finetune.heads.text_head`; not
+            from the paper).
     """
 
     lr: float | None = None
@@ -133,8 +136,9 @@ class FitOptions:
         return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
 
 
-#: head initialisations of :func:`~focusvit.finetune.heads.init_head`
-HEAD_INITS = ("svm", "prototype", "ridge", "logistic")
+#: head initialisations: those of :func:`~focusvit.finetune.heads.init_head` and ``text``
+#: (:func:`~focusvit.finetune.heads.text_head`, from class names)
+HEAD_INITS = ("svm", "prototype", "ridge", "logistic", "text")
 
 
 def recipe_for(family: str, tuner: str) -> Recipe:

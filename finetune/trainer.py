@@ -2,7 +2,8 @@
 
 ``fit_task`` adapts a backbone to one few-shot task:
 
-1. support features -> a head initialised from the support set (prototype / ridge / logistic);
+1. support features -> a head initialised from the support set (prototype / ridge / logistic),
+   or, with ``head_init="text"``, the zero-shot head of a CLIP / SigLIP text tower;
 2. position prompts of the support images, computed once with that head and kept fixed
    (columnar ViT: an explainer's patch scores -> top-P targets; Swin: per-window top-P);
 3. a tuner (linear, full, LoRA, VPT, SSF) with a fresh copy of its parameters;
@@ -14,7 +15,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -23,8 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter, UnsupportedMethodError
+from focusvit.errors import ConfigError
 
-from .heads import init_head
+from .heads import init_head, text_head
 from .losses import FortConfig, swin_attention_loss, vit_attention_loss
 from .recipes import FitOptions, Recipe, recipe_for
 from .tuners import TunerConfig, apply_tuner, make_tuner
@@ -198,6 +200,7 @@ def fit_task(
     options: FitOptions | None = None,
     tuner_options: dict | None = None,
     shared: dict | None = None,
+    class_names: Sequence[str] | None = None,
     **option_overrides,
 ) -> Iterator[TaskModel]:
     """Fine-tune ``backbone`` on one support set; the tuned model is valid inside the block.
@@ -214,6 +217,8 @@ def fit_task(
         shared: a per-episode dict (``EpisodeData.shared``) in which the support features, the
             initial head and the position prompts, which depend only on the pretrained model
             and the support set, are kept for the other methods of the same episode.
+        class_names: the task's class names, one per label ``0..N-1``; needed by
+            ``head_init="text"`` (the text tower's zero-shot head), unused otherwise.
 
     Example::
 
@@ -225,7 +230,7 @@ def fit_task(
     recipe = recipe_for(backbone.family, config.name).override(**options.recipe_overrides())
     fort_config = resolve_fort(backbone, config.name, fort)
     labels = labels.to(images.device)
-    head = _initial_head(backbone, images, labels, options.head_init, shared)
+    head = _initial_head(backbone, images, labels, options.head_init, shared, class_names)
     if recipe.head_scale != 1.0:
         head = ScaledLinear.wrap(head, recipe.head_scale)
     original_head = backbone.head if backbone.head_name else None
@@ -283,10 +288,20 @@ def _memo(shared: dict | None, key: tuple, compute):
 
 
 def _initial_head(
-    backbone: BackboneAdapter, images: Tensor, labels: Tensor, method: str, shared: dict | None
+    backbone: BackboneAdapter,
+    images: Tensor,
+    labels: Tensor,
+    method: str,
+    shared: dict | None,
+    class_names: Sequence[str] | None = None,
 ) -> torch.nn.Linear:
-    """The support-set head (a fresh copy: training changes it), computed once per episode."""
+    """The support-set head (a fresh copy: training changes it), computed once per episode;
+    ``method="text"``: the text tower's head over ``class_names``."""
     where = (id(backbone), tuple(images.shape), str(images.device))
+    if method == "text":
+        names = _text_head_names(labels, class_names)
+        head = _memo(shared, ("head", "text", names, *where), lambda: text_head(backbone, names))
+        return copy.deepcopy(head)
     features = _memo(
         shared, ("support_features", *where), lambda: support_features(backbone, images)
     )
@@ -294,6 +309,18 @@ def _initial_head(
         shared, ("head", method, *where), lambda: init_head(features, labels, method=method)
     )
     return copy.deepcopy(head)
+
+
+def _text_head_names(labels: Tensor, class_names: Sequence[str] | None) -> tuple[str, ...]:
+    """The class names of ``head_init="text"``, one per label, or a one-line error."""
+    n_way = int(labels.max()) + 1
+    if class_names is None or isinstance(class_names, str) or len(class_names) != n_way:
+        got = "none" if class_names is None else repr(class_names)
+        raise ConfigError(
+            f"head_init='text' builds the head from the task's class names: pass "
+            f"fit_task(..., class_names=[...]) with one name per label 0..{n_way - 1} (got {got})"
+        )
+    return tuple(str(name) for name in class_names)
 
 
 def _prompt_targets(

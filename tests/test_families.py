@@ -39,11 +39,17 @@ def tiny(name: str, num_classes: int = 5) -> BackboneAdapter:
 
 
 def non_square(adapter: BackboneAdapter, batch: int = 2) -> Tensor:
-    """A batch one size multiple wider than the model's own input (never square)."""
+    """A non-square batch: one size multiple wider than the model's own input, or the model's
+    own size when it takes only one (timm BEiT; its tiny model is built non-square)."""
     height, width = adapter.data_config["input_size"][1:]
-    step = adapter.size_multiple[1]
+    fixed = getattr(adapter, "fixed_input_size", None)
+    if fixed is None:
+        width += adapter.size_multiple[1]
+    assert height != width, (
+        f"{adapter.name}: the tiny model of a fixed-size family must be non-square"
+    )
     generator = torch.Generator().manual_seed(1)
-    return torch.randn(batch, 3, height, width + step, generator=generator)
+    return torch.randn(batch, 3, height, width, generator=generator)
 
 
 # ----------------------------------------------------------------------------- the reference
@@ -306,3 +312,12 @@ def test_attention_loss_is_finite_and_reaches_every_lora_module(name):
         params = [p for n, p in adapter.model.named_parameters() if "lora_" in n]
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+# ----------------------------------------------------------------------------- docs
+def test_the_families_page_matches_the_registries():
+    from focusvit.families import families_table, page_table
+
+    assert page_table() == families_table(), (
+        "docs/families.md is out of date: run python -m focusvit.families --write"
+    )

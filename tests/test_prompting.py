@@ -19,7 +19,8 @@ from focusvit.backbones import (
     WindowGeometry,
     adapt,
 )
-from focusvit.backbones.hf_vit import hf_attention_projections
+from focusvit.backbones.swinv2 import HFSwinV2Adapter
+from focusvit.backbones.timm_swinv2 import TimmSwinV2Adapter, TimmSwinV2CrAdapter
 from focusvit.explainers.base import Explanation
 from focusvit.prompting import (
     PositionPrompt,
@@ -280,17 +281,20 @@ def test_shift_and_pad_orders_differ_on_non_multiple_grids():
 
 
 def _model_windows(adapter, images: torch.Tensor, block_index: int):
-    """(normed block input, the windows fed to the q projection) recorded from the model."""
+    """(the grid the block partitions into windows, the windows fed to its attention),
+    recorded from the model: the normed block input of pre-norm Swin blocks, the block input
+    itself of post-norm Swin V2 blocks (their norms follow the attention)."""
     block = adapter.blocks[block_index]
     seen: dict[str, torch.Tensor] = {}
-    if isinstance(adapter, HFSwinAdapter):
-        norm = block.layernorm_before
-        proj = hf_attention_projections(block.attention)[0]
+    if isinstance(adapter, (HFSwinV2Adapter, TimmSwinV2Adapter, TimmSwinV2CrAdapter)):
+        source = block.register_forward_pre_hook(lambda m, i: seen.__setitem__("grid", i[0]))
     else:
-        norm, proj = block.norm1, block.attn.qkv
+        norm = block.layernorm_before if isinstance(adapter, HFSwinAdapter) else block.norm1
+        source = norm.register_forward_hook(lambda m, i, o: seen.__setitem__("grid", o))
+    attention = adapter._attention_module(block)
     handles = [
-        norm.register_forward_hook(lambda m, i, o: seen.__setitem__("grid", o)),
-        proj.register_forward_hook(lambda m, i, o: seen.__setitem__("windows", i[0])),
+        source,
+        attention.register_forward_pre_hook(lambda m, i: seen.__setitem__("windows", i[0])),
     ]
     try:
         with torch.no_grad():
