@@ -34,7 +34,7 @@ from .base import (
     submodule_names,
     to_tuple2,
 )
-from .hf_vit import HF_SSF_BLOCK_PARTS, HFHeadMixin, _base_model, find_layer_list
+from .hf_vit import HF_SSF_BLOCK_PARTS, HFHeadMixin, find_layer_list
 from .registry import FamilyEntry, register_family
 from .tiny import register_tiny
 
@@ -177,14 +177,6 @@ class HFBeitAdapter(InsertedTokenBiasMixin, HFHeadMixin, BackboneAdapter):
         super().__init__(model, name, data_config)
         #: transformers-5 attention layout (``BeitAttention.q_proj``) vs Data2Vec's 4.x layout
         self._v5 = hasattr(self.blocks[0].attention, "q_proj")
-
-    @property
-    def base(self) -> nn.Module:
-        return _base_model(self.model)
-
-    @property
-    def config(self):
-        return self.model.config
 
     # forward
     def tokens(self, x: Tensor) -> Tensor:

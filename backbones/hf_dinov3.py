@@ -99,10 +99,6 @@ class HFDINOv3Adapter(HFHeadMixin, BackboneAdapter):
             )
         super().__init__(model, name, data_config)
 
-    @property
-    def config(self):
-        return self.model.config
-
     # forward
     def tokens(self, x: Tensor) -> Tensor:
         """Final normalised tokens ``(B, 1 + R + h*w, D)`` (the model's ``last_hidden_state``)."""

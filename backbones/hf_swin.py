@@ -44,16 +44,15 @@ class HFSwinAdapter(SwinAdapterMixin, HFHeadMixin, BackboneAdapter):
     (``window_partition_order = "pad_then_roll"``)."""
 
     window_partition_order = "pad_then_roll"
+    #: the models this adapter class takes (Swin V2 subclasses it with its own check)
+    accepts = staticmethod(is_hf_swin)
 
     def __init__(self, model: nn.Module, name: str = "", data_config: dict | None = None):
-        if not is_hf_swin(model):
-            raise UnsupportedFamilyError(f"{type(model).__name__} is not an HF Swin model")
+        if not self.accepts(model):
+            raise UnsupportedFamilyError(
+                f"{type(model).__name__} is not a model of {type(self).__name__}"
+            )
         super().__init__(model, name, data_config)
-
-    @property
-    def base(self) -> nn.Module:
-        base = getattr(self.model, "base_model", self.model)
-        return base if base is not None else self.model
 
     def tokens(self, x: Tensor) -> Tensor:
         self.check_input(x)

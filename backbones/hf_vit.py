@@ -95,7 +95,8 @@ HF_SSF_BLOCK_PARTS = (
 
 
 class HFHeadMixin:
-    """Head slot of Hugging Face models: the ``classifier`` child of ``*ForImageClassification``.
+    """Base model, config and head slot of Hugging Face models; the head slot is the
+    ``classifier`` child of ``*ForImageClassification``.
 
     A bare ``*Model`` (what ``load_backbone("hf:...", num_classes=0)`` loads) has no
     ``classifier``; :meth:`replace_head` adds one as a child module of the model (so the tuners
@@ -107,6 +108,16 @@ class HFHeadMixin:
     model: nn.Module
     name: str
     _added_head_slot: bool = False
+
+    @property
+    def base(self) -> nn.Module:
+        """The bare ``*Model`` inside a ``*ForImageClassification`` (the model itself else)."""
+        return _base_model(self.model)
+
+    @property
+    def config(self):
+        """The Hugging Face config of the model."""
+        return self.model.config
 
     def _attach_head(self, head: nn.Module) -> None:
         model = self.model
@@ -155,14 +166,6 @@ class HFViTAdapter(HFHeadMixin, BackboneAdapter):
         self._interpolates = (
             "interpolate_pos_encoding" in inspect.signature(base.forward).parameters
         )
-
-    @property
-    def base(self) -> nn.Module:
-        return _base_model(self.model)
-
-    @property
-    def config(self):
-        return self.model.config
 
     # forward
     def tokens(self, x: Tensor) -> Tensor:

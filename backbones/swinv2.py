@@ -24,13 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from focusvit.errors import UnsupportedFamilyError
-
-from .base import AttentionSite, BackboneAdapter, RecomputedSite, submodule_names, to_tuple2
-from .hf_vit import HFHeadMixin
+from .base import AttentionSite, RecomputedSite, submodule_names
+from .hf_swin import HFSwinAdapter
 from .registry import FamilyEntry, register_family
 from .tiny import register_tiny
-from .windows import SwinAdapterMixin
 
 #: the clamp of the learned logit scale in both libraries: ``exp(min(s, log(1 / 0.01)))``
 MAX_LOG_SCALE = math.log(1.0 / 0.01)
@@ -139,8 +136,9 @@ def mask_repeats(attention_class: type) -> int:
     return max(1, source.count("+ attention_mask"))
 
 
-class HFSwinV2Adapter(SwinAdapterMixin, HFHeadMixin, BackboneAdapter):
-    """HF Swinv2. Tokens are ``(B, H*W, C)``, pooled by their mean (the model's pooler).
+class HFSwinV2Adapter(HFSwinAdapter):
+    """HF Swinv2: the HF Swin layout (tokens ``(B, H*W, C)`` pooled by their mean, stages,
+    windows, head slot), with cosine attention sites.
 
     Blocks are post-norm (``layernorm_before`` normalises the attention output), so SSF sites
     follow execution order: q, k, v, attention output, ``layernorm_before``, MLP,
@@ -149,7 +147,6 @@ class HFSwinV2Adapter(SwinAdapterMixin, HFHeadMixin, BackboneAdapter):
     adapt those too. Shifted blocks pad before rolling (``"pad_then_roll"``).
     """
 
-    window_partition_order = "pad_then_roll"
     SSF_BLOCK_PARTS = (
         "attention.self.query",
         "attention.self.key",
@@ -161,49 +158,7 @@ class HFSwinV2Adapter(SwinAdapterMixin, HFHeadMixin, BackboneAdapter):
         "layernorm_after",
     )
 
-    def __init__(self, model: nn.Module, name: str = "", data_config: dict | None = None):
-        if not is_hf_swinv2(model):
-            raise UnsupportedFamilyError(f"{type(model).__name__} is not an HF Swinv2 model")
-        super().__init__(model, name, data_config)
-
-    @property
-    def base(self) -> nn.Module:
-        base = getattr(self.model, "base_model", self.model)
-        return base if base is not None else self.model
-
-    def tokens(self, x: Tensor) -> Tensor:
-        self.check_input(x)
-        return self.base(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state
-
-    def pool(self, tokens: Tensor) -> Tensor:
-        return tokens.mean(dim=1)
-
-    @property
-    def head_name(self) -> str:
-        classifier = getattr(self.model, "classifier", None)
-        return "classifier" if isinstance(classifier, nn.Linear) else ""
-
-    @property
-    def num_features(self) -> int:
-        return int(self.base.num_features)
-
-    @property
-    def blocks(self) -> list[nn.Module]:
-        return [block for stage in self.base.encoder.layers for block in stage.blocks]
-
-    def stage_of_block(self) -> list[int]:
-        return [i for i, stage in enumerate(self.base.encoder.layers) for _ in stage.blocks]
-
-    def _block_window(self, block: nn.Module) -> tuple[tuple[int, int], tuple[int, int]]:
-        return to_tuple2(int(block.window_size)), to_tuple2(int(block.shift_size))
-
-    @property
-    def input_module(self) -> nn.Module:
-        return self.base.embeddings
-
-    @property
-    def gradcam_layer(self) -> nn.Module:
-        return self.blocks[-1].layernorm_before
+    accepts = staticmethod(is_hf_swinv2)
 
     @property
     def lora_targets(self) -> list[str]:
@@ -217,10 +172,6 @@ class HFSwinV2Adapter(SwinAdapterMixin, HFHeadMixin, BackboneAdapter):
             + submodule_names(m, self.blocks, self.SSF_BLOCK_PARTS)
             + submodule_names(m, [self.base], ["layernorm"])
         )
-
-    @property
-    def patch_size(self) -> tuple[int, int]:
-        return to_tuple2(self.model.config.patch_size)
 
     @property
     def heads_per_block(self) -> list[int]:

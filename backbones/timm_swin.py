@@ -25,6 +25,22 @@ def is_timm_swin(model: nn.Module) -> bool:
     )
 
 
+def checked_forward_features(adapter: BackboneAdapter, x: Tensor) -> Tensor:
+    """``adapter.model.forward_features(x)`` after the input checks of a timm pyramid model:
+    one built for a fixed size (``dynamic_img_size`` off) refuses another with the fix."""
+    adapter.check_input(x)
+    model = adapter.model
+    if not getattr(model, "dynamic_img_size", False):
+        expected = tuple(model.patch_embed.img_size)
+        if tuple(x.shape[-2:]) != expected:
+            raise InputSizeError(
+                f"{adapter.name} was built for {expected[0]}x{expected[1]} inputs and got "
+                f"{x.shape[-2]}x{x.shape[-1]}; load it with load_backbone (which sets "
+                "strict_img_size=False) or resize the images"
+            )
+    return model.forward_features(x)
+
+
 class TimmSwinAdapter(SwinAdapterMixin, TimmHeadMixin, BackboneAdapter):
     """timm Swin. Attention logits are recomputed from each block's fused ``qkv`` plus the
     relative position bias; ``capture_attention(..., shift_mask=True)`` adds the block's own
@@ -39,16 +55,7 @@ class TimmSwinAdapter(SwinAdapterMixin, TimmHeadMixin, BackboneAdapter):
         super().__init__(model, name, data_config)
 
     def tokens(self, x: Tensor) -> Tensor:
-        self.check_input(x)
-        if not getattr(self.model, "dynamic_img_size", False):
-            expected = tuple(self.model.patch_embed.img_size)
-            if tuple(x.shape[-2:]) != expected:
-                raise InputSizeError(
-                    f"{self.name} was built for {expected[0]}x{expected[1]} inputs and got "
-                    f"{x.shape[-2]}x{x.shape[-1]}; load it with load_backbone (which sets "
-                    "strict_img_size=False) or resize the images"
-                )
-        return self.model.forward_features(x)
+        return checked_forward_features(self, x)
 
     def pool(self, tokens: Tensor) -> Tensor:
         return self.model.forward_head(tokens, pre_logits=True)

@@ -15,12 +15,13 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from focusvit.errors import InputSizeError, UnsupportedFamilyError
+from focusvit.errors import UnsupportedFamilyError
 
 from .base import AttentionSite, BackboneAdapter, submodule_names, to_tuple2
 from .registry import FamilyEntry, register_family
 from .swinv2 import continuous_position_bias, cosine_logits, cosine_site
 from .timm_qkv import fused_qkv, qkv_module_called
+from .timm_swin import checked_forward_features
 from .timm_vit import TimmHeadMixin
 from .tiny import register_tiny
 from .windows import SwinAdapterMixin
@@ -108,16 +109,7 @@ class _TimmSwinV2Base(SwinAdapterMixin, TimmHeadMixin, BackboneAdapter):
 
     def _features(self, x: Tensor) -> Tensor:
         """``forward_features`` after the input checks."""
-        self.check_input(x)
-        if not getattr(self.model, "dynamic_img_size", False):
-            expected = tuple(self.model.patch_embed.img_size)
-            if tuple(x.shape[-2:]) != expected:
-                raise InputSizeError(
-                    f"{self.name} was built for {expected[0]}x{expected[1]} inputs and got "
-                    f"{x.shape[-2]}x{x.shape[-1]}; load it with load_backbone (which sets "
-                    "strict_img_size=False) or resize the images"
-                )
-        return self.model.forward_features(x)
+        return checked_forward_features(self, x)
 
     @property
     def head_name(self) -> str:

@@ -25,8 +25,9 @@ PROMPTS = {
 
 
 def family_rows() -> list[dict[str, str]]:
-    """One row per registered family: name, hub examples, tiny models, explainers, prompts,
-    tuners, attention loss and what its "CLS row" is."""
+    """One row per registered family (columnar ViTs, then pyramid models, then CNNs; by name):
+    name, hub examples, tiny models, explainers, prompts, tuners, attention loss and what its
+    "CLS row" is."""
     from focusvit.backbones import FAMILIES, adapt
     from focusvit.backbones.tiny import build_tiny
     from focusvit.explainers import EXPLAINERS
@@ -34,7 +35,8 @@ def family_rows() -> list[dict[str, str]]:
     from focusvit.finetune.recipes import RECIPES
 
     rows = []
-    for entry in FAMILIES:
+    order = {"vit": 0, "swin": 1, "cnn": 2}
+    for entry in sorted(FAMILIES, key=lambda e: (order.get(e.adapter.family, 3), e.name)):
         if not entry.tiny:
             continue
         adapter = adapt(build_tiny(entry.tiny[0]))
