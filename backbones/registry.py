@@ -8,6 +8,7 @@ with the supported list: it is never accepted and then left failing inside an ex
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -123,8 +124,15 @@ def _data_config_of(model: nn.Module) -> dict:
         return cfg
     config = getattr(model, "config", None)
     config = getattr(config, "vision_config", None) or config  # CLIP / SigLIP: the vision tower
-    size = getattr(config, "image_size", 224)
-    size = size if isinstance(size, int) else int(size[0])
+    size = getattr(config, "image_size", None)
+    if (
+        size is None
+        and getattr(config, "num_patches", None)
+        and getattr(config, "patch_size", None)
+    ):
+        # SigLIP2 (NaFlex) configs give the patch count of the native grid, not a size
+        size = math.isqrt(int(config.num_patches)) * int(config.patch_size)
+    size = 224 if size is None else size if isinstance(size, int) else int(size[0])
     entry = family_of(model)
     mean, std = entry.adapter.default_mean_std if entry is not None else IMAGENET_MEAN_STD
     return default_data_config(size, mean=mean, std=std)

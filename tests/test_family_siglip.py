@@ -435,3 +435,15 @@ def test_text_errors_name_the_fix_and_a_folder_brings_its_tokenizer(tmp_path):
     full.tokenizer.save_pretrained(tmp_path / "model")
     loaded = focusvit.load_backbone(str(tmp_path / "model"))
     torch.testing.assert_close(loaded.encode_text(["cat", "dog"]), full.encode_text(["cat", "dog"]))
+
+
+def test_siglip2_default_size_is_its_native_grid():
+    """SigLIP2 configs carry ``num_patches`` instead of ``image_size``: the default input size
+    is the native grid (16 × 16 patches of 16 px = 256), not a generic 224."""
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel
+
+    from focusvit.backbones.registry import _data_config_of
+
+    with torch.device("meta"):
+        model = Siglip2VisionModel(Siglip2VisionConfig(num_patches=256, patch_size=16))
+    assert _data_config_of(model)["input_size"] == (3, 256, 256)
