@@ -622,14 +622,21 @@ def _check_raw_images(images: Any) -> Any:
     from pathlib import Path
 
     import numpy as np
+    from PIL import Image
 
     from focusvit.errors import ImageReadError
 
-    single = isinstance(images, str | os.PathLike | np.ndarray | Tensor) or not hasattr(
-        images, "__iter__"
-    )
+    if images is None or isinstance(images, bytes | bytearray | int | float):
+        raise InputSizeError(_raw_image_error(images))
+    single = isinstance(
+        images, str | os.PathLike | np.ndarray | Tensor | Image.Image
+    ) or not hasattr(images, "__iter__")
     items = [images] if single else list(images)
+    if not items:
+        raise InputSizeError("preprocess got no images; pass a list of PIL images, arrays or paths")
     for item in items:
+        if not isinstance(item, str | os.PathLike | np.ndarray | Tensor | Image.Image):
+            raise InputSizeError(_raw_image_error(item))
         if isinstance(item, Tensor):
             raise InputSizeError(
                 f"preprocess takes raw images (PIL images, (H, W, 3) arrays, file paths), got a "
@@ -648,6 +655,19 @@ def _check_raw_images(images: Any) -> Any:
                 f"backbone.preprocess(focusvit.load_images({str(item)!r}))"
             )
     return images if single else items
+
+
+def _raw_image_error(item: Any) -> str:
+    """The message for an object :meth:`BackboneAdapter.preprocess` cannot read as an image."""
+    hint = (
+        "; for encoded bytes use PIL.Image.open(io.BytesIO(data))"
+        if isinstance(item, bytes | bytearray)
+        else ""
+    )
+    return (
+        f"preprocess takes PIL images, (H, W) / (H, W, 3) arrays or image file paths, got "
+        f"{type(item).__name__}{hint}"
+    )
 
 
 def default_data_config(size: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> dict:

@@ -277,7 +277,7 @@ class HFCLIPAdapter(HFHeadMixin, BackboneAdapter):
         from transformers import AutoTokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         except (OSError, ValueError, TypeError) as error:
             raise UnsupportedMethodError(
                 f"no tokenizer could be loaded from {source} ({type(error).__name__}): {fix}"

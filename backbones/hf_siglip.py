@@ -242,7 +242,7 @@ class HFSiglipAdapter(HFHeadMixin, BackboneAdapter):
             from transformers import AutoTokenizer
 
             try:
-                self.tokenizer = AutoTokenizer.from_pretrained(source)
+                self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
             except (OSError, ValueError, TypeError, KeyError, ImportError) as error:
                 reason = (str(error).splitlines() or [""])[0][:160]
                 raise UnsupportedMethodError(

@@ -22,6 +22,7 @@ from torch import nn
 
 from focusvit.errors import (
     CheckpointError,
+    ConfigError,
     InputSizeError,
     UnknownModelError,
     UnsupportedFamilyError,
@@ -58,16 +59,48 @@ def load_backbone(
         model_kwargs: extra architecture arguments (e.g. ``depth=2`` for tiny test models).
 
     Raises:
-        ConfigError: a malformed ``image_size`` or an unknown ``resize`` (checked before loading).
+        ConfigError: a malformed ``spec``, ``num_classes``, ``pretrained``, ``image_size`` or
+            ``resize``, or ``model_kwargs`` for a spec that takes none (checked before loading).
         InputSizeError: an ``image_size`` that does not fit the model's patch / window layout.
+        CheckpointError: a checkpoint without usable metadata, or weights of another model.
     """
     from focusvit.data.images import check_resize, parse_size
 
+    check_load_arguments(spec, num_classes, pretrained)
     size = None if image_size is None else parse_size(image_size)
     if resize is not None:
         check_resize(resize)
     adapter = _load_backbone(spec, num_classes, pretrained, **model_kwargs)
     return set_preprocessing(adapter, image_size=size, resize=resize)
+
+
+def check_load_arguments(spec: Any, num_classes: Any, pretrained: Any) -> None:
+    """Refuse a ``spec`` that is no string / path, a ``num_classes`` that is no whole number
+    >= 0 (``True``, ``2.5``, ``"5"``, ``-1``) and a ``pretrained`` that is no bool."""
+    if not isinstance(spec, str | os.PathLike) or not str(spec).strip():
+        raise ConfigError(
+            f"model spec must be a non-empty string or path, got {spec!r}; pass e.g. "
+            "'timm:vit_small_patch16_224', 'hf:facebook/dinov2-small' or a .safetensors path"
+        )
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0
+    ):
+        raise ConfigError(
+            f"num_classes must be a whole number >= 0 or None, got {num_classes!r}; pass e.g. "
+            "num_classes=5 (a new head), 0 (no head) or None (the pretrained head)"
+        )
+    if not isinstance(pretrained, bool):
+        raise ConfigError(f"pretrained must be True or False, got {pretrained!r}")
+
+
+def _refuse_model_kwargs(spec: str, model_kwargs: dict) -> None:
+    """``model_kwargs`` only reach timm constructors; elsewhere they would be silently ignored."""
+    if model_kwargs:
+        raise ConfigError(
+            f"model_kwargs {sorted(model_kwargs)} cannot be applied to {spec}: only timm models "
+            "take architecture arguments; drop them, or use a timm spec such as "
+            "timm:vit_small_patch16_224 with e.g. depth=2"
+        )
 
 
 def set_preprocessing(
@@ -107,6 +140,8 @@ def _load_backbone(
     prefix, _, rest = text.partition(":")
     if prefix == "timm" and rest:
         return _load_timm(rest, num_classes, pretrained, **model_kwargs)
+    if prefix in ("hf", "offline", "tiny") and rest:
+        _refuse_model_kwargs(text, model_kwargs)
     if prefix == "hf" and rest:
         return _load_hf(rest, num_classes, pretrained)
     if prefix == "offline" and rest:
@@ -115,8 +150,10 @@ def _load_backbone(
         return _load_tiny(rest, num_classes)
     path = Path(text).expanduser()
     if path.is_dir() and (path / "config.json").exists():
+        _refuse_model_kwargs(text, model_kwargs)
         return _load_hf(str(path), num_classes, pretrained)
     if path.is_file():
+        _refuse_model_kwargs(text, model_kwargs)
         return _load_checkpoint(path, num_classes)
     if path.is_dir():
         raise UnknownModelError(
@@ -200,7 +237,7 @@ def _hf_architecture(name: str) -> nn.Module:
     import torch
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(name, local_files_only=True)
+    config = AutoConfig.from_pretrained(name, local_files_only=True, **HF_SAFE)
     with torch.device("meta"):
         return AutoModel.from_config(config)
 
@@ -239,6 +276,11 @@ def _load_timm(
         kwargs["num_classes"] = num_classes
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (TypeError, ValueError, AssertionError) as error:
+        raise ConfigError(
+            f"timm:{name} cannot be built with model_kwargs {model_kwargs_text(kwargs)} "
+            f"({_first_line(error)}); fix or drop the argument (e.g. depth=2, embed_dim=192)"
+        ) from error
     except (OSError, RuntimeError) as error:
         if pretrained and _looks_like_download_error(error):
             raise UnknownModelError(
@@ -250,22 +292,97 @@ def _load_timm(
     return adapt(model, name=f"timm:{name}")
 
 
+def model_kwargs_text(kwargs: dict) -> str:
+    """``{key: value}`` of the arguments a user passed (timm family defaults left out)."""
+    shown = {k: v for k, v in kwargs.items() if k not in ("dynamic_img_size", "strict_img_size")}
+    return repr(shown)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
 def _looks_like_download_error(error: Exception) -> bool:
     text = str(error).lower()
     return any(word in text for word in ("connect", "resolve", "offline", "hub", "http", "network"))
 
 
-def _load_hf(name: str, num_classes: int | None, pretrained: bool) -> BackboneAdapter:
-    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+#: Hugging Face loading options focusvit always passes: a model's own Python code never runs
+#: (no ``trust_remote_code`` prompt) and weights are read from ``.safetensors`` only (a pickled
+#: ``pytorch_model.bin`` is never unpickled)
+HF_SAFE = {"trust_remote_code": False}
 
+
+def _check_local_hf_folder(name: str) -> None:
+    """Refuse, before transformers reads it, a local folder whose model needs its own code
+    (``auto_map``): focusvit never prompts for or runs a model's own code."""
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return
     try:
-        config = AutoConfig.from_pretrained(name)
+        config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as error:
         raise UnknownModelError(
-            f"could not load a Hugging Face config for {name!r} ({error}); check the model id "
-            "(e.g. hf:facebook/dinov2-small), the network, or pass a local directory written "
-            "by save_pretrained"
+            f"{folder / 'config.json'} is not a readable JSON file ({_first_line(error)}); "
+            "write the folder again with model.save_pretrained"
         ) from error
+    if isinstance(config, dict) and config.get("auto_map"):
+        raise UnsupportedFamilyError(
+            f"{folder} holds a model with its own Python code (auto_map in config.json); "
+            "focusvit never runs a model's code (trust_remote_code=False): load the model "
+            "yourself and wrap it with focusvit.adapt(model), or use a transformers architecture"
+        )
+
+
+def _check_local_weights(name: str, pretrained: bool) -> None:
+    """Refuse a local folder without ``.safetensors`` weights when ``pretrained``."""
+    folder = Path(name).expanduser()
+    if not pretrained or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+    raise CheckpointError(
+        f"{folder} holds no .safetensors weights"
+        + (
+            f" (only pickled {', '.join(pickled)}, which focusvit never unpickles)"
+            if pickled
+            else ""
+        )
+        + "; convert them with model.save_pretrained(folder, safe_serialization=True) in a "
+        "trusted session, or pass pretrained=False for random weights"
+    )
+
+
+def _hf_config(name: str):
+    """The transformers config of ``name``; a text-only or unknown architecture is refused."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name, **HF_SAFE)
+    except (OSError, ValueError, KeyError) as error:
+        raise UnknownModelError(
+            f"could not load a Hugging Face config for {name!r} ({_first_line(error)}); check "
+            "the model id (e.g. hf:facebook/dinov2-small), the network, or pass a local "
+            "directory written by save_pretrained"
+        ) from error
+    vision = getattr(config, "vision_config", None) is not None or any(
+        hasattr(config, key) for key in ("image_size", "num_channels", "patch_size")
+    )
+    if not vision:
+        raise UnsupportedFamilyError(
+            f"{name} is a {getattr(config, 'model_type', 'non-vision')} model (its config has no "
+            "image settings), not an image backbone; pass a vision model such as "
+            "hf:facebook/dinov2-small"
+        )
+    return config
+
+
+def _load_hf(name: str, num_classes: int | None, pretrained: bool) -> BackboneAdapter:
+    from transformers import AutoModel, AutoModelForImageClassification
+
+    _check_local_hf_folder(name)
+    config = _hf_config(name)
+    _check_local_weights(name, pretrained)
     has_head = any("ForImageClassification" in a for a in (config.architectures or []))
     with_head = num_classes not in (None, 0) or (num_classes is None and has_head)
     # families without a classification class in transformers (DINOv3): the bare model, and
@@ -276,7 +393,7 @@ def _load_hf(name: str, num_classes: int | None, pretrained: bool) -> BackboneAd
     if num_classes and cls is AutoModelForImageClassification:
         kwargs = {"num_labels": num_classes, "ignore_mismatched_sizes": True}
     if pretrained:
-        model = cls.from_pretrained(name, **kwargs)
+        model = _hf_from_pretrained(cls, name, kwargs)
     else:
         if kwargs:
             config.num_labels = num_classes
@@ -287,6 +404,18 @@ def _load_hf(name: str, num_classes: int | None, pretrained: bool) -> BackboneAd
     return adapter
 
 
+def _hf_from_pretrained(cls, name: str, kwargs: dict) -> nn.Module:
+    """``cls.from_pretrained`` from ``.safetensors`` only, never running the model's code."""
+    try:
+        return cls.from_pretrained(name, use_safetensors=True, **HF_SAFE, **kwargs)
+    except OSError as error:
+        raise CheckpointError(
+            f"could not load the weights of {name} ({_first_line(error)}); focusvit reads only "
+            ".safetensors weights: check the model id and the network, convert pickled weights "
+            "with save_pretrained(..., safe_serialization=True), or pass pretrained=False"
+        ) from error
+
+
 def _hf_data_config(name: str, config, model: nn.Module) -> dict:
     """Preprocessing from the model's own image processor config (size, mean and std: CLIP and
     SigLIP use their own statistics); without one, the family's defaults for ``model``."""
@@ -294,7 +423,7 @@ def _hf_data_config(name: str, config, model: nn.Module) -> dict:
     try:
         from transformers import AutoImageProcessor
 
-        processor = AutoImageProcessor.from_pretrained(name)
+        processor = AutoImageProcessor.from_pretrained(name, **HF_SAFE)
         mean, std = processor.image_mean, processor.image_std
         size = fallback["input_size"][-1]
         crop, resize = getattr(processor, "crop_size", None), getattr(processor, "size", None)
@@ -390,6 +519,40 @@ def _checkpoint_info(path: Path) -> dict:
         raise UnknownModelError(
             f"{path} has no focusvit metadata; it was not written by focusvit.save_backbone"
         )
+    return _check_info(path, info)
+
+
+def _check_info(path: Path, info: Any) -> dict:
+    """The metadata ``info`` of ``path`` with ``spec`` a model spec (not a file: a checkpoint
+    naming a checkpoint could loop forever) and the other keys of the right types."""
+    fix = "save the model again with focusvit.save_backbone(adapter, path, {'spec': ...})"
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: focusvit metadata is not a JSON object; {fix}")
+    spec = info.get("spec")
+    if not isinstance(spec, str) or not spec.strip():
+        raise CheckpointError(
+            f"{path}: focusvit metadata names no model spec ('spec' is {spec!r}), so the "
+            f"architecture cannot be rebuilt; {fix}"
+        )
+    prefix, _, rest = spec.partition(":")
+    if not (prefix in ("timm", "hf", "offline", "tiny") and rest) and (
+        Path(spec).expanduser().is_file() or spec.endswith(".safetensors")
+    ):
+        raise CheckpointError(
+            f"{path}: its spec {spec!r} is a checkpoint file, not an architecture; the spec must "
+            f"name the architecture (e.g. 'timm:vit_small_patch16_224'); {fix}"
+        )
+    num_classes = info.get("num_classes")
+    kwargs = info.get("model_kwargs", {})
+    config = info.get("data_config", {})
+    bad_classes = num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0
+    )
+    if bad_classes or not isinstance(kwargs, dict) or not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path}: focusvit metadata is malformed (num_classes {num_classes!r}, model_kwargs "
+            f"{kwargs!r}, data_config of type {type(config).__name__}); {fix}"
+        )
     return info
 
 
@@ -405,10 +568,17 @@ def _load_checkpoint(path: Path, num_classes: int | None = None) -> BackboneAdap
         pretrained=False,
         **info.get("model_kwargs", {}),
     )
-    adapter.model.load_state_dict(load_file(str(path)), strict=True)
-    adapter.data_config = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in info["data_config"].items()
-    }
+    try:
+        adapter.model.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"the weights in {path} do not fit the architecture its metadata names "
+            f"({info['spec']}, num_classes={info.get('num_classes')}, model_kwargs="
+            f"{info.get('model_kwargs', {})}): {_first_line(error)}; the file was edited or "
+            "written for another model: save it again with focusvit.save_backbone"
+        ) from error
+    saved = info.get("data_config") or adapter.data_config
+    adapter.data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
     adapter.name = str(path)
     if num_classes is not None and num_classes != adapter.num_classes:
         if callable(getattr(adapter.model, "reset_classifier", None)):

@@ -238,7 +238,8 @@ def summary(method: str, result, seconds: float) -> dict:
         "mean": result.mean,
         "ci95": result.ci95,
         "accuracies": list(result.accuracies),
-        "episode_ids": [int(r["episode"]) for r in result.records],
+        "episode_ids": [int(r["episode"]) for r in result.records if not r.get("diverged")],
+        "diverged": result.diverged,
         "trainable": trainable,
         "seconds_per_episode": seconds,
     }

@@ -602,7 +602,9 @@ def _stored(folder: Path) -> tuple[float, dict, float] | None:
         path = folder / f"{row}.jsonl"
         if path.exists():
             header, records = read_episode_file(path)
-            by_episode[row] = {int(r["episode"]): r["accuracy"] for r in records}
+            by_episode[row] = {
+                int(r["episode"]): r["accuracy"] for r in records if not r.get("diverged")
+            }
             if row == "authors" and header is not None:
                 authors_alpha = float(header["settings"]["runner"]["fort"]["alpha"])
     # pair by episode index: only the episodes every stored row holds (a row stopped earlier,

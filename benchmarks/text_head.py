@@ -26,6 +26,11 @@ def glyph_names(names: list[str]) -> list[str]:
     return [f"the symbol {n.split(' ', 1)[1]}" if n.startswith("U+") else n for n in names]
 
 
+def by_episode(result) -> dict[int, float]:
+    """Episode id -> accuracy of the finished (not diverged) episodes of a result."""
+    return {int(r["episode"]): r["accuracy"] for r in result.records if not r.get("diverged")}
+
+
 def smoke_backbone():
     """The tiny random CLIP with a word-level tokenizer over the words of the prompts."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -96,8 +101,9 @@ def main(argv: list[str] | None = None) -> None:
         ("text head alone (zero-shot)", "svm head alone"),
         (f"{args.tuner} from the text head", f"{args.tuner} from the svm head"),
     ):
-        text, svm = rows[text_label].accuracies, rows[svm_label].accuracies
-        mean, half = mean_and_ci([a - b for a, b in zip(text, svm, strict=True)])
+        text, svm = (by_episode(rows[label]) for label in (text_label, svm_label))
+        common = sorted(set(text) & set(svm))  # paired by episode (diverged ones left out)
+        mean, half = mean_and_ci([text[e] - svm[e] for e in common])
         print(f"  paired ({text_label}) − ({svm_label}): {100 * mean:+.1f} ± {100 * half:.1f}")
 
 

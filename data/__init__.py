@@ -1,6 +1,12 @@
 """focusvit.data: images, few-shot datasets (folders, tensors, synthetic scenes) and episodes."""
 
-from .datasets import FewShotDataset, ImageFolderDataset, TensorDataset, read_split
+from .datasets import (
+    FewShotDataset,
+    ImageFolderDataset,
+    TensorDataset,
+    dataset_fingerprint,
+    read_split,
+)
 from .episodes import Episode, EpisodeError, check_episode_spec, sample_episode, sample_episodes
 from .images import (
     RESIZE_POLICIES,
@@ -23,6 +29,7 @@ __all__ = [
     "TensorDataset",
     "check_episode_spec",
     "class_splits",
+    "dataset_fingerprint",
     "load_images",
     "masks_to_batch",
     "read_image",

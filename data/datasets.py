@@ -4,7 +4,11 @@ synthetic scenes.
 Every dataset exposes ``labels`` (one int per item), ``class_names`` and ``load(i)`` returning an
 RGB PIL image (or a ``(3, H, W)`` tensor for in-memory data); ``mask(i)`` returns the
 ground-truth object mask where one exists (bool ``(H, W)``, aligned with ``load(i)``), else
-``None``. Image datasets are also indexable like :class:`~focusvit.data.SyntheticScenes`:
+``None``; ``split`` names the class split it holds (``"base"``, ``"val"``, ``"novel"``, a
+split-file name, or ``None`` when unknown) and ``content_fingerprint()`` is a short hash of what
+its images are (file stats, tensor bytes or generator parameters), so caches and settings
+records never mix datasets. Image datasets are also indexable like
+:class:`~focusvit.data.SyntheticScenes`:
 ``dataset[i]`` is ``(image, label, mask or None)``. Put images and masks through the model's
 preprocessing with ``backbone.preprocess(images)`` and ``backbone.preprocess_masks(masks)``
 (the same resize and crop) for the localisation metrics (``prompt_precision``,
@@ -13,9 +17,12 @@ preprocessing with ``backbone.preprocess(images)`` and ``backbone.preprocess_mas
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -37,12 +44,40 @@ class FewShotDataset(Protocol):
     def __len__(self) -> int: ...
 
 
+def _digest(parts: Iterable[Any]) -> str:
+    """A short sha256 hex digest (16 chars) of JSON-encodable ``parts`` and raw ``bytes``."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part if isinstance(part, bytes) else json.dumps(part, default=str).encode()
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()[:16]
+
+
+def dataset_fingerprint(dataset: Any) -> str | None:
+    """``dataset.content_fingerprint()`` (a short hash of its content), or ``None`` for a
+    dataset kind that does not define one (its content cannot be told apart from another's)."""
+    method = getattr(dataset, "content_fingerprint", None)
+    return method() if callable(method) else None
+
+
+def _check_split(split: Any) -> str | None:
+    """``split`` itself when it is ``None`` or a non-empty string; else :class:`ConfigError`."""
+    if split is None or (isinstance(split, str) and split.strip()):
+        return split
+    raise ConfigError(
+        f"split must be a split name such as 'base', 'val' or 'novel' (or None), got {split!r}"
+    )
+
+
 class ImageFolderDataset:
     """``root/<class>/<image>`` trees (one folder per class), like torchvision's ImageFolder.
 
     Args:
         root: dataset directory.
-        split: with ``split_file``, keep only the classes listed for this split.
+        split: with ``split_file``, keep only the classes listed for this split; kept as
+            ``self.split`` (also with ``classes``), so ``EpisodeSpec(split=...)`` and
+            ``select_alpha`` can check it. ``None``: the split is unknown.
         split_file: a text file of ``<split> <class folder>`` lines (e.g. ``novel 017.Cardinal``),
             or a directory holding ``<split>.txt`` files with one class folder per line.
         classes: explicit class folder names to keep (overrides ``split``).
@@ -53,9 +88,11 @@ class ImageFolderDataset:
             ``None``: :meth:`mask` returns ``None``.
 
     Raises:
-        ImageReadError: a missing root, class folder, or (with ``mask_root``) a missing mask,
-            naming the expected path.
+        ImageReadError: a missing root, class folder, a class folder without images, or (with
+            ``mask_root``) a missing mask, naming the expected path.
         ConfigError: ``split`` without ``split_file``.
+
+    Hidden folders (``.ipynb_checkpoints``, ``.git``) are not classes.
     """
 
     def __init__(
@@ -69,7 +106,10 @@ class ImageFolderDataset:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ImageReadError(f"dataset root {self.root} is not a directory; check the path")
-        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        self.split = _check_split(split)
+        folders = sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
         if classes is None and split is not None:
             if not split_file:
                 raise ConfigError(
@@ -85,17 +125,11 @@ class ImageFolderDataset:
                     f"class folders {missing[:5]} listed for {self.root} do not exist"
                 )
             folders = [f for f in folders if f in set(classes)]
-        self.class_names: list[str] = []
+        self.class_names: list[str] = list(folders)
         self.files: list[Path] = []
         self.labels: list[int] = []
-        for folder in folders:
-            images = sorted(
-                p for p in (self.root / folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
-            )
-            if not images:
-                continue
-            label = len(self.class_names)
-            self.class_names.append(folder)
+        for label, folder in enumerate(folders):
+            images = self._class_images(folder)
             self.files.extend(images)
             self.labels.extend([label] * len(images))
         if not self.files:
@@ -107,6 +141,48 @@ class ImageFolderDataset:
         self.mask_files: list[Path] | None = None
         if self.mask_root is not None:
             self.mask_files = self._find_masks(self.mask_root)
+
+    def _class_images(self, folder: str) -> list[Path]:
+        """The image files of class folder ``folder``, sorted; an empty folder raises."""
+        images = sorted(
+            p for p in (self.root / folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not images:
+            raise ImageReadError(
+                f"class folder {self.root / folder} holds no images (extensions "
+                f"{', '.join(IMAGE_EXTENSIONS)}); add images, remove the folder, or pass "
+                "classes=[...] without it"
+            )
+        return images
+
+    def file_stamp(self, index: int) -> tuple[int, int]:
+        """``(size in bytes, modification time in ns)`` of image file ``index`` now (one stat);
+        a file edited or replaced since gives another stamp."""
+        try:
+            info = self.files[index].stat()
+        except OSError as error:
+            raise ImageReadError(
+                f"cannot read image file {self.files[index]} ({error}); was the dataset moved? "
+                "build the dataset again"
+            ) from error
+        return info.st_size, info.st_mtime_ns
+
+    def content_fingerprint(self) -> str:
+        """A short hash of what this dataset is: its split, class names and every image (and
+        mask) file's path relative to its root with its size and modification time (one stat a
+        file, no decoding). Editing, replacing or renaming a file, or renaming a class, changes
+        it; copying the dataset elsewhere with its modification times (``cp -p``, ``rsync -a``)
+        does not."""
+        files = [
+            (path.relative_to(self.root).as_posix(), *self.file_stamp(i))
+            for i, path in enumerate(self.files)
+        ]
+        masks = None
+        if self.mask_files is not None and self.mask_root is not None:
+            masks = [_mask_stamp(path, self.mask_root) for path in self.mask_files]
+        return _digest(
+            ["ImageFolderDataset", self.split, self.class_names, self.labels, files, masks]
+        )
 
     def _find_masks(self, mask_root: Path) -> list[Path]:
         """The mask file of every image (same relative path, any image extension)."""
@@ -168,6 +244,15 @@ class ImageFolderDataset:
         return self.load(index), self.labels[index], self.mask(index)
 
 
+def _mask_stamp(path: Path, mask_root: Path) -> tuple[str, int, int]:
+    """``(path relative to mask_root, size, modification time ns)`` of a mask file."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        raise ImageReadError(f"cannot read mask file {path} ({error}); check mask_root") from error
+    return path.relative_to(mask_root).as_posix(), info.st_size, info.st_mtime_ns
+
+
 def _oriented_size(path: Path) -> tuple[int, int]:
     """``(H, W)`` of an image file after its EXIF orientation, read from the header only."""
     try:
@@ -190,9 +275,9 @@ def read_split(split_file: str | os.PathLike, split: str) -> list[str]:
             raise ImageReadError(
                 f"split file {path} does not exist; create it with one class per line"
             )
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return [line.strip() for line in _split_lines(path) if line.strip()]
     names = []
-    for line in path.read_text().splitlines():
+    for line in _split_lines(path):
         parts = line.split(maxsplit=1)
         if len(parts) == 2 and parts[0] == split:
             names.append(parts[1].strip())
@@ -201,8 +286,29 @@ def read_split(split_file: str | os.PathLike, split: str) -> list[str]:
     return names
 
 
+def _split_lines(path: Path) -> list[str]:
+    """The lines of a split file, read as UTF-8 with or without a byte-order mark."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise ImageReadError(f"split file {path} does not exist; check split_file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ImageReadError(
+            f"cannot read split file {path} ({error}); save it as UTF-8 text"
+        ) from error
+
+
 class TensorDataset:
-    """In-memory images ``(M, 3, H, W)`` (already preprocessed) with labels ``(M,)``."""
+    """In-memory images ``(M, 3, H, W)`` (already preprocessed) with labels ``(M,)``.
+
+    Args:
+        images: ``(M, 3, H, W)`` preprocessed images.
+        labels: ``(M,)`` class index of each image.
+        class_names: one name per class (default ``"0"``, ``"1"``, ...).
+        masks: optional ``(M, H, W)`` bool object masks.
+        split: the class split these images come from (``"base"``, ``"val"``, ``"novel"``, ...;
+            ``None``: unknown), checked by ``EpisodeSpec(split=...)`` and ``select_alpha``.
+    """
 
     def __init__(
         self,
@@ -210,17 +316,20 @@ class TensorDataset:
         labels: Tensor | list[int],
         class_names: list[str] | None = None,
         masks: Tensor | None = None,
+        split: str | None = None,
     ):
         labels = torch.as_tensor(labels).long()
         if images.ndim != 4 or images.shape[0] != labels.shape[0]:
-            raise ValueError(
+            raise ConfigError(
                 f"images must be (M, 3, H, W) with one label each; got {tuple(images.shape)} and "
                 f"{labels.shape[0]} labels"
             )
         self.images, self.masks = images, masks
         self.labels = labels.tolist()
+        self.split = _check_split(split)
         count = int(labels.max()) + 1 if len(labels) else 0
         self.class_names = class_names or [str(i) for i in range(count)]
+        self._fingerprint: tuple[tuple, str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -230,3 +339,36 @@ class TensorDataset:
 
     def mask(self, index: int) -> np.ndarray | None:
         return None if self.masks is None else self.masks[index].numpy()
+
+    def content_fingerprint(self) -> str:
+        """A short hash of the image (and mask) tensors' bytes, shapes and dtypes, the labels,
+        class names and split; recomputed only after a tensor changes (in place or replaced)."""
+        tensors = [t for t in (self.images, self.masks) if t is not None]
+        state = (
+            tuple(_tensor_state(t) for t in tensors),
+            self.split,
+            tuple(self.labels),
+            tuple(self.class_names),
+        )
+        if self._fingerprint is None or self._fingerprint[0] != state:
+            parts: list[Any] = ["TensorDataset", self.split, self.labels, list(self.class_names)]
+            for tensor in tensors:
+                parts += [[str(tensor.dtype), list(tensor.shape)], _tensor_bytes(tensor)]
+            self._fingerprint = (state, _digest(parts))
+        return self._fingerprint[1]
+
+
+def _tensor_state(tensor: Tensor) -> tuple:
+    """What changes when ``tensor`` is edited in place or replaced (a fresh object for an
+    inference tensor, which keeps no version counter: it is hashed every time)."""
+    try:
+        version: Any = tensor._version
+    except RuntimeError:
+        version = object()
+    return tensor.data_ptr(), version, tuple(tensor.shape), str(tensor.dtype)
+
+
+def _tensor_bytes(tensor: Tensor) -> bytes:
+    """The raw bytes of ``tensor`` (on the CPU, contiguous)."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""

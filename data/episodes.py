@@ -53,6 +53,16 @@ class Episode:
         return torch.arange(self.n_way).repeat_interleave(self.n_query)
 
 
+def _check_counts(**values: object) -> None:
+    """Refuse a value that is not a whole number (``bool`` and ``2.5`` included)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise EpisodeError(
+                f"{name} must be a whole number, got {value!r}; e.g. n_way=5, k_shot=1, "
+                "n_query=15, episodes=600, seed=0"
+            )
+
+
 def check_episode_spec(
     labels: Sequence[int],
     n_way: int,
@@ -61,6 +71,7 @@ def check_episode_spec(
     class_names: Sequence[str] | None = None,
 ) -> None:
     """Raise :class:`EpisodeError` naming the fix when the dataset cannot give such episodes."""
+    _check_counts(n_way=n_way, k_shot=k_shot, n_query=n_query)
     if n_way < 1 or k_shot < 1 or n_query < 0:
         raise EpisodeError(
             f"need n_way >= 1, k_shot >= 1, n_query >= 0; got {n_way}, {k_shot}, {n_query}"
@@ -110,6 +121,9 @@ def sample_episodes(
     class_names: Sequence[str] | None = None,
 ) -> list[Episode]:
     """Episodes ``start .. episodes-1`` of ``seed``; the same call always gives the same list."""
+    _check_counts(episodes=episodes, seed=seed, start=start)
+    if seed < 0 or start < 0:
+        raise EpisodeError(f"seed and start must be >= 0, got seed={seed}, start={start}")
     if episodes < 1:
         raise EpisodeError(f"episodes must be >= 1, got {episodes!r}; e.g. episodes=600")
     check_episode_spec(labels, n_way, k_shot, n_query, class_names)

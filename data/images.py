@@ -36,6 +36,7 @@ object masks through the same geometry, so they stay aligned with the images.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -202,9 +203,18 @@ def _open(path: Path) -> Image.Image:
     if not path.is_file():
         raise ImageReadError(f"image file {path} does not exist; check the path")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return _oriented(image)
+        with warnings.catch_warnings():
+            # a huge image is refused before it is decoded (PIL warns above MAX_IMAGE_PIXELS and
+            # raises above twice that): both as one error naming the file and the limit
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return _oriented(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageReadError(
+            f"image file {path} is too large to decode safely ({error}); if it is a real image, "
+            "raise PIL.Image.MAX_IMAGE_PIXELS before loading it, or downscale the file"
+        ) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(
             f"cannot decode image file {path} ({error}); the file is corrupt or not an image: "

@@ -11,6 +11,8 @@ it. Class splits base / val / novel are disjoint.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from focusvit.errors import ConfigError
 
 GLYPH_RES = 64
 SPLITS = ("base", "val", "novel")
@@ -258,7 +262,7 @@ class SyntheticScenes:
         num_classes: int | None = None,
     ):
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+            raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
         chars, self._glyphs = glyph_bank()
         self.class_ids = class_splits(config, seed)[split][:num_classes]
         self.class_names = [f"U+{ord(chars[i]):04X} {chars[i]}" for i in self.class_ids]
@@ -277,6 +281,16 @@ class SyntheticScenes:
             "seed": self.seed,
             "images_per_class": self.images_per_class,
         }
+
+    def content_fingerprint(self) -> str:
+        """A short hash of what generates the images and masks: the split, its classes (glyph
+        code points), the drawing config, the seed and the images per class."""
+        text = json.dumps(
+            ["SyntheticScenes", self.split, self.class_names, self.class_ids, self.settings()],
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.labels)

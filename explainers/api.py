@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from focusvit.backbones import BackboneAdapter, InputSizeError, adapt
 from focusvit.backbones.base import parameter_device
+from focusvit.errors import ConfigError
 
 from .base import EXPLAINERS, Explainer, Explanation, Target
 
@@ -24,11 +25,11 @@ def make_explainer(method: str, **params: Any) -> Explainer:
     """Instantiate the registered explainer ``method`` with its options ``params``.
 
     Raises:
-        ValueError: unknown method (the message lists the registered ones) or an option the
+        ConfigError: unknown method (the message lists the registered ones) or an option the
             method does not have (the message lists its options).
     """
-    if method not in EXPLAINERS:
-        raise ValueError(
+    if not isinstance(method, str) or method not in EXPLAINERS:
+        raise ConfigError(
             f"unknown explanation method {method!r}; available: {', '.join(sorted(EXPLAINERS))}"
         )
     cls = EXPLAINERS[method]
@@ -39,7 +40,7 @@ def make_explainer(method: str, **params: Any) -> Explainer:
     ]
     unknown = sorted(set(params) - set(options))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"method {method!r} has no option(s) {', '.join(unknown)}; its options are: "
             f"{', '.join(options) or 'none'}"
         )
@@ -105,7 +106,7 @@ def as_batch(backbone: BackboneAdapter, images: Images) -> Tensor:
         batch = batch[None] if batch.ndim == 3 else batch
     elif isinstance(images, str | os.PathLike | Image.Image):
         batch = backbone.preprocess([images])
-    else:
+    elif isinstance(images, Sequence | set | tuple) and not isinstance(images, bytes):
         items = list(images)
         if not items:
             raise InputSizeError("no images given; pass at least one image")
@@ -119,6 +120,12 @@ def as_batch(backbone: BackboneAdapter, images: Images) -> Tensor:
                 "mix of tensors and PIL images / paths; pass either preprocessed tensors or raw "
                 "images (which go through backbone.preprocess), not both"
             )
+    else:
+        raise InputSizeError(
+            f"images must be a (B, 3, H, W) tensor, a list of tensors, or PIL images / arrays / "
+            f"file paths, got {type(images).__name__}; for encoded bytes use "
+            "PIL.Image.open(io.BytesIO(data))"
+        )
     if not batch.is_floating_point():
         raise InputSizeError(
             f"image tensors must be float (normalised), got {batch.dtype}; use "
@@ -168,7 +175,10 @@ def explain(
         backbone = adapt(backbone)
     if isinstance(method, Explainer):
         if params:
-            raise ValueError("pass options either to the Explainer instance or to explain()")
+            raise ConfigError(
+                "options were passed both to an Explainer instance and to explain(); pass them "
+                "to the instance only, e.g. explain(b, x, method=GradCAM(layer=...))"
+            )
         explainer = method
     else:
         explainer = make_explainer(method, **params)

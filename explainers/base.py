@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter, UnsupportedMethodError
-from focusvit.errors import NonFiniteError
+from focusvit.errors import ConfigError, NonFiniteError
 
 Target = int | Tensor | Callable[[Tensor], Tensor] | None
 
@@ -164,26 +164,50 @@ def resolve_targets(logits: Tensor, target: Target) -> tuple[Tensor, Tensor]:
     batch, num_classes = logits.shape
     if callable(target) and not isinstance(target, Tensor):
         scores = target(logits)
-        if scores.shape != (batch,):
-            raise ValueError(
+        if not isinstance(scores, Tensor) or scores.shape != (batch,):
+            raise ConfigError(
                 f"a callable target must map logits {tuple(logits.shape)} to scores of shape "
-                f"({batch},), got {tuple(scores.shape)}"
+                f"({batch},), got {tuple(getattr(scores, 'shape', ())) or type(scores).__name__}"
             )
         return scores, torch.full((batch,), -1, dtype=torch.long, device=logits.device)
     if target is None:
         classes = logits.argmax(dim=1)
-    elif isinstance(target, int):
-        classes = torch.full((batch,), target, dtype=torch.long, device=logits.device)
     else:
-        classes = torch.as_tensor(target, device=logits.device).long().reshape(-1)
-        if classes.numel() == 1:
-            classes = classes.expand(batch)
-        if classes.shape != (batch,):
-            raise ValueError(f"target has {classes.numel()} entries for a batch of {batch} images")
+        classes = _target_classes(target, batch).to(logits.device)
     if (classes < 0).any() or (classes >= num_classes).any():
-        raise ValueError(
+        raise ConfigError(
             f"target classes {classes.tolist()} out of range for a head with {num_classes} "
             f"classes (valid: 0..{num_classes - 1}); load the backbone with num_classes or pass "
             "a callable target on the features"
         )
     return logits.gather(1, classes[:, None])[:, 0], classes
+
+
+def _target_classes(target: Any, batch: int) -> Tensor:
+    """``target`` (an int, or a tensor / sequence of ints with 1 or ``batch`` entries) as
+    ``(batch,)`` long class indices; strings, floats and bools are refused."""
+    fix = (
+        "pass target=None (the predicted class), a class index such as target=0, a (B,) tensor "
+        "of class indices, or a callable on the logits"
+    )
+    if isinstance(target, bool | str | bytes):
+        raise ConfigError(f"target must be a class index, got {target!r}; {fix}")
+    if isinstance(target, int):
+        return torch.full((batch,), target, dtype=torch.long)
+    try:
+        values = torch.as_tensor(target)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"target must be a class index, got {target!r}; {fix}") from None
+    if values.dtype == torch.bool or values.is_floating_point() or values.is_complex():
+        raise ConfigError(
+            f"target must hold whole class indices, got {values.dtype} {target!r}; {fix}"
+        )
+    classes = values.long().reshape(-1)
+    if classes.numel() == 1:
+        classes = classes.expand(batch)
+    if classes.shape != (batch,):
+        raise ConfigError(
+            f"target has {classes.numel()} entries for a batch of {batch} images; pass one class "
+            "index, or one per image"
+        )
+    return classes

@@ -52,13 +52,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from focusvit.backbones import BackboneAdapter
-from focusvit.errors import UnsupportedMethodError
+from focusvit.errors import NonFiniteError, UnsupportedMethodError
 
 from .lora import lora_target_names
 from .losses import FortConfig
 from .recipes import FitOptions, recipe_for
 from .ssf import SSF_CHILD, ScaleShift, channel_count
-from .trainer import _attention_loss, _autocast, _loss_capture, _loss_layers, _optimizer, fit_task
+from .trainer import (
+    _attention_loss,
+    _autocast,
+    _loss_capture,
+    _loss_layers,
+    _optimizer,
+    check_finite_step,
+    fit_task,
+)
 from .tuners import TunerConfig, make_tuner
 
 __all__ = [
@@ -491,13 +499,14 @@ def _train_and_predict(
             backbone.train()
             layers = _loss_layers(backbone, fort) if fort is not None else []
             targets = [init.targets for init in inits]
-            for _ in range(recipe.steps):
+            for number in range(1, recipe.steps + 1):
                 step = _batched_step(
                     backbone, optimizer, images, labels, sizes, routing, weight, bias, fort,
                     targets, layers,
                 )  # fmt: skip
                 for t in range(count):
                     losses[t].append(step[t])
+                _check_finite_tasks(number, step, params, recipe, fort)
             backbone.eval()
             predictions = _predict(
                 backbone, queries, routing, weight.detach(), bias.detach(), predict_batch_size
@@ -513,6 +522,24 @@ def _train_and_predict(
             module.training = mode
         optimizer.zero_grad(set_to_none=True)
     return results
+
+
+def _check_finite_tasks(
+    step: int, losses: list[dict[str, float]], params: list[Tensor], recipe, fort
+) -> None:
+    """Raise :class:`~focusvit.errors.NonFiniteError` naming the first task whose loss terms
+    at ``step`` or whose parameters (row ``t`` of every stacked ``(T, ...)`` tensor) after it
+    are NaN or inf (one device sync for all tasks); the caller stops the whole batch (the
+    evaluation loop then runs its tasks one by one)."""
+    bad = torch.stack([~torch.isfinite(p.detach()).flatten(1).all(1) for p in params]).any(0)
+    bad_rows = set(bad.nonzero().flatten().tolist())
+    for t, loss in enumerate(losses):
+        if t not in bad_rows and all(math.isfinite(value) for value in loss.values()):
+            continue
+        check_finite_step(
+            step, loss, [p[t] for p in params], recipe, fort,
+            task=f"task {t} of a batch of {len(losses)}: ",
+        )  # fmt: skip
 
 
 def _batched_step(
@@ -586,6 +613,11 @@ def _predict(
         with _autocast(device):
             features = backbone.features(torch.cat(chunk))
             logits = _task_logits(features, weight, bias, routing.index).float() / routing.divisor
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteError(
+                f"tasks {start}..{stop - 1} of the batch give non-finite (NaN/inf) query logits "
+                "after fine-tuning: it diverged; lower the learning rate lr (or alpha)"
+            )
         out.extend(logits.argmax(dim=1).split(sizes))
         start = stop
     return out

@@ -4,13 +4,16 @@ Frozen-feature solvers only need each image's pooled feature, which in eval mode
 depend on the episode. :class:`FeatureCache` computes the features of the images episodes touch,
 in batches, the first time they are asked for, and every later episode and every solver reads
 them. With ``directory`` the features persist as safetensors keyed by the backbone's weights
-hash, its preprocessing and the dataset, so another run (or another solver) starts from them;
-a change of any of these is another file.
+hash, its preprocessing and the dataset's content fingerprint (its files' paths, sizes and
+modification times, its tensors' bytes, or its generator parameters), so another run (or another
+solver) starts from them; a change of any of these is another file, and a damaged file is
+computed again with a warning.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,8 @@ import torch
 from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter
+from focusvit.data import dataset_fingerprint
+from focusvit.errors import CheckpointError
 from focusvit.runs import (
     dataset_settings,
     fingerprint,
@@ -36,12 +41,22 @@ __all__ = ["FeatureCache", "feature_cache"]
 class FeatureCache:
     """Pooled eval-mode features ``(D,)`` of a dataset's images for one backbone.
 
+    The cache is keyed by the backbone's weights and preprocessing and by the dataset's content
+    (:func:`~focusvit.data.dataset_fingerprint`: file paths with size and modification time for
+    folders, a hash of the tensors, the generator parameters of the synthetic scenes), so an
+    edited image, a renamed class or another dataset root never reads another content's
+    features. Every read checks what it returns: an image file changed since its feature was
+    computed (``dataset.file_stamp``) has its feature computed again, and a tensor dataset
+    whose tensors changed starts afresh.
+
     Args:
         backbone: the frozen backbone (its weights and preprocessing key the cache).
         dataset: the few-shot dataset whose ``load(i)`` gives image ``i``.
         device: where features are computed (they are stored on the CPU).
         batch_size: images per forward pass.
-        directory: optional folder of persistent caches (``<key>.safetensors``).
+        directory: optional folder of persistent caches (``features-<key>.safetensors``); a
+            damaged file is computed again with a warning naming it. A dataset kind without
+            ``content_fingerprint()`` is cached in memory only (with a warning).
     """
 
     def __init__(
@@ -55,29 +70,79 @@ class FeatureCache:
         self.backbone, self.dataset = backbone, dataset
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.directory = None if directory is None else Path(directory)
+        self._stamp = getattr(dataset, "file_stamp", None)
+        self._stamps: dict[int, Any] = {}
+        if self._stamp is not None:
+            self._stamps = {i: self._stamp(i) for i in range(len(dataset))}
+        self._features: dict[int, Tensor] = {}
+        self._dirty = False
+        self._set_key(dataset_fingerprint(dataset))
+        if self.directory is not None and self.content is None:
+            warnings.warn(
+                f"{type(dataset).__name__} has no content_fingerprint(), so its features are not "
+                f"kept in {self.directory} (another content could not be told apart); define "
+                "content_fingerprint() on the dataset to cache them on disk",
+                stacklevel=2,
+            )
+        self._load()
+
+    def _set_key(self, content: str | None) -> None:
+        """Key (and file) of the cache for the dataset content ``content``."""
+        self.content = content
         self.key = fingerprint(
             {
-                "weights": weights_fingerprint(backbone.model),
-                "preprocessing": preprocessing_key(backbone.data_config),
-                "dataset": dataset_settings(dataset),
+                "weights": weights_fingerprint(self.backbone.model),
+                "preprocessing": preprocessing_key(self.backbone.data_config),
+                "dataset": dataset_settings(self.dataset),
+                "content": content,
             }
         )
-        self.path = Path(directory) / f"features-{self.key}.safetensors" if directory else None
-        self._features: dict[int, Tensor] = {}
-        self._saved = 0
-        if self.path is not None and self.path.exists():
-            state = load_state(self.path)
-            if state.get("key") == self.key:
-                rows = state["features"]
-                self._features = dict(zip(state["indices"].tolist(), rows, strict=True))
-                self._saved = len(self._features)
+        persist = self.directory is not None and content is not None
+        self.path = self.directory / f"features-{self.key}.safetensors" if persist else None
+
+    def _load(self) -> None:
+        """Read the features of :attr:`path` when it exists; a damaged file warns and is
+        computed again (and rewritten by :meth:`save`)."""
+        if self.path is None or not self.path.exists():
+            return
+        try:
+            self._features = _read_features(self.path, self.key, len(self.dataset))
+        except (CheckpointError, KeyError, TypeError, ValueError, RuntimeError) as error:
+            warnings.warn(
+                f"feature cache {self.path} is damaged ({error}); its features are computed "
+                "again and the file is rewritten",
+                stacklevel=3,
+            )
+            self._features, self._dirty = {}, True
 
     def __len__(self) -> int:
         return len(self._features)
 
+    def _revalidate(self, indices: Sequence[int]) -> None:
+        """Drop the features of images that changed since they were computed (per file for
+        datasets with ``file_stamp``, else the whole cache when the content hash changed)."""
+        if self._stamp is not None:
+            changed = {i: s for i in indices if (s := self._stamp(i)) != self._stamps.get(i)}
+            if not changed:
+                return
+            for index, stamp in changed.items():
+                self._features.pop(index, None)
+                self._stamps[index] = stamp
+        elif dataset_fingerprint(self.dataset) == self.content:
+            return
+        else:
+            self._features = {}
+        self._set_key(dataset_fingerprint(self.dataset))
+        self._dirty = True
+        if self._stamp is None:
+            self._load()
+
     def __call__(self, indices: Sequence[int]) -> Tensor:
         """Features ``(len(indices), D)`` (float32, on ``device``), computing missing ones."""
-        missing = [i for i in dict.fromkeys(int(i) for i in indices) if i not in self._features]
+        unique = list(dict.fromkeys(int(i) for i in indices))
+        self._revalidate(unique)
+        missing = [i for i in unique if i not in self._features]
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
             items = [self.dataset.load(i) for i in chunk]
@@ -88,11 +153,12 @@ class FeatureCache:
             )
             feats = support_features(self.backbone, images.to(self.device), self.batch_size).cpu()
             self._features.update(zip(chunk, feats, strict=True))
+            self._dirty = True
         return torch.stack([self._features[int(i)] for i in indices]).to(self.device)
 
     def save(self) -> Path | None:
-        """Write the features to ``directory`` (when given and anything new was computed)."""
-        if self.path is None or len(self._features) == self._saved:
+        """Write the features to ``directory`` (when given and anything changed)."""
+        if self.path is None or not self._dirty or not self._features:
             return self.path
         indices = sorted(self._features)
         save_state(
@@ -103,8 +169,29 @@ class FeatureCache:
                 "features": torch.stack([self._features[i] for i in indices]),
             },
         )
-        self._saved = len(indices)
+        self._dirty = False
         return self.path
+
+
+def _read_features(path: Path, key: str, count: int) -> dict[int, Tensor]:
+    """``{index: feature (D,)}`` of a cache file written for ``key`` over ``count`` images.
+
+    Raises:
+        CheckpointError: an unreadable file; ValueError: one of another key or shape.
+    """
+    state = load_state(path)
+    indices, rows = state["indices"], state["features"]
+    if state["key"] != key:
+        raise ValueError(f"it holds the features of key {state['key']!r}, not {key!r}")
+    if indices.ndim != 1 or rows.ndim != 2 or len(indices) != len(rows):
+        raise ValueError(
+            f"indices {tuple(indices.shape)} do not match features {tuple(rows.shape)}"
+        )
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= count):
+        raise ValueError(f"indices outside the dataset's {count} images")
+    if not torch.isfinite(rows).all():
+        raise ValueError("non-finite features")
+    return dict(zip(indices.tolist(), rows, strict=True))
 
 
 _CACHES: dict[tuple, FeatureCache] = {}
@@ -119,7 +206,8 @@ def feature_cache(
 ) -> FeatureCache:
     """The shared :class:`FeatureCache` of ``(backbone weights, preprocessing, dataset)``, so
     successive evaluations (one solver after another) compute each feature once. Holds the
-    last few caches; a backbone whose weights changed gets a new one."""
+    last few caches; a backbone whose weights changed gets a new one, and every read checks
+    that the dataset's images did not change since (:class:`FeatureCache`)."""
     probe: Any = (
         weights_fingerprint(backbone.model),
         preprocessing_key(backbone.data_config),
@@ -128,7 +216,7 @@ def feature_cache(
         str(directory),
     )
     cache = _CACHES.get(probe)
-    if cache is None:
+    if cache is None or cache.dataset is not dataset:
         cache = FeatureCache(backbone, dataset, device, directory=directory)
         _CACHES[probe] = cache
         while len(_CACHES) > _MAX_CACHES:

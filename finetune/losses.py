@@ -9,14 +9,23 @@ by ``−Σ t · log p``; rows and images are averaged.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from focusvit.errors import ConfigError
+
 QueryRows = Literal["all", "cls"]
+
+
+def _is_number(value: Any) -> bool:
+    """True for a real number that is not a bool."""
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 #: how the attention-loss targets are scaled (:attr:`FortConfig.target_sum`)
@@ -73,10 +82,7 @@ class FortConfig:
             raise ValueError(
                 f"target_sum must be one of {', '.join(TARGET_SUMS)}, got {self.target_sum!r}"
             )
-        if self.alpha is not None and self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0 (0 trains as without the loss), got {self.alpha}")
-        if self.tau is not None and self.tau <= 0:
-            raise ValueError(f"tau must be > 0, got {self.tau}")
+        self._check_alpha_tau()
         if self.top_k is not None and self.top_fraction is not None:
             raise ValueError(
                 "give either top_k (a patch count) or top_fraction (a fraction of the patches), "
@@ -110,6 +116,19 @@ class FortConfig:
                 f"weighting must be 'importance' or 'multi_hot', got {self.weighting!r}"
             )
 
+    def _check_alpha_tau(self) -> None:
+        """Refuse an α or τ that can only diverge (NaN, inf) or make no sense (negative)."""
+        if self.alpha is not None and not (_is_number(self.alpha) and 0 <= self.alpha < math.inf):
+            raise ConfigError(
+                f"alpha must be >= 0 and finite (0 trains as without the loss), got "
+                f"{self.alpha!r}; e.g. alpha=0.1, or None for the recipe's"
+            )
+        if self.tau is not None and not (_is_number(self.tau) and 0 < self.tau < math.inf):
+            raise ConfigError(
+                f"tau must be > 0 and finite, got {self.tau!r}; e.g. tau=1.0, or None for the "
+                "recipe's"
+            )
+
     @property
     def resolved(self) -> bool:
         """True when every recipe-filled field is set (after ``resolve_fort``)."""
@@ -119,10 +138,23 @@ class FortConfig:
         )
 
     def layer_indices(self, num_layers: int) -> list[int]:
+        """The block indices ``0..num_layers-1`` the loss reads (negative ones count from the
+        end, as in Python).
+
+        Raises:
+            ConfigError: an explicit index outside ``-num_layers..num_layers-1``.
+        """
         if self.layers == "last":
             return [num_layers - 1]
         if self.layers == "all":
             return list(range(num_layers))
+        outside = [layer for layer in self.layers if not -num_layers <= layer < num_layers]
+        if outside:
+            raise ConfigError(
+                f"layers {list(self.layers)} name blocks {outside} that a {num_layers}-block "
+                f"model does not have; use indices in {-num_layers}..{num_layers - 1} (negative "
+                "count from the end), 'last' or 'all'"
+            )
         return [layer % num_layers for layer in self.layers]
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from numbers import Real
 from typing import Any
+
+from focusvit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -111,22 +115,34 @@ class FitOptions:
     head_init: str = "svm"
 
     def __post_init__(self) -> None:
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(
-                f"lr must be > 0, got {self.lr}; e.g. lr=5e-3 (or None for the recipe)"
+        if self.lr is not None and not (_is_number(self.lr) and 0 < self.lr < math.inf):
+            raise ConfigError(
+                f"lr must be > 0 and finite, got {self.lr!r} (0 does not train, inf and nan "
+                "diverge); e.g. lr=5e-3, or None for the recipe"
             )
-        if self.steps is not None and (isinstance(self.steps, bool) or self.steps < 0):
-            raise ValueError(f"steps must be a whole number >= 0, got {self.steps}")
+        if self.steps is not None and (
+            not _is_number(self.steps)
+            or not math.isfinite(self.steps)
+            or self.steps % 1
+            or self.steps < 0
+        ):
+            raise ConfigError(f"steps must be a whole number >= 0, got {self.steps!r}")
+        if self.steps is not None:
+            self.steps = int(self.steps)
         if self.optimizer not in (None, "adamw", "sgd"):
-            raise ValueError(
+            raise ConfigError(
                 f"optimizer must be 'adamw' or 'sgd' (or None), got {self.optimizer!r}"
             )
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.momentum is not None and not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if self.weight_decay is not None and not (
+            _is_number(self.weight_decay) and 0 <= self.weight_decay < math.inf
+        ):
+            raise ConfigError(
+                f"weight_decay must be >= 0 and finite, got {self.weight_decay!r}; e.g. 0.01"
+            )
+        if self.momentum is not None and not (_is_number(self.momentum) and 0 <= self.momentum < 1):
+            raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum!r}; e.g. 0.9")
         if self.head_init not in HEAD_INITS:
-            raise ValueError(
+            raise ConfigError(
                 f"head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}"
             )
 
@@ -134,6 +150,11 @@ class FitOptions:
         """The optimiser overrides that are set (for :meth:`Recipe.override`)."""
         keys = ("lr", "steps", "optimizer", "weight_decay", "momentum")
         return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
+
+
+def _is_number(value: Any) -> bool:
+    """True for a real number that is not a bool (``True`` is no learning rate)."""
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 #: head initialisations: those of :func:`~focusvit.finetune.heads.init_head` and ``text``
@@ -147,6 +168,6 @@ def recipe_for(family: str, tuner: str) -> Recipe:
         return RECIPES[(family, tuner)]
     except KeyError:
         known = sorted(t for f, t in RECIPES if f == family)
-        raise ValueError(
+        raise ConfigError(
             f"no recipe for tuner {tuner!r} on {family} models; tuners with recipes: {', '.join(known)}"
         ) from None

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from focusvit.backbones import BackboneAdapter
-from focusvit.errors import ConfigError
+from focusvit.errors import ConfigError, NonFiniteError
 from focusvit.runs import DistContext, EpisodeSpec, EvaluationResult, evaluate_many
 
 from .losses import FortConfig
@@ -63,6 +63,24 @@ def _smallest_best(means: dict[float, float]) -> float:
     return min(a for a, mean in means.items() if mean >= best_mean - TIE_TOLERANCE)
 
 
+TEST_SPLITS = ("novel", "test")
+"""Class splits α is never chosen on (the classes the selected method is evaluated on)."""
+
+
+def _check_validation_split(validation, episodes: EpisodeSpec) -> None:
+    """Refuse a validation dataset (or episode spec) of a test split, or a dataset whose split
+    differs from ``episodes.split`` (:meth:`EpisodeSpec.check_dataset`), before any work."""
+    have = getattr(validation, "split", None)
+    for what, split in (("a dataset", have), ("episodes", episodes.split)):
+        if split in TEST_SPLITS:
+            raise ConfigError(
+                f"select_alpha got {what} of the {split!r} split; choose α on base or validation "
+                "classes (e.g. SyntheticScenes('val') or ImageFolderDataset(root, split='val', "
+                "split_file=...)), never on the test classes"
+            )
+    episodes.check_dataset(validation)
+
+
 def select_alpha(
     backbone: BackboneAdapter,
     validation,
@@ -80,7 +98,8 @@ def select_alpha(
 
     Args:
         backbone: the pretrained backbone.
-        validation: a dataset of base or validation classes (never the test classes); when
+        validation: a dataset of base or validation classes (never the test classes): a
+            dataset whose ``split`` is ``"novel"`` or ``"test"`` is refused, and when
             ``episodes.split`` is set it must match the dataset's split.
         tuner: the tuner to fine-tune (name or config).
         alphas: candidate weights > 0 (0 is added).
@@ -95,14 +114,14 @@ def select_alpha(
 
     Returns:
         :class:`AlphaSelection`; ties go to the smaller α, so plain fine-tuning wins a tie.
+
+    Raises:
+        ConfigError: a test split (dataset or ``episodes.split``) or a split mismatch;
+            EpisodeError: episodes the dataset cannot give (both before any model work).
     """
     from .evaluate import make_runner
 
-    if getattr(validation, "split", None) in ("novel", "test"):
-        raise ConfigError(
-            f"select_alpha got a dataset of the {validation.split!r} split; choose α on base or "
-            "validation classes (e.g. SyntheticScenes('val')), never on the test classes"
-        )
+    _check_validation_split(validation, episodes)
     if context is not None and context.distributed and output_dir is None:
         raise ConfigError(
             f"select_alpha over {context.world_size} processes merges their episodes through "
@@ -126,5 +145,13 @@ def select_alpha(
         list(runners.values()), validation, episodes, outputs, progress, context=context
     )
     results = {alpha: by_name[runner.name] for alpha, runner in runners.items()}
-    best = _smallest_best({a: r.mean for a, r in results.items()})
+    # a candidate with a diverged validation episode is never chosen (its mean would be over
+    # fewer episodes, or NaN); α = 0 is plain fine-tuning and stays a candidate
+    stable = {a: r.mean for a, r in results.items() if not r.diverged}
+    if not stable:
+        raise NonFiniteError(
+            "every α candidate diverged on the validation episodes (also α = 0): lower the "
+            "learning rate (trainer lr) and select again"
+        )
+    best = _smallest_best(stable)
     return AlphaSelection(best, None if best == 0 else replace(base, alpha=best), results)

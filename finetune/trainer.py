@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter, UnsupportedMethodError
-from focusvit.errors import ConfigError
+from focusvit.errors import ConfigError, NonFiniteError
 
 from .heads import init_head, text_head
 from .losses import FortConfig, swin_attention_loss, vit_attention_loss
@@ -54,9 +55,16 @@ class TaskModel:
     def logits(self, images: Tensor, batch_size: int = 64) -> Tensor:
         """Task logits ``(Q, N_way)``, batched, in eval mode."""
         with self.backbone.evaluating(), _autocast(images.device):
-            return torch.cat(
+            logits = torch.cat(
                 [self.backbone.logits(chunk).float() for chunk in images.split(batch_size)]
             )
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteError(
+                f"the tuned model gives non-finite (NaN/inf) logits on the queries after "
+                f"{len(self.losses)} steps{_last_losses(self.losses)}: fine-tuning diverged; "
+                f"{divergence_fix(self.recipe, self.fort)}"
+            )
+        return logits
 
     def predict(self, images: Tensor, batch_size: int = 64) -> Tensor:
         return self.logits(images, batch_size).argmax(dim=1)
@@ -161,6 +169,7 @@ def resolve_fort(
     Raises:
         UnsupportedMethodError: the loss cannot act here (linear probe: frozen features; a
             model without attention), or the recipe has no α and none was given.
+        ConfigError: explicit ``layers`` outside the backbone's blocks (columnar ViTs).
     """
     if fort is None or fort is False:
         return None
@@ -187,6 +196,8 @@ def resolve_fort(
         if fort.top_k is not None or fort.top_fraction is not None
         else {"top_k": recipe.top_k, "top_fraction": recipe.top_fraction}
     )
+    if backbone.family == "vit" and not isinstance(fort.layers, str):
+        fort.layer_indices(backbone.num_layers)  # refuses blocks the model does not have
     return replace(fort, alpha=alpha, tau=fort.tau if fort.tau is not None else recipe.tau, **size)
 
 
@@ -386,6 +397,7 @@ def _train_steps(task: TaskModel, tuned, params: list, images: Tensor, labels: T
             task.losses.append(
                 training_step(backbone, optimizer, step_images, step_labels, fort, targets, layers)
             )
+            check_finite_step(len(task.losses), task.losses[-1], params, recipe, task.fort)
     backbone.eval()
 
 
@@ -458,4 +470,59 @@ def _train_head_on_features(
         optimizer.step()
         loss = float(ce.detach())
         task.losses.append({"ce": loss, "attn": 0.0, "total": loss})
+        check_finite_step(len(task.losses), task.losses[-1], list(head.parameters()), task.recipe)
     head.eval()
+
+
+def divergence_fix(recipe: Recipe, fort: FortConfig | None) -> str:
+    """The settings to change after a diverged fine-tuning, with their current values."""
+    fix = f"lower the learning rate (lr={recipe.lr:g} now; try lr={recipe.lr / 10:g})"
+    if fort is not None and fort.alpha:
+        fix += f" or the attention-loss weight (alpha={fort.alpha:g} now)"
+    return fix
+
+
+def _last_losses(losses: list[dict[str, float]]) -> str:
+    """`` (last loss ce=..., attn=..., total=...)`` or nothing before the first step."""
+    if not losses:
+        return ""
+    return " (last loss " + ", ".join(f"{k}={v:.4g}" for k, v in losses[-1].items()) + ")"
+
+
+def nonfinite_parameters(params: Sequence[Tensor]) -> int:
+    """How many of ``params`` hold a NaN or inf (one device sync for all of them)."""
+    if not params:
+        return 0
+    flags = torch.stack([~torch.isfinite(p.detach()).all() for p in params])
+    return int(flags.sum())
+
+
+def check_finite_step(
+    step: int,
+    loss: dict[str, float],
+    params: Sequence[Tensor],
+    recipe: Recipe,
+    fort: FortConfig | None = None,
+    task: str = "",
+) -> None:
+    """Stop a diverged fine-tuning: raise :class:`NonFiniteError` when the loss terms of step
+    ``step`` (1-based) or a trainable parameter after it are NaN or inf.
+
+    Args:
+        loss: ``{"ce", "attn", "total"}`` of the step; params: the trainable tensors after it.
+        task: a prefix naming the task (batched path), e.g. ``"task 2: "``.
+    """
+    bad_loss = not all(math.isfinite(value) for value in loss.values())
+    bad_params = 0 if bad_loss else nonfinite_parameters(params)
+    if not bad_loss and not bad_params:
+        return
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in loss.items())
+    what = (
+        "the loss is not finite"
+        if bad_loss
+        else f"{bad_params} trainable parameter tensor(s) became NaN/inf"
+    )
+    raise NonFiniteError(
+        f"{task}fine-tuning diverged at step {step}: {what} (loss {terms}); "
+        f"{divergence_fix(recipe, fort)}"
+    )

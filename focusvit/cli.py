@@ -89,16 +89,97 @@ def validate_explain(cfg: DictConfig) -> ExplainPlan:
             "(scikit-image photos) or inputs=synthetic (scenes with object masks)"
         )
     inputs = normalise_inputs(cfg.inputs)
+    check_synthetic_counts(inputs)
     check_paths(inputs)
     backbone = build(cfg, "backbone")
     explainers = {
         name: instantiate(node, f"explainer.{name}") for name, node in explainer_nodes(cfg).items()
     }
     prompts = build(cfg, "prompting")
-    if cfg.report.max_images < 1:
-        raise ConfigError(f"report.max_images must be >= 1, got {cfg.report.max_images}")
+    check_prompting(prompts)
+    check_ranges(cfg.report, "report", EXPLAIN_REPORT_RANGES)
     check_device(cfg.device)
     return ExplainPlan(backbone, explainers, prompts, inputs)
+
+
+#: ``key: (lowest, highest or None, a value that works)`` of the report options
+EXPLAIN_REPORT_RANGES = {
+    "max_images": (1, None, 32),
+    "batch_size": (1, None, 8),
+    "deletion_steps": (0, None, 16),
+    "dpi": (1, None, 100),
+}
+FEWSHOT_REPORT_RANGES = {
+    "focus_episodes": (0, None, 1),
+    "max_queries": (1, None, 5),
+    "dpi": (1, None, 100),
+}
+
+
+def check_ranges(node: Any, prefix: str, ranges: dict[str, tuple]) -> None:
+    """Refuse a whole-number option of ``node`` outside its ``(lowest, highest)`` range."""
+    for key, (low, high, example) in ranges.items():
+        if key not in node:
+            continue
+        value = node[key]
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if not whole or value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in {low}..{high}"
+            raise ConfigError(
+                f"{prefix}.{key} must be a whole number {bound}, got {value!r}; e.g. "
+                f"{prefix}.{key}={example}"
+            )
+
+
+def check_fraction(value: Any, name: str, example: float) -> None:
+    """Refuse a fraction outside ``(0, 1]`` (NaN included)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ConfigError(
+            f"{name} must be a fraction in (0, 1], got {value!r}; e.g. {name}={example}"
+        )
+
+
+def check_prompting(prompts: Any) -> None:
+    """Refuse a prompt coverage or fraction outside (0, 1] and a ``top_k`` below 1."""
+    check_fraction(getattr(prompts, "coverage", None), "prompting.coverage", 0.5)
+    check_fraction(getattr(prompts, "top_fraction", None), "prompting.top_fraction", 0.0714)
+    top_k = getattr(prompts, "top_k", None)
+    if top_k is not None and (isinstance(top_k, bool) or top_k < 1):
+        raise ConfigError(f"prompting.top_k must be a whole number >= 1, got {top_k!r}; e.g. 14")
+
+
+def check_synthetic_counts(inputs: list[str]) -> None:
+    """Refuse ``synthetic:N`` / ``samples:N`` where ``N`` is no whole number >= 1."""
+    for item in inputs:
+        kind, colon, count = item.partition(":")
+        bad = not count.isdigit() or int(count) < 1
+        if kind in ("synthetic", "samples") and colon and bad and not Path(item).exists():
+            raise ConfigError(
+                f"inputs={item} is not understood: use inputs=synthetic:N with N a whole "
+                "number >= 1 (e.g. inputs=synthetic:4), or inputs=samples"
+            )
+
+
+def check_out(out: str | Path) -> None:
+    """Refuse an output folder that cannot be one before anything is written: an existing
+    file, a folder (or the nearest existing parent of a new one) that is not writable."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"out={out} is a file, not a folder; pass a folder path (new or an earlier run's)"
+        )
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"out={out} cannot be created: {existing} is a file; pick another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"out={out} cannot be written ({existing} is read-only for this user); pick a "
+            "writable folder, e.g. out=outputs/run1"
+        )
 
 
 def _load_inputs(inputs: list[str], limit: int):
@@ -164,6 +245,7 @@ def run_explain(cfg: DictConfig, out_dir: str | Path | None = None, progress: bo
 
     plan = validate_explain(cfg)
     out = Path(out_dir or cfg.out)
+    check_out(out)
     resumed = prepare_output_dir(out, cfg)
     if resumed:
         _say(f"focusvit-explain: {out} holds this run already; recomputing its report")
@@ -255,6 +337,8 @@ def validate_fewshot(cfg: DictConfig) -> FewshotPlan:
     fort = build(cfg, "fort")
     options = build(cfg, "trainer")
     methods = fewshot_methods(cfg, tuner, fort)
+    check_ranges(cfg.report, "report", FEWSHOT_REPORT_RANGES)
+    check_fraction(cfg.report.coverage, "report.coverage", 0.95)
     check_methods_apply(methods, backbone)
     if OmegaConf.is_missing(cfg.data, "path"):  # (`"path" in cfg.data` is False when missing)
         raise ConfigError(
@@ -370,6 +454,7 @@ def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str,
 
     plan = validate_fewshot(cfg)
     out = Path(out_dir or cfg.out)
+    check_out(out)
     folder = run_dir(out, cfg)
     resumed = folder.check()
     context = DistContext.from_env(cfg.device)
@@ -554,9 +639,68 @@ def _guard(name: str, function: Callable[[], Any]) -> Any:
         raise SystemExit(130) from None
 
 
+def one_line(error: BaseException) -> str:
+    """``error`` (and the OmegaConf / Hydra error that caused it) as one line."""
+    parts = [str(error)]
+    cause = error.__cause__
+    if cause is not None and type(cause).__module__.startswith(("omegaconf", "hydra")):
+        parts.append(f"({str(cause).strip().splitlines()[0] if str(cause).strip() else ''})")
+    text = " ".join(parts)
+    lines = [line.strip() for line in text.splitlines()]
+    skip = ("full_key:", "object_type=", "reference_type=", "Set the environment variable")
+    return " ".join(line for line in lines if line and not line.startswith(skip))
+
+
+def _hydra_report(name: str) -> Callable[[Callable[[], Any]], Any]:
+    """A stand-in for Hydra's ``run_and_report``: every error Hydra itself meets (unknown or
+    mistyped overrides, a value of the wrong type, an output folder it cannot create) ends the
+    command with one line, as :func:`_guard` does for focusvit's own errors."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    def report(function: Callable[[], Any]) -> Any:
+        try:
+            return function()
+        except Exception as error:
+            if debug_enabled():
+                raise
+            known = isinstance(error, HydraException | OmegaConfBaseException | OSError)
+            fix = f"; see {name} --help" if isinstance(error, HydraException) else ""
+            what = "" if known else f"unexpected {type(error).__name__}: "
+            message = f"{name}: error: {what}{one_line(error)}{fix}"
+            print(f"{message} (FOCUSVIT_DEBUG=1 shows the traceback)", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    return report
+
+
+def _out_override(argv: list[str]) -> str | None:
+    """The ``out=...`` override of a command line (the last one), ``None`` when there is none
+    or it is interpolated / swept."""
+    values = [m.group(1) for a in argv if (m := re.fullmatch(r"\+{0,2}out=(.*)", a))]
+    if not values or "${" in values[-1] or "," in values[-1]:
+        return None
+    return values[-1].strip("'\"")
+
+
+def run_entry_point(name: str, hydra_main: Callable[[], Any]) -> Any:
+    """Run a ``@hydra.main`` function as the console script ``name``: ``out`` is checked before
+    Hydra creates or writes anything, and every error, Hydra's own included, is one line."""
+    import hydra._internal.utils as hydra_utils
+
+    out = _out_override(sys.argv[1:])
+    if out is not None:
+        _guard(name, lambda: check_out(out))
+    original = hydra_utils.run_and_report
+    hydra_utils.run_and_report = _hydra_report(name)
+    try:
+        return hydra_main()
+    finally:
+        hydra_utils.run_and_report = original
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="explain")
-def explain_main(cfg: DictConfig) -> None:
-    """``focusvit-explain``: explain images (files, folders, ``samples``, ``synthetic``)."""
+def _explain_hydra(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     out = HydraConfig.get().runtime.output_dir
@@ -564,9 +708,18 @@ def explain_main(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="fewshot")
-def fewshot_main(cfg: DictConfig) -> None:
-    """``focusvit-fewshot``: evaluate few-shot methods on episodes and write a report."""
+def _fewshot_hydra(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     out = HydraConfig.get().runtime.output_dir
     _guard("focusvit-fewshot", lambda: run_fewshot(cfg, out))
+
+
+def explain_main() -> None:
+    """``focusvit-explain``: explain images (files, folders, ``samples``, ``synthetic``)."""
+    run_entry_point("focusvit-explain", _explain_hydra)
+
+
+def fewshot_main() -> None:
+    """``focusvit-fewshot``: evaluate few-shot methods on episodes and write a report."""
+    run_entry_point("focusvit-fewshot", _fewshot_hydra)

@@ -60,10 +60,12 @@ def run_pretrain(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
     """Validate, train (or resume) into ``out_dir`` (default ``cfg.out``); returns the model path."""
     import json
 
+    from focusvit.cli import check_out
     from focusvit.pretraining import pretrain
 
     config = pretrain_config(cfg)
     out = Path(out_dir or cfg.out)
+    check_out(out)
     try:
         path = pretrain(config, out, progress=bool(cfg.progress))
     except ValueError as error:  # a run folder with other settings
@@ -83,11 +85,18 @@ def run_pretrain(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="pretrain")
-def pretrain_main(cfg: DictConfig) -> None:
-    """``focusvit-pretrain``: pretrain a small ViT / Swin on the synthetic base classes."""
+def _pretrain_hydra(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from focusvit.cli import _guard
 
     out = HydraConfig.get().runtime.output_dir
     _guard("focusvit-pretrain", lambda: run_pretrain(cfg, out))
+
+
+def pretrain_main() -> None:
+    """``focusvit-pretrain``: pretrain a small ViT / Swin on the synthetic base classes (``out``
+    checked before anything is written; every error one line, see :mod:`focusvit.cli`)."""
+    from focusvit.cli import run_entry_point
+
+    run_entry_point("focusvit-pretrain", _pretrain_hydra)

@@ -319,8 +319,9 @@ def write_explain_report(
         )
     sections.append("<h2>Images</h2>")
     per_image = []
+    stems = unique_stems(results.names)
     for index, name in enumerate(results.names):
-        stem = _safe(name)
+        stem = stems[index]
         picture = results.pictures[index]
         from matplotlib.figure import Figure
 
@@ -477,3 +478,24 @@ def _summary_table(summary: list[list[Any]]) -> str:
 def _safe(name: str) -> str:
     keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
     return keep.strip("._") or "image"
+
+
+def unique_stems(names: list[str]) -> list[str]:
+    """One file-name stem per image name, unique within the report (also on case-insensitive
+    file systems): a name that had to be changed (``a b``, ``a:b`` -> ``a_b``) gets a short hash
+    of the original, so images never overwrite each other's figures; a stem still taken gets
+    ``_2``, ``_3``, ..."""
+    import hashlib
+
+    stems, taken = [], set()
+    for name in names:
+        stem = _safe(name)
+        if stem != name:
+            stem = f"{stem}-{hashlib.sha1(name.encode()).hexdigest()[:6]}"
+        candidate, count = stem, 1
+        while candidate.lower() in taken:
+            count += 1
+            candidate = f"{stem}_{count}"
+        taken.add(candidate.lower())
+        stems.append(candidate)
+    return stems

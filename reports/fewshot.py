@@ -275,6 +275,7 @@ def accuracy_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             {
                 "method": method,
                 "episodes": len(result.accuracies),
+                "diverged": result.diverged,
                 "mean": result.mean,
                 "ci95": result.ci95,
                 "trainable": trainable,

@@ -21,7 +21,15 @@ from .loop import (
     run_one,
     run_settings,
 )
-from .records import EpisodeLog, atomic_write_text, merge_records, read_episode_file
+from .records import (
+    EpisodeLog,
+    OutputWriteError,
+    atomic_write_text,
+    check_episode_ids,
+    check_output_path,
+    merge_records,
+    read_episode_file,
+)
 from .rundir import RunDir
 from .settings import (
     changed_settings,
@@ -41,10 +49,13 @@ __all__ = [
     "EpisodeLog",
     "EpisodeSpec",
     "EvaluationResult",
+    "OutputWriteError",
     "RunDir",
     "Runner",
     "atomic_write_text",
     "changed_settings",
+    "check_episode_ids",
+    "check_output_path",
     "check_settings",
     "dataset_settings",
     "episode_seed",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import torch
 from torch import Tensor
 
 from focusvit.errors import CheckpointError
+
+from .records import check_output_path, replace_atomically, write_error
 
 _FORMAT = "focusvit-state-1"
 
@@ -74,19 +77,38 @@ def _decode(value: Any, tensors: dict[str, Tensor]) -> Any:
 def save_state(path: str | os.PathLike, state: Any) -> Path:
     """Write ``state`` to ``path`` (a ``.safetensors`` file) atomically; returns the path.
 
-    Tensors that share storage are stored once each as independent copies.
-    """
-    from safetensors.torch import save_file
+    Tensors that share storage are stored once each as independent copies. The file is written
+    to a synced temporary file that is renamed over ``path`` (and removed on any error).
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Raises:
+        ConfigError: ``path`` is a symbolic link or not a regular file.
+        OutputWriteError: the write failed (e.g. disk full); the previous checkpoint is kept.
+    """
+    path = check_output_path(path)
     tensors: dict[str, Tensor] = {}
     skeleton = _encode(state, tensors)
     tensors = {k: v.clone() if _shares_storage(v, tensors) else v for k, v in tensors.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": _FORMAT, "state": json.dumps(skeleton)})
-    os.replace(tmp, path)
+    metadata = {"format": _FORMAT, "state": json.dumps(skeleton)}
+    existed = path.exists()
+    try:
+        replace_atomically(path, lambda tmp: _save_file(tensors, tmp, metadata))
+    except OSError as error:
+        kept = "the previous checkpoint is unchanged" if existed else "nothing was written"
+        raise write_error(path, error, kept) from error
     return path
+
+
+def _save_file(tensors: dict[str, Tensor], tmp: Path, metadata: dict[str, str]) -> None:
+    """safetensors' ``save_file``; its own error type for a failed write becomes an OSError."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+    except OSError:
+        raise
+    except Exception as error:  # SafetensorError("... IoError(Os { code: 28, ... })")
+        code = re.search(r"code: (\d+)", str(error))
+        raise OSError(int(code.group(1)) if code else None, str(error)) from error
 
 
 def _shares_storage(tensor: Tensor, tensors: dict[str, Tensor]) -> bool:

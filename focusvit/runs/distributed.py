@@ -44,10 +44,25 @@ def process_group_timeout() -> timedelta:
     return timedelta(minutes=minutes)
 
 
+def _env_int(name: str, default: str) -> int:
+    """The integer environment variable ``name`` a launcher sets (``default`` when unset)."""
+    raw = os.environ.get(name, default).strip() or default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not an integer; launch with torchrun / accelerate launch, or "
+            f"unset {name} for a single process"
+        ) from None
+
+
 def shard(ids: Sequence[int], rank: int, world_size: int) -> list[int]:
     """The episode ids of ``rank``: ``ids[rank::world_size]``."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world size {world_size}")
+    if not all(type(v) is int for v in (rank, world_size)) or not 0 <= rank < world_size:
+        raise ConfigError(
+            f"rank {rank!r} is not in 0..world_size-1 (world_size={world_size!r}); pass integers "
+            "with 0 <= rank < world_size"
+        )
     return list(ids)[rank::world_size]
 
 
@@ -72,14 +87,14 @@ class DistContext:
     @classmethod
     def from_env(cls, device: str | None = None) -> DistContext:
         """Join the process group a launcher set up (``WORLD_SIZE`` > 1), else single process."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = _env_int("WORLD_SIZE", "1")
         if world <= 1:
             return cls()
         import torch.distributed as dist
 
         use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
         backend = "nccl" if use_cuda else "gloo"
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_rank = _env_int("LOCAL_RANK", "0")
         owns = False
         if not dist.is_initialized():
             if use_cuda:

@@ -7,8 +7,9 @@ function from an :class:`~focusvit.runs.episode_data.EpisodeData` to query predi
 runner), decodes and preprocesses each episode once for all runners, seeds torch per episode and
 runner (:func:`~focusvit.runs.spec.episode_seed`), hands several episodes at once to runners that
 fine-tune tasks in one batched computation, streams each finished episode to its runner's
-resumable episode file, refuses an output written with other settings, and shards episodes
-across processes under ``torchrun`` / ``accelerate launch``. :func:`evaluate` is the one-runner
+resumable episode file (an episode whose fine-tuning diverged as a ``"diverged"`` record, never
+as an accuracy), refuses an output written with other settings, and shards episodes across
+processes under ``torchrun`` / ``accelerate launch``. :func:`evaluate` is the one-runner
 form.
 """
 
@@ -23,15 +24,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from focusvit.data.datasets import dataset_fingerprint
 from focusvit.data.episodes import sample_episode
-from focusvit.errors import ConfigError
+from focusvit.errors import NonFiniteError
 
 from .distributed import DistContext, shard
 from .episode_data import EpisodeData
-from .records import EpisodeLog, merge_records, read_episode_file
+from .records import EpisodeLog, check_episode_ids, merge_records, read_episode_file
 from .settings import check_settings, fingerprint
 from .spec import EpisodeSpec, episode_seed
-from .stats import EvaluationResult, format_ci
+from .stats import EvaluationResult, format_ci, is_diverged
 
 Prediction = tuple[Tensor, Tensor, dict]
 
@@ -68,6 +70,7 @@ def dataset_settings(dataset) -> dict[str, Any]:
         "split": getattr(dataset, "split", None),
         "classes": len(dataset.class_names),
         "images": len(dataset.labels),
+        "content": dataset_fingerprint(dataset),
         "class_names": fingerprint(list(dataset.class_names)),
         **own,
     }
@@ -108,7 +111,10 @@ def evaluate(
             rank returns the merged result.
 
     Returns:
-        :class:`EvaluationResult` over the requested episodes, in episode order.
+        :class:`EvaluationResult` over the requested episodes, in episode order. An episode
+        whose fine-tuning diverged (the runner raised :class:`NonFiniteError`) is recorded with
+        ``"diverged": true`` and its ``"error"``, no accuracy: counted in
+        :attr:`EvaluationResult.diverged`, never in the mean, and not rerun on resume.
     """
     outputs = {runner.name: output} if output is not None else None
     callbacks = {runner.name: on_episode} if on_episode is not None else None
@@ -145,12 +151,7 @@ def evaluate_many(
         raise ValueError(f"runners must have distinct names, got {names}")
     if outputs is not None and set(outputs) != set(names):
         raise ValueError(f"outputs must name every runner ({names}), got {sorted(outputs)}")
-    ids = list(episode_ids) if episode_ids is not None else list(range(spec.episodes))
-    if not ids:
-        raise ConfigError(
-            "episode_ids is empty, so there is nothing to evaluate; pass ids in "
-            f"0..{spec.episodes - 1}, or leave episode_ids unset for all {spec.episodes} episodes"
-        )
+    ids = check_episode_ids(episode_ids, spec.episodes)
     if context is not None and context.distributed:
         if outputs is None:
             raise ValueError(
@@ -202,16 +203,25 @@ def _loop(
             records = _run_chunk(runner, spec, datas, done[runner.name], logs[runner.name])
             result = results[runner.name]
             for record in records:
-                result.accuracies.append(float(record["accuracy"]))
+                if not is_diverged(record):
+                    result.accuracies.append(float(record["accuracy"]))
                 result.records.append(record)
                 if runner.name in on_episode:
                     on_episode[runner.name](record)
         bar.update(len(datas))
-        first = results[runners[0].name]
-        n = len(first.accuracies)
-        bar.set_postfix(acc=f"{100 * first.mean:.1f}", ci=format_ci(first.ci95, n, digits=1))
+        bar.set_postfix(_progress_postfix(results[runners[0].name]))
     bar.close()
     return results
+
+
+def _progress_postfix(result: EvaluationResult) -> dict[str, str]:
+    """The progress bar's running mean and interval (and diverged count, when any)."""
+    n = len(result.accuracies)
+    postfix = {"acc": f"{100 * result.mean:.1f}" if n else "n/a"}
+    postfix["ci"] = format_ci(result.ci95, n, digits=1)
+    if result.diverged:
+        postfix["diverged"] = str(result.diverged)
+    return postfix
 
 
 def _episode_data(dataset, spec: EpisodeSpec, index: int) -> EpisodeData:
@@ -231,19 +241,38 @@ def _run_chunk(
     """The records of ``datas`` for one runner, in order (finished ones read, others run)."""
     todo = [d for d in datas if d.episode.index not in done]
     fresh: dict[int, dict] = {}
-    if len(todo) > 1 and callable(getattr(runner, "run_batch", None)):
-        outcomes = runner.run_batch(todo)
-    else:
-        outcomes = []
-        for data in todo:
-            torch.manual_seed(data.seed)
-            outcomes.append(runner.run(data))
-    for data, outcome in zip(todo, outcomes, strict=True):
-        record = make_record(runner.name, spec, data, *outcome)
+    for data, record in zip(todo, _run_todo(runner, spec, todo), strict=True):
         fresh[data.episode.index] = record
         if log is not None:
             log.append(record)
     return [done.get(d.episode.index) or fresh[d.episode.index] for d in datas]
+
+
+def _run_todo(runner: Runner, spec: EpisodeSpec, todo: list[EpisodeData]) -> list[dict]:
+    """The records of ``todo``: batched when the runner can; when a task of the batch diverged
+    (:class:`NonFiniteError`), the episodes are run one by one to tell which."""
+    if len(todo) > 1 and callable(getattr(runner, "run_batch", None)):
+        try:
+            outcomes = runner.run_batch(todo)
+        except NonFiniteError:
+            pass  # each episode below, seeded as it would be alone
+        else:
+            return [
+                make_record(runner.name, spec, data, *outcome)
+                for data, outcome in zip(todo, outcomes, strict=True)
+            ]
+    return [_run_single(runner, spec, data) for data in todo]
+
+
+def _run_single(runner: Runner, spec: EpisodeSpec, data: EpisodeData) -> dict:
+    """One episode's record, seeded per episode; a diverged fine-tuning gives a diverged
+    record (:func:`make_diverged_record`) instead of an accuracy."""
+    torch.manual_seed(data.seed)
+    try:
+        outcome = runner.run(data)
+    except NonFiniteError as error:
+        return make_diverged_record(runner.name, spec, data, error)
+    return make_record(runner.name, spec, data, *outcome)
 
 
 def make_record(
@@ -264,11 +293,26 @@ def make_record(
     }
 
 
+def make_diverged_record(name: str, spec: EpisodeSpec, data: EpisodeData, error: Exception) -> dict:
+    """The JSONL record of an episode whose fine-tuning diverged: ``"diverged": true`` and
+    the error message, no accuracy (never counted in the mean; a resume does not rerun it)."""
+    return {
+        "method": name,
+        "episode": data.episode.index,
+        "diverged": True,
+        "error": str(error),
+        "classes": [int(c) for c in data.episode.classes],
+        "n_way": spec.n_way,
+        "k_shot": spec.k_shot,
+        "n_query": spec.n_query,
+        "seed": spec.seed,
+    }
+
+
 def run_one(runner: Runner, dataset, spec: EpisodeSpec, index: int) -> dict:
-    """The record of episode ``index``: sampled, seeded and run once."""
-    data = _episode_data(dataset, spec, index)
-    torch.manual_seed(data.seed)
-    return make_record(runner.name, spec, data, *runner.run(data))
+    """The record of episode ``index``: sampled, seeded and run once (a diverged record when
+    its fine-tuning diverged)."""
+    return _run_single(runner, spec, _episode_data(dataset, spec, index))
 
 
 def _evaluate_sharded(

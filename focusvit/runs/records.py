@@ -3,32 +3,232 @@
 Line 1 is the settings record ``{"settings": {...}, "method": NAME}``; every further line is one
 finished episode ``{"method", "episode", "accuracy", "classes", ...}``. Episodes are appended as
 they finish, so an interruption loses at most the episode in flight (a line cut by it is
-dropped on the next open). Reopening with other settings refuses (:func:`check_settings`), so
-two experiments are never mixed into one result.
+dropped on the next open or append). Reopening with other settings refuses
+(:func:`check_settings`), so two experiments are never mixed into one result.
+
+Several processes may write one file (e.g. disjoint ``episode_ids``): every change is made under
+an exclusive lock on ``<file>.lock`` beside it, and a rewrite merges the episodes other writers
+put in the file meanwhile, so nothing is lost. Rewrites go through a temporary file that is
+flushed, synced and renamed (removed again on any error); an output that is a symbolic link or a
+device file is refused; a full disk stops with one :class:`OutputWriteError` that says the
+finished episodes are kept.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import numbers
 import os
-from collections.abc import Iterable, Mapping
+import secrets
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from focusvit.errors import SettingsMismatchError
+from focusvit.errors import ConfigError, FocusVitError, SettingsMismatchError
 
 from .settings import check_settings, to_plain
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, one writer per output
+    fcntl = None
 
 #: fields every episode record must have
 REQUIRED_FIELDS = ("method", "episode", "accuracy")
 
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+
+class OutputWriteError(FocusVitError, OSError):
+    """An output file that cannot be written (disk full, read-only folder); what was already
+    finished stays in the file."""
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`Path` when a file may be (re)written there.
+
+    Raises:
+        ConfigError: ``path`` is a symbolic link (a rewrite would replace the link, not its
+            target), a directory, or a device / FIFO / socket (e.g. ``/dev/null``).
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise ConfigError(
+            f"output {path} is a symbolic link (to {os.readlink(path)}); a rewrite would replace "
+            f"the link: pass the real file ({path.resolve()}) or a new path"
+        )
+    if path.exists() and not path.is_file():
+        kind = "a directory" if path.is_dir() else "a device or special file"
+        raise ConfigError(
+            f"output {path} is {kind}, not a regular file; pass a new file path (e.g. "
+            "runs/method.jsonl)"
+        )
+    return path
+
+
+def check_episode_ids(episode_ids: Iterable[int] | None, episodes: int) -> list[int]:
+    """The episode ids to evaluate: ``range(episodes)`` when ``episode_ids`` is ``None``.
+
+    Raises:
+        ConfigError: ``episode_ids`` is empty, not a list of integers >= 0, or repeats an id
+            (a repeated episode would count more than once in the mean and interval).
+    """
+    if episode_ids is None:
+        return list(range(episodes))
+    if isinstance(episode_ids, str | bytes) or not isinstance(episode_ids, Iterable):
+        raise ConfigError(
+            f"episode_ids={episode_ids!r} is not a list of episode ids; pass e.g. [0, 1, 2] or "
+            "leave it unset"
+        )
+    ids = list(episode_ids)
+    if not ids:
+        raise ConfigError(
+            "episode_ids is empty, so there is nothing to evaluate; pass ids in "
+            f"0..{episodes - 1}, or leave episode_ids unset for all {episodes} episodes"
+        )
+    wrong = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral) or i < 0]
+    if wrong:
+        raise ConfigError(
+            f"episode_ids holds {', '.join(map(repr, wrong[:5]))}, not episode ids; pass "
+            f"integers >= 0 (e.g. 0..{episodes - 1})"
+        )
+    repeated = sorted(int(i) for i, n in Counter(ids).items() if n > 1)
+    if repeated:
+        raise ConfigError(
+            f"episode_ids repeats {', '.join(map(str, repeated[:10]))} (a repeated episode would "
+            "count more than once in the mean and interval); pass each id once, e.g. "
+            "sorted(set(episode_ids))"
+        )
+    return [int(i) for i in ids]
+
+
+def write_error(path: Path, error: OSError, kept: str) -> OutputWriteError:
+    """One clear error for a failed write of ``path``; ``kept`` says what is still there."""
+    if error.errno in _FULL:
+        reason, fix = "the disk is full", "free some disk space"
+    else:
+        reason = error.strerror or str(error)
+        fix = "make the folder writable"
+    failure = OutputWriteError(
+        f"cannot write {path}: {reason} ({kept}); {fix} and rerun to resume, or write to "
+        "another output"
+    )
+    failure.errno = error.errno
+    return failure
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _write_new_file(tmp: Path, data: bytes) -> None:
+    """Write ``data`` to the new file ``tmp``, flushed to disk."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: Path) -> None:
+    """Flush ``path`` (a file or, best effort, a folder) to disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
+
+
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` a temporary file beside ``path``, sync it and rename it over ``path``.
+
+    On any error the temporary file is removed and ``path`` is unchanged; the error (an
+    ``OSError`` for a failed write) propagates.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_path(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a synced temporary file and a rename (never half
+    written, no temporary file left behind).
+
+    Raises:
+        ConfigError: ``path`` is a symbolic link or not a regular file (:func:`check_output_path`).
+        OutputWriteError: the write failed (e.g. disk full); ``path`` is unchanged.
+    """
+    path = check_output_path(path)
+    existed = path.exists()
+    try:
+        replace_atomically(path, lambda tmp: _write_new_file(tmp, text.encode()))
+    except OSError as error:
+        kept = "the previous file is unchanged" if existed else "nothing was written"
+        raise write_error(path, error, kept) from error
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (shared by every process writing ``path``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(
+        path.with_name(path.name + ".lock"),
+        os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
+        0o666,
+    )
+    try:
+        _lock(fd, path)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock(fd: int, path: Path) -> None:
+    """Exclusive lock on ``fd``; without one (no ``fcntl``, a file system without locks) a warning
+    and no lock: a single writer is still safe."""
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as error:
+        if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        warnings.warn(
+            f"cannot lock {path}.lock ({error.strerror}); write {path} from one process at a time",
+            stacklevel=4,
+        )
+
+
+def _complete_length(fd: int) -> int:
+    """Bytes of the file up to the end of its last complete line."""
+    position = os.fstat(fd).st_size
+    while position > 0:
+        start = max(0, position - 65536)
+        cut = os.pread(fd, position - start, start).rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        position = start
+    return 0
 
 
 def _parse(path: Path, number: int, line: str, last: bool) -> dict | None:
@@ -50,18 +250,23 @@ def _parse(path: Path, number: int, line: str, last: bool) -> dict | None:
 
 
 def _check_record(path: Path, number: int, record: dict) -> None:
-    missing = [key for key in REQUIRED_FIELDS if key not in record]
+    """An episode record: ``method``, ``episode`` and an ``accuracy`` in [0, 1], or a diverged
+    episode (``"diverged": true`` with its ``error``, and no accuracy)."""
+    diverged = record.get("diverged") is True
+    required = ("method", "episode", "error") if diverged else REQUIRED_FIELDS
+    missing = [key for key in required if key not in record]
     episode, accuracy = record.get("episode"), record.get("accuracy")
+    accuracy_ok = (
+        "accuracy" not in record
+        if diverged
+        else type(accuracy) in (int, float) and 0.0 <= accuracy <= 1.0
+    )
     wrong = [
         f"{key}={value!r}"
         for key, value, ok in (
             ("method", record.get("method"), isinstance(record.get("method"), str)),
             ("episode", episode, type(episode) is int and episode >= 0),
-            (
-                "accuracy",
-                accuracy,
-                type(accuracy) in (int, float) and 0.0 <= accuracy <= 1.0,
-            ),
+            ("accuracy", accuracy, accuracy_ok),
         )
         if key not in missing and not ok
     ]
@@ -112,7 +317,8 @@ class EpisodeLog:
     """The episode file of one method under one set of settings.
 
     Args:
-        path: the ``.jsonl`` file (created with its folder on first write).
+        path: the ``.jsonl`` file (created with its folder on first write; ``<path>.lock``
+            beside it serialises the processes that write it).
         method: the method's record name; other methods' lines are ignored.
         settings: every setting that changes this method's result (backbone, tuner, attention
             loss, head init, steps, lr, image size, episodes spec but the count, dataset...).
@@ -132,7 +338,64 @@ class EpisodeLog:
         Raises:
             SettingsMismatchError: the file holds this method's episodes of other settings
                 (naming each changed setting), or a damaged record.
+            ConfigError: the path is a symbolic link, a directory or a device file.
+            OutputWriteError: the file cannot be written (e.g. disk full).
         """
+        with self._writing():
+            stored = self._stored()
+            self._replace(stored.values())
+        return stored
+
+    def append(self, record: dict) -> None:
+        """Append one finished episode (written at once, under the lock).
+
+        A line cut by an interrupted writer is dropped first; a failed write (e.g. disk full)
+        is undone, so the file keeps exactly the finished episodes.
+        """
+        with self._writing():
+            self._append_line(json.dumps(record) + "\n")
+
+    def rewrite(self, records: Iterable[dict]) -> None:
+        """Atomically replace the file: settings line, then one line per episode, sorted.
+
+        Episodes already in the file (e.g. appended by another process) are kept; for an
+        episode in both, ``records`` wins.
+        """
+        with self._writing():
+            stored = self._stored()
+            self._replace(merge_records([records, stored.values()]))
+
+    def records(self) -> list[dict]:
+        """This method's complete records, sorted by episode."""
+        _, records = read_episode_file(self.path)
+        return merge_records([[r for r in records if r.get("method") == self.method]])
+
+    def _header_line(self) -> str:
+        return json.dumps({"settings": self.settings, "method": self.method}) + "\n"
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Check the path, hold the lock, and turn a failed write into :class:`OutputWriteError`."""
+        check_output_path(self.path)
+        try:
+            with _locked(self.path):
+                yield
+        except OSError as error:
+            if isinstance(error, FocusVitError):
+                raise
+            raise write_error(self.path, error, self._kept()) from error
+
+    def _kept(self) -> str:
+        try:
+            count = len(self.records())
+        except (OSError, FocusVitError):
+            return "the finished episodes already in it are kept"
+        if count == 0:
+            return "it holds no finished episode yet"
+        return f"the {count} finished episode{'s' * (count != 1)} in it are kept"
+
+    def _stored(self) -> dict[int, dict]:
+        """This method's finished episodes in the file, after checking its settings record."""
         header, records = read_episode_file(self.path)
         mine = [r for r in records if r.get("method") == self.method]
         if header is not None and header.get("method") == self.method:
@@ -148,21 +411,25 @@ class EpisodeLog:
                 f"{self.path} holds episodes of {owner!r} without a settings record for "
                 f"{self.method!r}; write each method to its own new output file"
             )
-        self.rewrite(mine)
         return {int(r["episode"]): r for r in mine}
 
-    def append(self, record: dict) -> None:
-        """Append one finished episode (flushed at once)."""
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+    def _replace(self, records: Iterable[dict]) -> None:
+        lines = [self._header_line()] + [json.dumps(r) + "\n" for r in merge_records([records])]
+        data = "".join(lines).encode()
+        replace_atomically(self.path, lambda tmp: _write_new_file(tmp, data))
 
-    def rewrite(self, records: Iterable[dict]) -> None:
-        """Atomically replace the file: settings line, then one line per episode, sorted."""
-        header = {"settings": self.settings, "method": self.method}
-        lines = [json.dumps(header)] + [json.dumps(r) for r in merge_records([records])]
-        atomic_write_text(self.path, "".join(line + "\n" for line in lines))
-
-    def records(self) -> list[dict]:
-        """This method's complete records, sorted by episode."""
-        _, records = read_episode_file(self.path)
-        return merge_records([[r for r in records if r.get("method") == self.method]])
+    def _append_line(self, line: str) -> None:
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(self.path, flags, 0o666)
+        try:
+            length = _complete_length(fd)
+            if length < os.fstat(fd).st_size:
+                os.ftruncate(fd, length)  # a line cut by an interrupted writer
+            data = ((self._header_line() if length == 0 else "") + line).encode()
+            try:
+                _write_all(fd, data)
+            except OSError:
+                os.ftruncate(fd, length)  # no partial line: the file keeps the finished episodes
+                raise
+        finally:
+            os.close(fd)

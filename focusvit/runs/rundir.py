@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from focusvit.errors import SettingsMismatchError
+from focusvit.errors import ConfigError, SettingsMismatchError
 
 from .checkpoint import load_state, save_state
 from .records import atomic_write_text
@@ -57,7 +57,13 @@ class RunDir:
         Raises:
             SettingsMismatchError: the folder holds a run of other settings (naming them), or
                 is not empty and not a focusvit run folder.
+            ConfigError: the path is a file, not a folder.
         """
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(
+                f"{self.path} is a file, not a folder; choose another out=... (a folder, new or "
+                "holding this run)"
+            )
         if self.settings_file.exists():
             try:
                 stored = json.loads(self.settings_file.read_text())
@@ -78,7 +84,7 @@ class RunDir:
                 p.name
                 for p in self.path.iterdir()
                 if p.name not in self.ignored_files
-                and p.suffix != ".log"
+                and p.suffix not in (".log", ".tmp", ".lock")
                 and not p.name.startswith("multirun")
             )
             if others:
@@ -89,7 +95,7 @@ class RunDir:
         return False
 
     def write_settings(self) -> None:
-        """Record this run's settings (after :meth:`check`)."""
+        """Record this run's settings (after :meth:`check`; atomic, refuses a symbolic link)."""
         atomic_write_text(self.settings_file, json.dumps(self.settings, indent=2) + "\n")
 
     def episode_file(self, method: str) -> Path:

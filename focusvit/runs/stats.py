@@ -59,10 +59,16 @@ def format_ci(half_width: float, count: int, scale: float = 100.0, digits: int =
 class EvaluationResult:
     """Per-episode accuracies of one method with mean and 95% interval (:func:`mean_and_ci`).
 
+    An episode whose fine-tuning diverged (a NaN / inf loss or parameter) has a record with
+    ``"diverged": true`` and its ``"error"`` but no accuracy: it is counted in
+    :attr:`diverged`, never in :attr:`accuracies`, so :attr:`mean` and :attr:`ci95` are over
+    the finished episodes only.
+
     Attributes:
         method: the method's record name (e.g. ``"lora+fort"``).
-        accuracies: per-episode accuracy in ``[0, 1]``, in episode order.
-        records: the per-episode JSONL records (episode id, classes, settings, extra info).
+        accuracies: per finished episode the accuracy in ``[0, 1]``, in episode order.
+        records: the per-episode JSONL records (episode id, classes, settings, extra info),
+            diverged ones included.
     """
 
     method: str
@@ -71,10 +77,22 @@ class EvaluationResult:
 
     @classmethod
     def from_records(cls, method: str, records: Sequence[dict]) -> EvaluationResult:
-        return cls(method, [float(r["accuracy"]) for r in records], list(records))
+        accuracies = [float(r["accuracy"]) for r in records if not is_diverged(r)]
+        return cls(method, accuracies, list(records))
+
+    @property
+    def diverged(self) -> int:
+        """How many episodes diverged (records with ``"diverged": true``, no accuracy)."""
+        return sum(1 for record in self.records if is_diverged(record))
+
+    @property
+    def episodes(self) -> int:
+        """All episodes of the result: finished (with an accuracy) and diverged."""
+        return len(self.accuracies) + self.diverged
 
     @property
     def mean(self) -> float:
+        """Mean accuracy over the finished episodes (NaN when none finished)."""
         return mean_and_ci(self.accuracies)[0] if self.accuracies else float("nan")
 
     @property
@@ -82,6 +100,21 @@ class EvaluationResult:
         """Half width of the 95% interval (0 for one episode, NaN for none)."""
         return mean_and_ci(self.accuracies)[1] if self.accuracies else float("nan")
 
+    def summary(self) -> str:
+        """``"55.00 ± 1.23 % (100 episodes, 3 diverged)"``: the mean and interval over the
+        finished episodes, or ``"all 5 episodes diverged (no accuracy)"`` when none finished."""
+        n, diverged = len(self.accuracies), self.diverged
+        if not n:
+            if not diverged:
+                return "no episodes"
+            return f"all {diverged} episodes diverged (no accuracy; see the records' error)"
+        count = f"{n + diverged} episodes, {diverged} diverged" if diverged else f"{n} episodes"
+        return f"{100 * self.mean:.2f} {format_ci(self.ci95, n)} % ({count})"
+
     def __str__(self) -> str:
-        n = len(self.accuracies)
-        return f"{self.method}: {100 * self.mean:.2f} {format_ci(self.ci95, n)} % ({n} episodes)"
+        return f"{self.method}: {self.summary()}"
+
+
+def is_diverged(record: dict) -> bool:
+    """True for the record of an episode whose fine-tuning diverged (no accuracy)."""
+    return record.get("diverged") is True
