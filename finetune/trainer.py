@@ -216,6 +216,9 @@ def fit_task(
 ) -> Iterator[TaskModel]:
     """Fine-tune ``backbone`` on one support set; the tuned model is valid inside the block.
 
+    Seed torch before calling it for a reproducible task; the global RNG is left as it was
+    found (the task runs on a fork of it).
+
     Args:
         backbone: any adapter (weights are restored bit-identically on exit, also on error).
         images: ``(M, 3, H, W)`` preprocessed support images; labels ``(M,)`` in ``0..N-1``.
@@ -236,6 +239,42 @@ def fit_task(
         with fit_task(backbone, xs, ys, tuner="lora", fort=FortConfig()) as task:
             accuracy = (task.predict(xq) == yq).float().mean()
     """
+    # the task draws from torch's global RNG (tuner init, dropout, mini-batch order): fork it so
+    # that the caller's stream is the same after the task as before (restored also on error)
+    device = getattr(images, "device", None)
+    devices = [device] if device is not None and device.type == "cuda" else []
+    with (
+        torch.random.fork_rng(devices=devices),
+        _fit_task(
+            backbone,
+            images,
+            labels,
+            tuner=tuner,
+            fort=fort,
+            options=options,
+            tuner_options=tuner_options,
+            shared=shared,
+            class_names=class_names,
+            **option_overrides,
+        ) as task,
+    ):
+        yield task
+
+
+@contextmanager
+def _fit_task(
+    backbone: BackboneAdapter,
+    images: Tensor,
+    labels: Tensor,
+    tuner: str | TunerConfig = "lora",
+    fort: FortConfig | bool | None = None,
+    options: FitOptions | None = None,
+    tuner_options: dict | None = None,
+    shared: dict | None = None,
+    class_names: Sequence[str] | None = None,
+    **option_overrides,
+) -> Iterator[TaskModel]:
+    """:func:`fit_task` without the RNG fork."""
     options = replace(options or FitOptions(), **option_overrides)
     config = tuner if isinstance(tuner, TunerConfig) else make_tuner(tuner, **(tuner_options or {}))
     recipe = recipe_for(backbone.family, config.name).override(**options.recipe_overrides())

@@ -428,3 +428,21 @@ def test_attention_loss_alone_has_gradient_on_the_tuner_parameters(name, tuner):
         _attention_loss(backbone, fort, record, targets).backward()
         with_grad = [n for n, p in own if p.grad is not None and p.grad.abs().sum() > 0]
         assert with_grad, "the attention loss does not reach the tuner's parameters"
+
+
+@pytest.mark.parametrize("tuner", ["lora", "vpt", "full"])
+def test_fit_task_leaves_the_global_rng_as_it_found_it(tuner):
+    """Issue 32: fit_task drew from the global RNG (LoRA init, dropout, batch order), so a
+    caller's later random numbers depended on whether a task had run."""
+    adapter = tiny_adapter("timm-vit")
+    x, labels = torch.randn(6, 3, 32, 32), torch.arange(6) % 3
+    torch.manual_seed(7)
+    with fit_task(adapter, x, labels, tuner=tuner, steps=2) as task:
+        task.predict(x)
+    after = torch.rand(3)
+    torch.manual_seed(7)
+    assert torch.equal(after, torch.rand(3))
+    torch.manual_seed(7)
+    with fit_task(adapter, x, labels, tuner=tuner, steps=2) as again:
+        first = [step["total"] for step in task.losses]
+        assert [step["total"] for step in again.losses] == first  # seeded: the same task
