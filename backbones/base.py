@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from focusvit.errors import InputSizeError, UnsupportedMethodError
+from focusvit.errors import ConfigError, InputSizeError, UnsupportedMethodError
 
 from .capture import (
     AttentionKind,
@@ -173,7 +173,7 @@ class BackboneAdapter(nn.Module):
         reproducible heads).
         """
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+            raise ConfigError(f"num_classes must be a whole number >= 0, got {num_classes!r}")
         if num_classes == 0:
             self.remove_head()
         else:

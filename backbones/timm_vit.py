@@ -7,7 +7,12 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from focusvit.errors import InputSizeError, UnsupportedFamilyError, UnsupportedMethodError
+from focusvit.errors import (
+    ConfigError,
+    InputSizeError,
+    UnsupportedFamilyError,
+    UnsupportedMethodError,
+)
 
 from .base import (
     AttentionSite,
@@ -64,7 +69,7 @@ class TimmHeadMixin:
     def reset_head(self, num_classes: int) -> None:
         """A fresh head with ``num_classes`` outputs from timm's ``reset_classifier`` (0: none)."""
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+            raise ConfigError(f"num_classes must be a whole number >= 0, got {num_classes!r}")
         reset = getattr(self.model, "reset_classifier", None)
         if callable(reset):
             reset(num_classes)

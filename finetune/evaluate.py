@@ -370,7 +370,7 @@ def make_runner(
             f"({', '.join(SOLVERS)})"
         )
     fort = FortConfig() if fort is True else (None if fort is False else fort)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     if solver is not None:
         refuse_fort(None, solver, fort is not None)
         if options is not None or tuner_options:
@@ -394,7 +394,11 @@ def make_runner(
             "feature_transform and feature_cache_dir apply to the frozen solvers (their features "
             "are fixed); a tuner changes its features every step: drop them"
         )
-    if isinstance(tasks_per_batch, bool) or tasks_per_batch < 1:
+    if (
+        isinstance(tasks_per_batch, bool)
+        or not isinstance(tasks_per_batch, int)
+        or tasks_per_batch < 1
+    ):
         raise ConfigError(f"tasks_per_batch must be a whole number >= 1, got {tasks_per_batch!r}")
     config = _tuner_config(tuner, tuner_options)
     if tasks_per_batch > 1:
@@ -407,6 +411,25 @@ def make_runner(
     refuse_fort(config.name, None, fort is not None, backbone.family)
     recipe_for(backbone.family, config.name)  # refuses a tuner without a recipe for the family
     return TunerRunner(backbone, config, fort, options or FitOptions(), device, tasks_per_batch)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device``, or CUDA when available and the CPU otherwise; a device that is not there
+    (``"cuda"`` without a GPU, an unknown name) is refused with the fix."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"unknown device {device!r} ({error}); use 'cpu' or 'cuda'") from error
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (resolved.index is not None and resolved.index >= count):
+            raise ConfigError(
+                f"device {str(resolved)!r} is not available ({count} CUDA devices here); use "
+                "device='cpu', or leave device unset to take a GPU when there is one"
+            )
+    return resolved
 
 
 def evaluate(

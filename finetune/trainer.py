@@ -275,6 +275,7 @@ def _fit_task(
     **option_overrides,
 ) -> Iterator[TaskModel]:
     """:func:`fit_task` without the RNG fork."""
+    check_support(images, labels)
     options = replace(options or FitOptions(), **option_overrides)
     config = tuner if isinstance(tuner, TunerConfig) else make_tuner(tuner, **(tuner_options or {}))
     recipe = recipe_for(backbone.family, config.name).override(**options.recipe_overrides())
@@ -304,6 +305,48 @@ def _fit_task(
         _restore_head(backbone, original_head)
         for module, mode in modes.items():
             module.train(mode)
+
+
+def check_support(images: Tensor, labels: Tensor) -> None:
+    """Refuse a support set fine-tuning cannot use, with the fix: ``images`` must be a
+    non-empty float batch ``(M, 3, H, W)`` (preprocessed), ``labels`` ``(M,)`` integers
+    ``0..N-1`` with every class present (a class without a support image cannot be learned
+    and would still be predicted)."""
+    if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
+        what = (
+            f"{images.dtype} tensor of shape {tuple(images.shape)}"
+            if isinstance(images, Tensor)
+            else type(images).__name__
+        )
+        raise ConfigError(
+            f"support images must be a float batch (M, 3, H, W), got a {what}; preprocess them "
+            "with backbone.preprocess(images) (uint8 pixels are not normalised)"
+        )
+    if images.shape[0] == 0:
+        raise ConfigError("the support set is empty; pass at least one image per class")
+    if (
+        not isinstance(labels, Tensor)
+        or labels.ndim != 1
+        or labels.is_floating_point()
+        or labels.dtype == torch.bool
+    ):
+        raise ConfigError(
+            f"support labels must be a 1-d integer tensor, got {labels!r:.80}; e.g. "
+            "torch.tensor([0, 1, 2, 0, 1, 2])"
+        )
+    if labels.shape[0] != images.shape[0]:
+        raise ConfigError(
+            f"{images.shape[0]} support images but {labels.shape[0]} labels; pass one label per image"
+        )
+    present = sorted(set(labels.tolist()))
+    n_way = present[-1] + 1
+    if present[0] < 0 or len(present) != n_way:
+        missing = sorted(set(range(max(n_way, 0))) - set(present))
+        raise ConfigError(
+            f"support labels must be 0..N-1 with every class present, got classes {present}"
+            + (f" (missing {missing})" if missing else "")
+            + "; relabel the classes consecutively from 0"
+        )
 
 
 class ScaledLinear(torch.nn.Linear):

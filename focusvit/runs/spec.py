@@ -17,6 +17,10 @@ from focusvit.errors import ConfigError
 _SEED_STRIDE = 100003
 
 
+#: exclusive upper bound of ``EpisodeSpec.seed``: every episode seed stays below 2**63
+MAX_SEED = (2**63 - 1) // _SEED_STRIDE - 2**20
+
+
 def episode_seed(seed: int, index: int) -> int:
     """The torch seed of episode ``index`` of a run with ``seed``: the one formula used by
     evaluation, baseline training and benchmarks, so a method sees the same randomness in every
@@ -58,6 +62,14 @@ class EpisodeSpec:
             raise ConfigError(
                 f"EpisodeSpec.n_way must be >= 2 (a task of one class is trivial), got {self.n_way}"
             )
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+            raise ConfigError(
+                f"EpisodeSpec.seed must be a whole number in 0..{MAX_SEED - 1} (the episode seeds "
+                f"{_SEED_STRIDE}·seed + index must fit torch's 64-bit seed), got {seed!r}"
+            )
+        if self.split is not None and not isinstance(self.split, str):
+            raise ConfigError(f"EpisodeSpec.split must be a split name or None, got {self.split!r}")
 
     def settings(self) -> dict[str, Any]:
         """The settings that change a result (every field but ``episodes``, which may grow)."""
