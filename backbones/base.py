@@ -376,7 +376,7 @@ class BackboneAdapter(nn.Module):
             UnsupportedMethodError: ``count > 0`` on a family without a token sequence.
         """
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"inserted token count must be an int >= 0, got {count!r}")
+            raise ConfigError(f"inserted token count must be an int >= 0, got {count!r}")
         if count and self.family != "vit":
             raise UnsupportedMethodError(
                 f"{self.name} ({self.family}) has no token sequence to insert tokens into; "

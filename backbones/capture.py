@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from focusvit.errors import ConfigError
+
 if TYPE_CHECKING:
     from .base import BackboneAdapter
 
@@ -250,9 +252,9 @@ def capture(
         the forward raises.
     """
     if kind not in ("probs", "logits"):
-        raise ValueError(f"kind must be 'probs' or 'logits', got {kind!r}")
+        raise ConfigError(f"kind must be 'probs' or 'logits', got {kind!r}")
     if reduce is not None and (not isinstance(chunk, int) or chunk < 1):
-        raise ValueError(f"chunk={chunk!r} must be a positive int (images per reduce call)")
+        raise ConfigError(f"chunk={chunk!r} must be a positive int (images per reduce call)")
     indices = adapter._normalise_layers(layers)
     sites = adapter.attention_sites()
     record = AttentionRecord(layers=indices, kind=kind, maps=[None] * len(indices))

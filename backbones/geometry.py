@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from focusvit.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class TokenLayout:
@@ -43,9 +45,9 @@ class TokenLayout:
         for name in ("cls", "distillation", "registers", "inserted"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"TokenLayout.{name} must be an int >= 0, got {value!r}")
+                raise ConfigError(f"TokenLayout.{name} must be an int >= 0, got {value!r}")
         if self.cls > 1 or self.distillation > 1:
-            raise ValueError("TokenLayout: at most one CLS and one distillation token")
+            raise ConfigError("TokenLayout: at most one CLS and one distillation token")
 
     @property
     def has_cls(self) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from focusvit.errors import UnsupportedFamilyError
+from focusvit.errors import ConfigError, UnsupportedFamilyError
 
 from .base import IMAGENET_MEAN_STD, BackboneAdapter, default_data_config
 
@@ -55,7 +55,7 @@ def register_family(entry: FamilyEntry) -> FamilyEntry:
         ValueError: a family of that name is registered already.
     """
     if any(existing.name == entry.name for existing in FAMILIES):
-        raise ValueError(
+        raise ConfigError(
             f"a backbone family named {entry.name!r} is registered already; pick another name"
         )
     FAMILIES.append(entry)

@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from focusvit.errors import ConfigError
+
 TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}
 
 
@@ -138,7 +140,7 @@ def register_tiny(name: str) -> Callable[[TinyBuilder], TinyBuilder]:
 
     def add(builder: TinyBuilder) -> TinyBuilder:
         if name in TINY_MODELS:
-            raise ValueError(f"tiny model {name!r} is registered already")
+            raise ConfigError(f"tiny model {name!r} is registered already")
         TINY_MODELS[name] = builder
         return builder
 
@@ -148,6 +150,6 @@ def register_tiny(name: str) -> Callable[[TinyBuilder], TinyBuilder]:
 def build_tiny(name: str, num_classes: int = 5, seed: int = 0) -> nn.Module:
     """Build the tiny model ``name`` (one of :data:`TINY_MODELS`) with a fixed seed, eval mode."""
     if name not in TINY_MODELS:
-        raise ValueError(f"unknown tiny model {name!r}; available: {', '.join(TINY_MODELS)}")
+        raise ConfigError(f"unknown tiny model {name!r}; available: {', '.join(TINY_MODELS)}")
     torch.manual_seed(seed)
     return TINY_MODELS[name](num_classes).eval()

@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from focusvit.errors import ConfigError
+
 from .can import (
     CANConfig,
     CrossAttentionModule,
@@ -64,7 +66,7 @@ BASELINES: dict[str, type[EpisodicModel]] = {
 
 def _model_class(method: str) -> type[EpisodicModel]:
     if method not in BASELINES:
-        raise ValueError(f"unknown baseline {method!r}; use one of {', '.join(BASELINES)}")
+        raise ConfigError(f"unknown baseline {method!r}; use one of {', '.join(BASELINES)}")
     return BASELINES[method]
 
 
@@ -96,7 +98,7 @@ def load_config(source: str | os.PathLike | Any) -> tuple[str, Any, TrainConfig]
         node = OmegaConf.to_container(node, resolve=True)
     unknown = sorted(set(node) - {"method", "model", "train"})
     if unknown or "method" not in node:
-        raise ValueError(
+        raise ConfigError(
             f"a baseline config needs 'method', 'model' and 'train' keys; got {sorted(node)}"
         )
     cls = _model_class(node["method"])

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from focusvit.errors import ConfigError
 from focusvit.explainers.base import Explanation
 
 from .common import EncoderConfig, EpisodeBatch, EpisodicModel, _positive, check_labels
@@ -73,10 +74,10 @@ class CANConfig(EncoderConfig):
         _positive("temperature", self.temperature)
         _positive("scale", self.scale)
         if isinstance(self.nearest_weight, bool) or not self.nearest_weight >= 0:
-            raise ValueError(f"nearest_weight must be >= 0, got {self.nearest_weight!r}")
+            raise ConfigError(f"nearest_weight must be >= 0, got {self.nearest_weight!r}")
         self.transductive_counts = [int(c) for c in self.transductive_counts]
         if any(c < 1 for c in self.transductive_counts):
-            raise ValueError(
+            raise ConfigError(
                 f"transductive_counts must be positive query counts per round, got "
                 f"{self.transductive_counts}"
             )
@@ -131,7 +132,7 @@ class CrossAttentionModule(nn.Module):
         n, c, h, w = classes.shape
         q, m = queries.shape[0], h * w
         if m != self.positions or tuple(queries.shape[1:]) != (c, h, w):
-            raise ValueError(
+            raise ConfigError(
                 f"cross attention built for {self.positions} positions got class maps "
                 f"{tuple(classes.shape)} and query maps {tuple(queries.shape)}; feed images of the "
                 "size the model was built for"
@@ -210,7 +211,7 @@ class CrossAttentionNetwork(EpisodicModel):
 
     def check_train_classes(self, num_classes: int) -> None:
         if num_classes > self.config.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"CAN's global classifier has {self.config.num_classes} outputs but the training "
                 f"set has {num_classes} classes; build the model with "
                 f"CANConfig(num_classes={num_classes})"
@@ -229,7 +230,7 @@ class CrossAttentionNetwork(EpisodicModel):
     def loss(self, batch: EpisodeBatch) -> tuple[Tensor, dict[str, float]]:
         """Global per-position CE + ``nearest_weight`` · nearest-prototype per-position CE."""
         if batch.query_classes is None:
-            raise ValueError("CAN episodes need the queries' global base-class labels")
+            raise ConfigError("CAN episodes need the queries' global base-class labels")
         n_way = check_labels(batch.support_labels)
         maps = self.encode(torch.cat([batch.support, batch.query]))
         s_maps, q_maps = maps[: len(batch.support)], maps[len(batch.support) :]
@@ -299,7 +300,7 @@ class CrossAttentionNetwork(EpisodicModel):
         averaged over the queries, scores ``(N, h, w)``, targets ``0..N-1``.
         """
         if side not in ("query", "support"):
-            raise ValueError(f"side must be 'query' or 'support', got {side!r}")
+            raise ConfigError(f"side must be 'query' or 'support', got {side!r}")
         n_way = check_labels(support_labels)
         s_maps, q_maps = self.encode(support), self.encode(query)
         out = self.cam(class_features(s_maps, support_labels, n_way), q_maps)

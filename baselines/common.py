@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from focusvit.errors import CheckpointError, UnsupportedMethodError
+from focusvit.errors import CheckpointError, ConfigError, UnsupportedMethodError
 from focusvit.runs import load_state
 
 from .encoders import SpatialEncoder, build_encoder
@@ -64,13 +64,13 @@ class EpisodeBatch:
 def check_labels(support_labels: Tensor, n_way: int | None = None) -> int:
     """Episode way N from ``support_labels (S,)``; every class ``0..N-1`` needs a support image."""
     if support_labels.ndim != 1 or support_labels.numel() == 0:
-        raise ValueError(
+        raise ConfigError(
             f"support_labels must be a non-empty (S,) tensor, got {support_labels.shape}"
         )
     n_way = n_way or int(support_labels.max()) + 1
     present = torch.bincount(support_labels.long().cpu(), minlength=n_way)
     if (present == 0).any() or support_labels.min() < 0 or len(present) > n_way:
-        raise ValueError(
+        raise ConfigError(
             f"support labels must cover every class 0..{n_way - 1} with at least one image; got "
             f"counts {present.tolist()}; relabel the episode with episode labels 0..N-1"
         )
@@ -93,25 +93,25 @@ class EncoderConfig:
 
     def _check_encoder(self) -> None:
         if not isinstance(self.encoder, str) or not self.encoder:
-            raise ValueError(f"encoder must be a name or a backbone spec, got {self.encoder!r}")
+            raise ConfigError(f"encoder must be a name or a backbone spec, got {self.encoder!r}")
         if not isinstance(self.image_size, int) or self.image_size < 8:
-            raise ValueError(f"image_size must be an integer >= 8, got {self.image_size!r}")
+            raise ConfigError(f"image_size must be an integer >= 8, got {self.image_size!r}")
         if self.widths is not None:
             self.widths = [int(w) for w in self.widths]
             if any(w < 1 for w in self.widths):
-                raise ValueError(f"widths must be positive, got {self.widths}")
+                raise ConfigError(f"widths must be positive, got {self.widths}")
 
 
 def _positive(name: str, value: Any, integer: bool = False) -> None:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
         what = "a positive integer" if integer else "> 0"
-        raise ValueError(f"{name} must be {what}, got {value!r}")
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
 
 
 def _fraction(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
 
 
 def config_from_dict(cls: type, values: dict | None) -> Any:
@@ -120,7 +120,7 @@ def config_from_dict(cls: type, values: dict | None) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown {cls.__name__} keys {unknown}; valid keys are {', '.join(sorted(known))}"
         )
     return cls(
@@ -162,7 +162,7 @@ class EpisodicModel(nn.Module):
         """``(B, 3, S, S)`` -> feature maps ``(B, C, h, w)``."""
         maps = self.encoder(images)
         if tuple(maps.shape[-2:]) != self.feature_size:
-            raise ValueError(
+            raise ConfigError(
                 f"images of size {tuple(images.shape[-2:])} give {tuple(maps.shape[-2:])} feature "
                 f"maps, but this {self.method} model was built for {self.config.image_size} px "
                 f"inputs ({self.feature_size} maps); resize the images to {self.config.image_size}"

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from focusvit.errors import ConfigError
 from focusvit.explainers.base import Explanation
 
 from .common import EncoderConfig, EpisodeBatch, EpisodicModel, _fraction, _positive, check_labels
@@ -63,7 +64,7 @@ class CTXConfig(EncoderConfig):
         _fraction("simclr_probability", self.simclr_probability)
         _fraction("simclr_crop", self.simclr_crop)
         if self.simclr_crop == 0:
-            raise ValueError("simclr_crop must be > 0 (the smallest crop area fraction)")
+            raise ConfigError("simclr_crop must be > 0 (the smallest crop area fraction)")
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,7 @@ class CrossTransformerNetwork(EpisodicModel):
         receives from all query positions, scores ``(S, H, W)``, targets the support labels.
         """
         if side not in ("query", "support"):
-            raise ValueError(f"side must be 'query' or 'support', got {side!r}")
+            raise ConfigError(f"side must be 'query' or 'support', got {side!r}")
         out = self.forward_maps(support, support_labels, query)
         h, w = self.feature_size
         size = tuple(query.shape[-2:])
@@ -261,7 +262,7 @@ def simclr_episode(
     one augmented copy of each support image, with the same label.
     """
     if len(support) < 2:
-        raise ValueError("a SimCLR episode needs at least two support images (N·K >= 2)")
+        raise ConfigError("a SimCLR episode needs at least two support images (N·K >= 2)")
     labels = torch.arange(len(support), device=support.device)
     query = augment_images(support.cpu(), generator, min_crop).to(support.device)
     return EpisodeBatch(support, labels, query, labels.clone(), None, "simclr")

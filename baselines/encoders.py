@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from focusvit.backbones import BackboneAdapter, FocusVitError, default_data_config
+from focusvit.errors import ConfigError
 
 __all__ = [
     "AdapterEncoder",
@@ -141,7 +142,7 @@ class ResNet12(SpatialEncoder):
     def __init__(self, widths: Sequence[int] = (64, 160, 320, 640), image_size: int = 84):
         super().__init__()
         if len(widths) != 4 or any(int(w) < 1 for w in widths):
-            raise ValueError(f"ResNet-12 needs four positive widths, got {list(widths)}")
+            raise ConfigError(f"ResNet-12 needs four positive widths, got {list(widths)}")
         blocks, channels = [], 3
         for width in widths:
             blocks.append(_ResBlock(channels, int(width)))
@@ -225,7 +226,7 @@ def build_encoder(
             return Conv4(chosen[0], image_size)
         return ResNet12(chosen, image_size)
     if ":" not in spec:
-        raise ValueError(
+        raise ConfigError(
             f"unknown encoder {spec!r}; use one of {', '.join(_NAMED)} or a load_backbone spec of "
             "a CNN such as 'offline:efficientnet-lite0'"
         )

@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from focusvit.data.episodes import Episode, check_episode_spec, sample_episode
+from focusvit.errors import ConfigError
 from focusvit.runs import EpisodeSpec, check_settings, episode_seed, save_state
 
 from .common import (
@@ -83,9 +84,9 @@ class TrainConfig:
         for name in ("validate_every", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
         if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+            raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         _positive("lr", self.lr)
         _fraction("momentum", self.momentum)
         _fraction("lr_gamma", self.lr_gamma)
@@ -93,7 +94,7 @@ class TrainConfig:
         for milestone in self.lr_milestones:
             _fraction("lr_milestones entry", milestone)
         if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay and grad_clip must be >= 0")
+            raise ConfigError("weight_decay and grad_clip must be >= 0")
 
 
 @dataclass

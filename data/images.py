@@ -477,7 +477,7 @@ def sample_photos(
     for name in names:
         loader = getattr(skdata, name, None)
         if loader is None:
-            raise ValueError(
+            raise ConfigError(
                 f"scikit-image has no sample image {name!r}; try chelsea, coffee, astronaut"
             )
         out[name] = read_image(loader())

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter, InputSizeError, UnsupportedMethodError
+from focusvit.errors import ConfigError
 
 from .base import Explainer, Target, register_explainer, resolve_targets
 
@@ -31,7 +32,7 @@ Layers = int | Sequence[int] | None
 def check_choice(option: str, value: Any, choices: Sequence[Any]) -> None:
     """Raise ``ValueError`` naming the valid values when ``value`` is not one of ``choices``."""
     if value not in choices:
-        raise ValueError(
+        raise ConfigError(
             f"{option}={value!r} is not supported; use one of: {', '.join(map(repr, choices))}"
         )
 
@@ -40,7 +41,7 @@ def check_ratio(discard_ratio: float) -> float:
     """A discard ratio must lie in ``[0, 1)``."""
     ratio = float(discard_ratio)
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"discard_ratio={discard_ratio!r} must lie in [0, 1): it is the fraction of each "
             "attention row set to zero (0 keeps everything, 0.9 is the official FORT value)"
         )
@@ -86,7 +87,7 @@ def block_indices(backbone: BackboneAdapter, layers: Layers) -> list[int]:
         return list(range(count))
     chosen = [layers] if isinstance(layers, int) else list(layers)
     if not chosen:
-        raise ValueError("layers is empty; pass None for every block or a list of block indices")
+        raise ConfigError("layers is empty; pass None for every block or a list of block indices")
     for layer in chosen:
         if not -count <= int(layer) < count:
             raise IndexError(

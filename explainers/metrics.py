@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from focusvit.backbones import BackboneAdapter, UnsupportedMethodError
+from focusvit.errors import ConfigError
 from focusvit.prompting.prompts import (
     PositionPrompt,
     as_flat_scores,
@@ -62,11 +63,11 @@ def _grid_scores(scores: Explanation | Tensor, name: str = "scores") -> Tensor:
     if isinstance(scores, Explanation):
         scores = scores.scores
     if not isinstance(scores, Tensor):
-        raise ValueError(f"{name} must be a tensor or an Explanation, got {type(scores).__name__}")
+        raise ConfigError(f"{name} must be a tensor or an Explanation, got {type(scores).__name__}")
     if scores.ndim == 2:
         scores = scores[None]
     if scores.ndim != 3:
-        raise ValueError(
+        raise ConfigError(
             f"{name} must be patch-grid maps of shape (B, h, w), got {tuple(scores.shape)}; "
             "reshape flat (B, N) scores with .view(B, h, w)"
         )
@@ -76,11 +77,11 @@ def _grid_scores(scores: Explanation | Tensor, name: str = "scores") -> Tensor:
 def _pixel_mask(mask: Tensor, batch: int, name: str = "gt_mask") -> Tensor:
     """``(B, H, W)`` or ``(H, W)`` -> ``(B, H, W)`` bool with the expected batch size."""
     if not isinstance(mask, Tensor):
-        raise ValueError(f"{name} must be a bool tensor (B, H, W), got {type(mask).__name__}")
+        raise ConfigError(f"{name} must be a bool tensor (B, H, W), got {type(mask).__name__}")
     if mask.ndim == 2:
         mask = mask[None]
     if mask.ndim != 3 or mask.shape[0] != batch:
-        raise ValueError(
+        raise ConfigError(
             f"{name} must have shape (B, H, W) = ({batch}, H, W) at pixel resolution, got "
             f"{tuple(mask.shape)}; drop a channel dimension with mask[:, 0]"
         )
@@ -89,7 +90,7 @@ def _pixel_mask(mask: Tensor, batch: int, name: str = "gt_mask") -> Tensor:
 
 def _check_grid_fits(grid: tuple[int, int], size: tuple[int, int], name: str) -> None:
     if grid[0] > size[0] or grid[1] > size[1]:
-        raise ValueError(
+        raise ConfigError(
             f"{name} grid {grid} is finer than the pixel mask {size}; pass the ground-truth mask "
             "at image resolution (B, H, W)"
         )
@@ -98,7 +99,7 @@ def _check_grid_fits(grid: tuple[int, int], size: tuple[int, int], name: str) ->
 def _non_negative(attention: Tensor, name: str) -> Tensor:
     flat = as_flat_scores(attention, name).detach().double()
     if (flat < 0).any():
-        raise ValueError(
+        raise ConfigError(
             f"{name} has negative entries; pass attention probabilities (softmax, e.g. "
             "cls_attention(...)), not logits"
         )
@@ -145,7 +146,7 @@ def _inference(model: Model) -> Iterator[Callable[[Tensor], Tensor]]:
         with torch.no_grad():
             yield model
     else:
-        raise ValueError(
+        raise ConfigError(
             f"model must be a BackboneAdapter, an nn.Module or a callable images -> logits, got "
             f"{type(model).__name__}"
         )
@@ -176,7 +177,7 @@ def make_baseline(images: Tensor, baseline: Baseline = "mean", blur_sigma: float
         try:
             return baseline.to(images).expand_as(images)
         except RuntimeError as error:
-            raise ValueError(
+            raise ConfigError(
                 f"baseline tensor {tuple(baseline.shape)} does not broadcast to the images "
                 f"{tuple(images.shape)}; pass (3, H, W) or (B, 3, H, W)"
             ) from error
@@ -186,7 +187,7 @@ def make_baseline(images: Tensor, baseline: Baseline = "mean", blur_sigma: float
         return _gaussian_blur(images, blur_sigma)
     if baseline == "zeros":
         return torch.zeros_like(images)
-    raise ValueError(f"baseline must be 'mean', 'blur', 'zeros' or a tensor, got {baseline!r}")
+    raise ConfigError(f"baseline must be 'mean', 'blur', 'zeros' or a tensor, got {baseline!r}")
 
 
 def _given_targets(
@@ -202,12 +203,12 @@ def _given_targets(
     if classes.numel() == 1:
         classes = classes.expand(batch)
     if classes.shape != (batch,):
-        raise ValueError(
+        raise ConfigError(
             f"target must be an int or a ({batch},) tensor of classes, got shape "
             f"{tuple(classes.shape)}"
         )
     if (classes < 0).any():
-        raise ValueError(f"target classes must be >= 0, got {classes.tolist()}")
+        raise ConfigError(f"target classes must be >= 0, got {classes.tolist()}")
     return classes
 
 
@@ -247,21 +248,21 @@ def causal_curve(
         :class:`CausalCurve` with ``auc (B,)`` and ``curve (B, steps + 1)``.
     """
     if mode not in ("deletion", "insertion"):
-        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
+        raise ConfigError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
     if not isinstance(images, Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must have shape (B, 3, H, W), got {shape}")
+        raise ConfigError(f"images must have shape (B, 3, H, W), got {shape}")
     grid_scores = _grid_scores(scores).to(images.device)
     batch, h, w = grid_scores.shape
     if batch != images.shape[0]:
-        raise ValueError(
+        raise ConfigError(
             f"scores have {batch} maps for {images.shape[0]} images; pass the explanation of "
             "this batch"
         )
     num_patches = h * w
     steps = num_patches if steps is None else int(steps)
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise ConfigError(f"steps must be >= 1, got {steps}")
     size = (int(images.shape[-2]), int(images.shape[-1]))
     rank = torch.argsort(rank_patches(grid_scores), dim=1)  # rank[b, patch] = position
     base = make_baseline(images, baseline, blur_sigma)
@@ -278,7 +279,7 @@ def causal_curve(
                 classes = untouched.argmax(dim=1)
             classes = classes.to(logits.device)
             if int(classes.max()) >= logits.shape[1]:
-                raise ValueError(
+                raise ConfigError(
                     f"target classes {classes.tolist()} out of range for {logits.shape[1]} logits"
                 )
             probs.append(logits.softmax(dim=1).gather(1, classes[:, None])[:, 0])
@@ -325,7 +326,7 @@ def cls_attention(backbone: BackboneAdapter, images: Tensor, layer: int = -1) ->
             "focusvit.prompting.swin_window_prompts"
         )
     if images.ndim != 4:
-        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+        raise ConfigError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
     with (
         torch.no_grad(),
         backbone.evaluating(),
@@ -354,7 +355,7 @@ def coverage_count(attention: Tensor, fraction: float = 0.95) -> Tensor:
     """
     flat = _non_negative(attention, "attention")
     if bool((flat.sum(dim=1) <= 0).any()):
-        raise ValueError("attention sums to 0 for some image; pass attention probabilities")
+        raise ConfigError("attention sums to 0 for some image; pass attention probabilities")
     return coverage_counts(flat, check_fraction(fraction))
 
 
@@ -371,7 +372,7 @@ def attention_mass(attention: Tensor, mask: Tensor | PositionPrompt) -> Tensor:
     flat = _non_negative(attention, "attention")
     chosen = as_flat_scores(mask.mask if isinstance(mask, PositionPrompt) else mask, "mask")
     if chosen.shape != flat.shape:
-        raise ValueError(
+        raise ConfigError(
             f"mask {tuple(chosen.shape)} must cover the same patches as attention "
             f"{tuple(flat.shape)} (both (B, N) or both (B, h, w))"
         )
@@ -402,7 +403,7 @@ def prompt_precision(
     gt = _pixel_mask(gt_mask, batch)
     _check_grid_fits((h, w), tuple(gt.shape[-2:]), "prompt_mask")
     if not 0.0 <= min_overlap <= 1.0:
-        raise ValueError(f"min_overlap must lie in [0, 1], got {min_overlap}")
+        raise ConfigError(f"min_overlap must lie in [0, 1], got {min_overlap}")
     coverage = patch_area_fraction(gt, (h, w)).to(chosen.device)
     inside = (coverage >= min_overlap - 1e-6) & (coverage > 0)
     hits = (chosen & inside).flatten(1).sum(dim=1).float()
@@ -450,9 +451,9 @@ def pointing_game(
     height, width = int(gt.shape[-2]), int(gt.shape[-1])
     _check_grid_fits((h, w), (height, width), "scores")
     if tolerance < 0:
-        raise ValueError(f"tolerance is a distance in pixels and must be >= 0, got {tolerance}")
+        raise ConfigError(f"tolerance is a distance in pixels and must be >= 0, got {tolerance}")
     if point not in ("area", "center"):
-        raise ValueError(f"point must be 'area' or 'center', got {point!r}")
+        raise ConfigError(f"point must be 'area' or 'center', got {point!r}")
     boxes = _patch_boxes(grid_scores.flatten(1).argmax(dim=1), (h, w), (height, width))
     if point == "center":
         cy = (boxes[:, 0] + boxes[:, 1] - 1) // 2

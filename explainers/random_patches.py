@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter
+from focusvit.errors import ConfigError
 
 from .attention import image_size_of
 from .base import Explainer, Target, normalise_per_image, register_explainer, resolve_targets
@@ -58,7 +59,7 @@ def check_seed(seed: object) -> int:
     except TypeError:
         value = None
     if value is None or isinstance(seed, bool) or not 0 <= value < 2**63:
-        raise ValueError(
+        raise ConfigError(
             f"seed={seed!r} must be an integer in [0, 2**63), e.g. seed=0; different seeds give "
             "different random maps, the same seed the same maps"
         )

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter
+from focusvit.errors import ConfigError
 
 from .attention import (
     HEAD_FUSIONS,
@@ -384,7 +385,7 @@ class RolloutSVDExplainer(Explainer):
         check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
         check_choice("order", order, ORDERS)
         if not torch.isfinite(torch.tensor(float(lam))):
-            raise ValueError(f"lam={lam!r} must be a finite number (default 1.0)")
+            raise ConfigError(f"lam={lam!r} must be a finite number (default 1.0)")
         super().__init__(
             lam=float(lam),
             head_fusion=head_fusion,

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from focusvit.backbones import BackboneAdapter
-from focusvit.errors import NonFiniteError, UnsupportedMethodError
+from focusvit.errors import ConfigError, NonFiniteError, UnsupportedMethodError
 
 from .lora import lora_target_names
 from .losses import FortConfig
@@ -152,7 +152,7 @@ def _check_inputs(
 ) -> None:
     counts = {len(supports), len(support_labels), len(queries), len(seeds)}
     if len(counts) != 1 or not supports:
-        raise ValueError(
+        raise ConfigError(
             "give one support set, label vector, query set and seed per task (and at least one "
             f"task); got {len(supports)} supports, {len(support_labels)} label vectors, "
             f"{len(queries)} query sets and {len(seeds)} seeds"
@@ -162,7 +162,7 @@ def _check_inputs(
         zip(supports, support_labels, queries, strict=True)
     ):
         if support.ndim != 4 or query.ndim != 4:
-            raise ValueError(
+            raise ConfigError(
                 f"task {t}: supports and queries must be (M, 3, H, W) image batches, got "
                 f"{tuple(support.shape)} and {tuple(query.shape)}"
             )
@@ -173,7 +173,7 @@ def _check_inputs(
                 f"tasks alike, or {_SEQUENTIAL}"
             )
         if labels.shape != (support.shape[0],):
-            raise ValueError(
+            raise ConfigError(
                 f"task {t}: labels {tuple(labels.shape)} do not match {support.shape[0]} support "
                 "images; expected (M,)"
             )
@@ -417,7 +417,7 @@ def fit_predict_batched(
     check_batchable(backbone, tuner)
     _check_inputs(supports, support_labels, queries, seeds)
     if shared is not None and len(shared) != len(supports):
-        raise ValueError(f"shared has {len(shared)} entries for {len(supports)} tasks")
+        raise ConfigError(f"shared has {len(shared)} entries for {len(supports)} tasks")
     device = supports[0].device
     recipe = recipe_for(backbone.family, tuner.name).override(**options.recipe_overrides())
     sites = _site_names(backbone, tuner)
@@ -722,7 +722,7 @@ def tasks_per_batch(
         ``max(1, floor((memory_fraction · available − query chunk) / per-task bytes))``.
     """
     if not 0 < memory_fraction <= 1:
-        raise ValueError(f"memory_fraction must lie in (0, 1], got {memory_fraction}")
+        raise ConfigError(f"memory_fraction must lie in (0, 1], got {memory_fraction}")
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     per_image = activation_bytes_per_image(backbone, size, tuner)
     inputs = 3 * size[0] * size[1] * 4

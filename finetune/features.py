@@ -23,7 +23,7 @@ from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter
 from focusvit.data import dataset_fingerprint
-from focusvit.errors import CheckpointError
+from focusvit.errors import CheckpointError, ConfigError
 from focusvit.runs import (
     dataset_settings,
     fingerprint,
@@ -182,15 +182,15 @@ def _read_features(path: Path, key: str, count: int) -> dict[int, Tensor]:
     state = load_state(path)
     indices, rows = state["indices"], state["features"]
     if state["key"] != key:
-        raise ValueError(f"it holds the features of key {state['key']!r}, not {key!r}")
+        raise ConfigError(f"it holds the features of key {state['key']!r}, not {key!r}")
     if indices.ndim != 1 or rows.ndim != 2 or len(indices) != len(rows):
-        raise ValueError(
+        raise ConfigError(
             f"indices {tuple(indices.shape)} do not match features {tuple(rows.shape)}"
         )
     if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= count):
-        raise ValueError(f"indices outside the dataset's {count} images")
+        raise ConfigError(f"indices outside the dataset's {count} images")
     if not torch.isfinite(rows).all():
-        raise ValueError("non-finite features")
+        raise ConfigError("non-finite features")
     return dict(zip(indices.tolist(), rows, strict=True))
 
 

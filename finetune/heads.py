@@ -29,7 +29,7 @@ SOLVERS = ("prototype", "knn", "ridge", "svm", "logistic")
 
 def _check(features: Tensor, labels: Tensor) -> int:
     if features.ndim != 2 or labels.shape != (features.shape[0],):
-        raise ValueError(
+        raise ConfigError(
             f"expected features (M, D) and labels (M,), got {tuple(features.shape)} and {tuple(labels.shape)}"
         )
     return int(labels.max()) + 1
@@ -171,7 +171,7 @@ def init_head(
             "head_init 'text' builds the head from class names, not support features: use "
             "text_head(backbone, class_names), or fit_task(..., class_names=[...])"
         )
-    raise ValueError(f"unknown head init {method!r}; use svm, prototype, ridge or logistic")
+    raise ConfigError(f"unknown head init {method!r}; use svm, prototype, ridge or logistic")
 
 
 def text_head(
@@ -235,7 +235,7 @@ def transform_features(
     have), then L2-normalises both sets; ``l2n`` only normalises; ``none`` leaves them.
     """
     if transform not in FEATURE_TRANSFORMS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown feature transform {transform!r}; use one of {', '.join(FEATURE_TRANSFORMS)}"
         )
     if transform == "cl2n":
@@ -289,5 +289,5 @@ def solve(
 
         model = LogisticRegression(max_iter=1000)
     else:
-        raise ValueError(f"unknown solver {method!r}; use one of {', '.join(SOLVERS)}")
+        raise ConfigError(f"unknown solver {method!r}; use one of {', '.join(SOLVERS)}")
     return torch.as_tensor(model.fit(x, y).predict(q)).long()

@@ -77,42 +77,42 @@ class FortConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.shift_mask, bool):
-            raise ValueError(f"shift_mask must be True or False, got {self.shift_mask!r}")
+            raise ConfigError(f"shift_mask must be True or False, got {self.shift_mask!r}")
         if self.target_sum not in TARGET_SUMS:
-            raise ValueError(
+            raise ConfigError(
                 f"target_sum must be one of {', '.join(TARGET_SUMS)}, got {self.target_sum!r}"
             )
         self._check_alpha_tau()
         if self.top_k is not None and self.top_fraction is not None:
-            raise ValueError(
+            raise ConfigError(
                 "give either top_k (a patch count) or top_fraction (a fraction of the patches), "
                 f"not both (got top_k={self.top_k}, top_fraction={self.top_fraction})"
             )
         if self.top_k is not None and (
             isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 1
         ):
-            raise ValueError(f"top_k must be a whole number of patches >= 1, got {self.top_k!r}")
+            raise ConfigError(f"top_k must be a whole number of patches >= 1, got {self.top_k!r}")
         if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
-            raise ValueError(f"top_fraction must lie in (0, 1], got {self.top_fraction!r}")
+            raise ConfigError(f"top_fraction must lie in (0, 1], got {self.top_fraction!r}")
         if self.query_rows not in ("all", "cls"):
-            raise ValueError(f"query_rows must be 'all' or 'cls', got {self.query_rows!r}")
+            raise ConfigError(f"query_rows must be 'all' or 'cls', got {self.query_rows!r}")
         if isinstance(self.layers, str):
             if self.layers not in ("last", "all"):
-                raise ValueError(
+                raise ConfigError(
                     f"layers must be 'last', 'all' or a list of block indices, got {self.layers!r}"
                 )
         else:
             try:
                 layers = tuple(int(i) for i in self.layers)
             except TypeError:
-                raise ValueError(
+                raise ConfigError(
                     f"layers must be 'last', 'all' or a list of block indices, got {self.layers!r}"
                 ) from None
             if not layers:
-                raise ValueError("layers must name at least one block, e.g. layers=[-1]")
+                raise ConfigError("layers must name at least one block, e.g. layers=[-1]")
             self.layers = layers
         if self.weighting not in ("importance", "multi_hot"):
-            raise ValueError(
+            raise ConfigError(
                 f"weighting must be 'importance' or 'multi_hot', got {self.weighting!r}"
             )
 
@@ -194,7 +194,7 @@ def vit_attention_loss(
     losses = []
     for logits in attention_logits:
         if logits.ndim != 4 or logits.shape[-1] - start != targets.shape[-1]:
-            raise ValueError(
+            raise ConfigError(
                 f"attention logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)} "
                 f"with {num_prefix_tokens} prefix and {extra_tokens} extra tokens; compute the "
                 "prompts at the same input size as the images"
@@ -227,13 +227,13 @@ def swin_attention_loss(
         scalar: Σ over stages of the mean over query rows, windows and images.
     """
     if len(window_logits) != len(window_targets):
-        raise ValueError(
+        raise ConfigError(
             f"{len(window_logits)} stages of logits but {len(window_targets)} of targets"
         )
     total = window_logits[0].new_zeros(())
     for logits, targets in zip(window_logits, window_targets, strict=True):
         if logits.shape[:2] != targets.shape[:2] or logits.shape[-1] != targets.shape[-1]:
-            raise ValueError(
+            raise ConfigError(
                 f"window logits {tuple(logits.shape)} do not match window targets {tuple(targets.shape)}"
             )
         fused = logits.mean(dim=2)  # (B, windows, n, n)

@@ -87,7 +87,7 @@ def _optimizer(recipe: Recipe, params: list[torch.nn.Parameter]) -> torch.optim.
             dampening=recipe.dampening,
             weight_decay=recipe.weight_decay,
         )
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; use 'adamw' or 'sgd'")
+    raise ConfigError(f"unknown optimizer {recipe.optimizer!r}; use 'adamw' or 'sgd'")
 
 
 @torch.no_grad()

@@ -58,7 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from focusvit.backbones.base import BackboneAdapter
-from focusvit.errors import UnsupportedMethodError
+from focusvit.errors import ConfigError, UnsupportedMethodError
 
 __all__ = [
     "TUNERS",
@@ -118,17 +118,17 @@ class LoraConfig(TunerConfig):
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"LoRA rank must be a positive integer, got {self.rank!r}")
+            raise ConfigError(f"LoRA rank must be a positive integer, got {self.rank!r}")
         if not self.alpha > 0:
-            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha!r}")
+            raise ConfigError(f"LoRA alpha must be > 0, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
         if self.targets is not None:
             if isinstance(self.targets, str):
                 self.targets = [self.targets]
             self.targets = list(self.targets)
             if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-                raise ValueError(
+                raise ConfigError(
                     f"LoRA targets must be a non-empty list of module names, got {self.targets!r}"
                 )
 
@@ -156,11 +156,11 @@ class VPTConfig(TunerConfig):
     def __post_init__(self) -> None:
         n = self.num_tokens
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"VPT num_tokens must be a positive integer, got {n!r}")
+            raise ConfigError(f"VPT num_tokens must be a positive integer, got {n!r}")
         if self.init_std is not None and not self.init_std > 0:
-            raise ValueError(f"VPT init_std must be > 0 or None, got {self.init_std!r}")
+            raise ConfigError(f"VPT init_std must be > 0 or None, got {self.init_std!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"VPT dropout must be in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"VPT dropout must be in [0, 1), got {self.dropout!r}")
 
 
 @dataclass
@@ -180,7 +180,7 @@ class SSFConfig(TunerConfig):
         if self.targets is not None:
             self.targets = list(self.targets)
             if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-                raise ValueError(
+                raise ConfigError(
                     f"SSF targets must be a non-empty list of module names, got {self.targets!r}"
                 )
 

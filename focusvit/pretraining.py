@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from focusvit.errors import ConfigError
 from focusvit.runs import check_settings, load_state, save_state
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -109,46 +110,46 @@ class PretrainConfig:
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"pretrain {name} must be an integer >= 1, got {value!r}")
+                raise ConfigError(f"pretrain {name} must be an integer >= 1, got {value!r}")
         if self.num_classes is not None and (
             not isinstance(self.num_classes, int) or self.num_classes < 2
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"pretrain num_classes must be >= 2 (or None for every base class), "
                 f"got {self.num_classes!r}"
             )
         for name in ("val_per_class", "crop_padding"):
             if getattr(self, name) < 0:
-                raise ValueError(f"pretrain {name} must be >= 0, got {getattr(self, name)!r}")
+                raise ConfigError(f"pretrain {name} must be >= 0, got {getattr(self, name)!r}")
         if self.crop_padding >= self.image_size // 2:
-            raise ValueError(
+            raise ConfigError(
                 f"pretrain crop_padding ({self.crop_padding}) must be < image_size / 2 "
                 f"({self.image_size / 2:g})"
             )
         if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ValueError(f"pretrain lr must be a finite number > 0, got {self.lr!r}")
+            raise ConfigError(f"pretrain lr must be a finite number > 0, got {self.lr!r}")
         if self.weight_decay < 0:
-            raise ValueError(f"pretrain weight_decay must be >= 0, got {self.weight_decay!r}")
+            raise ConfigError(f"pretrain weight_decay must be >= 0, got {self.weight_decay!r}")
         for name in ("warmup_fraction", "label_smoothing"):
             if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"pretrain {name} must be in [0, 1), got {getattr(self, name)!r}")
+                raise ConfigError(f"pretrain {name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"pretrain num_threads must be >= 1, got {self.num_threads!r}")
+            raise ConfigError(f"pretrain num_threads must be >= 1, got {self.num_threads!r}")
         if not isinstance(self.model_kwargs, dict):
-            raise ValueError(f"pretrain model_kwargs must be a mapping, got {self.model_kwargs!r}")
+            raise ConfigError(f"pretrain model_kwargs must be a mapping, got {self.model_kwargs!r}")
         reserved = {"num_classes", "img_size", "pretrained"} & set(self.model_kwargs)
         if reserved:
-            raise ValueError(
+            raise ConfigError(
                 f"pretrain model_kwargs must not set {', '.join(sorted(reserved))}: use the "
                 "num_classes and image_size options"
             )
         if self.init is not None:
             if self.init != DINOV2_INIT:
-                raise ValueError(
+                raise ConfigError(
                     f"pretrain init must be null (random) or {DINOV2_INIT!r}, got {self.init!r}"
                 )
             if self.arch != DINOV2_ARCH or self.model_kwargs or self.image_size % 14:
-                raise ValueError(
+                raise ConfigError(
                     f"pretrain init={DINOV2_INIT} needs arch={DINOV2_ARCH}, model_kwargs={{}} "
                     f"and image_size a multiple of 14; got arch={self.arch}, "
                     f"model_kwargs={self.model_kwargs}, image_size={self.image_size}"
@@ -157,7 +158,7 @@ class PretrainConfig:
 
         if not is_timm_model(self.arch):
             close = suggest_model_names(self.arch.split("_")[0][:8], limit=6)
-            raise ValueError(
+            raise ConfigError(
                 f"pretrain arch {self.arch!r} is not a timm model; e.g. {', '.join(close)}"
             )
 
@@ -169,7 +170,7 @@ class PretrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown pretrain option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
         return cls(**values)
@@ -194,7 +195,7 @@ def render_scenes(config: PretrainConfig) -> dict[str, Any]:
         num_classes=config.num_classes,
     )
     if config.num_classes is not None and len(scenes.class_ids) < config.num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"pretrain num_classes={config.num_classes} but the base split has only "
             f"{len(scenes.class_ids)} classes"
         )

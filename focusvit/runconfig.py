@@ -71,13 +71,13 @@ class PromptSpec:
         if self.top_fraction is not None and self.top_k is not None:
             self.top_k = None  # a fraction given on the command line replaces the default count
         if self.top_k is None and self.top_fraction is None and self.coverage is None:
-            raise ValueError("prompting needs top_k, top_fraction or coverage")
+            raise ConfigError("prompting needs top_k, top_fraction or coverage")
         if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"prompting.top_k must be >= 1, got {self.top_k}")
+            raise ConfigError(f"prompting.top_k must be >= 1, got {self.top_k}")
         if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
-            raise ValueError(f"prompting.top_fraction must lie in (0, 1], got {self.top_fraction}")
+            raise ConfigError(f"prompting.top_fraction must lie in (0, 1], got {self.top_fraction}")
         if self.weighting not in ("importance", "multi_hot"):
-            raise ValueError(
+            raise ConfigError(
                 f"prompting.weighting must be importance or multi_hot, got {self.weighting!r}"
             )
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from focusvit.errors import NonFiniteError
+from focusvit.errors import ConfigError, NonFiniteError
 
 if TYPE_CHECKING:
     from focusvit.explainers.base import Explanation
@@ -76,7 +76,7 @@ class PositionPrompt:
         """The mask at pixel resolution ``(B, H, W)`` bool (nearest upsampling)."""
         size = size or self.image_size
         if not size or min(size) <= 0:
-            raise ValueError(
+            raise ConfigError(
                 "this prompt has no image_size; pass size=(H, W) to pixel_mask(size=...)"
             )
         return upsample_mask(self.mask, size)
@@ -89,11 +89,11 @@ class PositionPrompt:
 def as_batch_scores(scores: Tensor, name: str = "scores") -> Tensor:
     """``(h, w)`` or ``(B, h, w)`` -> ``(B, h, w)`` (a single map behaves as B=1)."""
     if not isinstance(scores, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
+        raise ConfigError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
     if scores.ndim == 2:
         return scores[None]
     if scores.ndim != 3:
-        raise ValueError(
+        raise ConfigError(
             f"{name} must have shape (B, h, w) or (h, w) on the patch grid, got "
             f"{tuple(scores.shape)}; reshape flat (B, N) scores with .view(B, h, w)"
         )
@@ -103,14 +103,14 @@ def as_batch_scores(scores: Tensor, name: str = "scores") -> Tensor:
 def as_flat_scores(scores: Tensor, name: str = "scores") -> Tensor:
     """``(N,)``, ``(B, N)`` or ``(B, h, w)`` -> ``(B, N)`` in row-major patch order."""
     if not isinstance(scores, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
+        raise ConfigError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
     if scores.ndim == 1:
         return scores[None]
     if scores.ndim == 2:
         return scores
     if scores.ndim == 3:
         return scores.flatten(1)
-    raise ValueError(
+    raise ConfigError(
         f"{name} must have shape (B, N) or (B, h, w), got {tuple(scores.shape)}; "
         "drop extra dimensions (e.g. average over heads) first"
     )
@@ -130,13 +130,13 @@ def prompt_count(
         ValueError: both given, a count outside ``1..N``, or a fraction outside ``(0, 1]``.
     """
     if top_k is not None and top_fraction is not None:
-        raise ValueError(
+        raise ConfigError(
             f"give either top_k (a patch count) or top_fraction (a fraction of the patches), "
             f"not both (got top_k={top_k}, top_fraction={top_fraction})"
         )
     if top_fraction is not None:
         if isinstance(top_fraction, bool) or not 0.0 < float(top_fraction) <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"top_fraction is a fraction of the {num_patches} patches and must lie in "
                 f"(0, 1], got {top_fraction!r}; use top_k for a patch count"
             )
@@ -144,7 +144,7 @@ def prompt_count(
     if top_k is None:
         return min(DEFAULT_TOP_K, num_patches)
     if isinstance(top_k, bool) or int(top_k) != top_k or not 1 <= top_k <= num_patches:
-        raise ValueError(
+        raise ConfigError(
             f"top_k={top_k!r} must be a whole number of patches in 1..{num_patches} (the grid "
             f"has {num_patches}); official FORT: 14 of 196, or top_fraction=14/196"
         )
@@ -181,7 +181,7 @@ def top_k_mask(scores: Tensor, count: int) -> Tensor:
     """
     flat = as_flat_scores(scores)
     if not 1 <= count <= flat.shape[1]:
-        raise ValueError(f"count must lie in 1..{flat.shape[1]}, got {count}")
+        raise ConfigError(f"count must lie in 1..{flat.shape[1]}, got {count}")
     order = rank_patches(flat)[:, :count]
     return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
 
@@ -204,9 +204,9 @@ def mass_distribution(scores: Tensor) -> Tensor:
 
 def check_fraction(fraction: float, name: str = "fraction") -> float:
     if isinstance(fraction, bool) or not isinstance(fraction, int | float):
-        raise ValueError(f"{name} must be a float in (0, 1], got {fraction!r}")
+        raise ConfigError(f"{name} must be a float in (0, 1], got {fraction!r}")
     if not 0.0 < float(fraction) <= 1.0:
-        raise ValueError(f"{name} must lie in (0, 1] (e.g. 0.95), got {fraction}")
+        raise ConfigError(f"{name} must lie in (0, 1] (e.g. 0.95), got {fraction}")
     return float(fraction)
 
 
@@ -257,7 +257,7 @@ def importance_targets(scores: Tensor, mask: Tensor) -> Tensor:
     flat = as_flat_scores(scores).float()
     chosen = as_flat_scores(mask, "mask").bool()
     if chosen.shape != flat.shape:
-        raise ValueError(
+        raise ConfigError(
             f"mask {tuple(chosen.shape)} and scores {tuple(flat.shape)} must describe the same "
             "patches; build the mask from these scores"
         )
@@ -305,18 +305,18 @@ def make_prompts(
         size = tuple(image_size or explanation.image_size)
         name = method or explanation.method
     else:
-        raise ValueError(
+        raise ConfigError(
             "make_prompts expects an Explanation or a (B, h, w) scores tensor, got "
             f"{type(explanation).__name__}"
         )
     if weighting not in ("importance", "multi_hot"):
-        raise ValueError(f"weighting must be 'importance' or 'multi_hot', got {weighting!r}")
+        raise ConfigError(f"weighting must be 'importance' or 'multi_hot', got {weighting!r}")
     scores = scores.detach()
     batch, h, w = scores.shape
     flat = scores.reshape(batch, h * w)
     check_finite_scores(flat)
     if coverage is not None and (top_k is not None or top_fraction is not None):
-        raise ValueError(
+        raise ConfigError(
             "give a prompt size (top_k or top_fraction) or coverage, not both; coverage "
             "chooses the size itself"
         )
@@ -344,7 +344,7 @@ def _check_size(size: tuple[int, int] | int) -> tuple[int, int]:
     if isinstance(size, int):
         size = (size, size)
     if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"size must be (H, W) with positive entries, got {size!r}")
+        raise ConfigError(f"size must be (H, W) with positive entries, got {size!r}")
     return int(size[0]), int(size[1])
 
 

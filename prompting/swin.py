@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter, UnsupportedMethodError, WindowGeometry
+from focusvit.errors import ConfigError
 
 from .prompts import prompt_count
 
@@ -97,7 +98,7 @@ class SwinWindowPrompt:
 # ----------------------------------------------------------------------------- window layout
 def _check_order(order: str) -> None:
     if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        raise ConfigError(f"order must be one of {ORDERS}, got {order!r}")
 
 
 def partition_order(backbone: BackboneAdapter) -> PartitionOrder:
@@ -138,7 +139,7 @@ def grid_to_windows(
     """
     _check_order(order)
     if grid.ndim < 3 or tuple(grid.shape[1:3]) != tuple(geometry.grid):
-        raise ValueError(
+        raise ConfigError(
             f"grid must have shape (B, {geometry.grid[0]}, {geometry.grid[1]}, ...) for this "
             f"geometry, got {tuple(grid.shape)}"
         )
@@ -174,7 +175,7 @@ def windows_to_grid(
     (wh, ww), (ph, pw) = geometry.window, geometry.padded_grid
     expected = (geometry.num_windows, wh * ww)
     if windows.ndim < 3 or tuple(windows.shape[1:3]) != expected:
-        raise ValueError(
+        raise ConfigError(
             f"windows must have shape (B, {expected[0]}, {expected[1]}, ...) (B, windows, "
             f"tokens per window) for geometry {geometry}, got {tuple(windows.shape)}"
         )
@@ -210,7 +211,7 @@ def window_key_scores(logits: Tensor, valid: Tensor | None = None) -> Tensor:
         ``(B, windows, n)`` score of every key token of every window.
     """
     if logits.ndim != 5 or logits.shape[-1] != logits.shape[-2]:
-        raise ValueError(
+        raise ConfigError(
             "logits must have the Swin capture layout (B, windows, heads, n, n), got "
             f"{tuple(logits.shape)}; capture them with backbone.capture_attention(kind='logits')"
         )
@@ -218,7 +219,7 @@ def window_key_scores(logits: Tensor, valid: Tensor | None = None) -> Tensor:
     if valid is None:
         return per_query.mean(dim=2)
     if tuple(valid.shape) != tuple(per_query.shape[1:3]):
-        raise ValueError(
+        raise ConfigError(
             f"valid must have shape (windows, n) = {tuple(per_query.shape[1:3])}, got "
             f"{tuple(valid.shape)}; build it with window_valid_mask(geometry)"
         )
@@ -243,7 +244,7 @@ def window_top_k(
         valid: optional ``(windows, n)`` bool mask of real tokens.
     """
     if scores.ndim != 3:
-        raise ValueError(f"scores must have shape (B, windows, n), got {tuple(scores.shape)}")
+        raise ConfigError(f"scores must have shape (B, windows, n), got {tuple(scores.shape)}")
     count = prompt_count(scores.shape[-1], top_k, top_fraction)
     if valid is not None:
         scores = scores.masked_fill(~valid[None].to(scores.device), float("-inf"))

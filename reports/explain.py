@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from focusvit.backbones import BackboneAdapter, FocusVitError
 from focusvit.backbones.catalog import head_class_names
+from focusvit.errors import ConfigError
 from focusvit.explainers import (
     Explainer,
     Explanation,
@@ -141,7 +142,7 @@ def explain_images(
     from focusvit.data.images import denormalise
 
     if labels is not None and len(labels) != len(batch):
-        raise ValueError(
+        raise ConfigError(
             f"labels has {len(labels)} entries for {len(batch)} images; pass one class name "
             "(or None) per image, in batch order"
         )
@@ -160,7 +161,7 @@ def explain_images(
     del logits
     if class_names is not None:
         if len(class_names) != results.num_outputs:
-            raise ValueError(
+            raise ConfigError(
                 f"class_names has {len(class_names)} names but the logits of {backbone.name} "
                 f"have {results.num_outputs} entries; pass one name per output of the head "
                 "(or None to use the model's own names)"

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter
 from focusvit.data.episodes import sample_episode
+from focusvit.errors import ConfigError
 from focusvit.explainers import attention_mass, cls_attention, coverage_count, explain
 from focusvit.finetune import TunerRunner, fit_task, support_features
 from focusvit.finetune.evaluate import episode_tensors
@@ -99,7 +100,7 @@ def attention_focus(
     from focusvit.data.images import denormalise
 
     if backbone.family != "vit" or backbone.num_prefix_tokens < 1:
-        raise ValueError(
+        raise ConfigError(
             f"attention focus reads the CLS attention of a columnar ViT; {backbone.name} is a "
             f"{backbone.family} model"
         )

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from focusvit.errors import ConfigError
 from focusvit.prompting.prompts import (
     PositionPrompt,
     as_batch_scores,
@@ -46,7 +47,7 @@ def image_to_array(image: Any) -> np.ndarray:
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3):
-        raise ValueError(
+        raise ConfigError(
             f"image must be PIL, (3, H, W) or (H, W, 3), got shape {tuple(array.shape)}"
         )
     if array.shape[-1] == 1:
@@ -102,7 +103,7 @@ def plot_explanation(
     height, width = picture.shape[:2]
     scores = as_batch_scores(torch.as_tensor(scores).detach().cpu().float())
     if scores.shape[0] != 1:
-        raise ValueError(
+        raise ConfigError(
             f"scores must be one (h, w) map, got {tuple(scores.shape)}; pass scores[i]"
         )
     if ax is None:
@@ -124,7 +125,7 @@ def plot_explanation(
 def _draw_prompt(ax: Axes, mask: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> None:
     mask = as_batch_scores(torch.as_tensor(mask).detach().cpu(), "prompt_mask").bool()
     if tuple(mask.shape[-2:]) != tuple(grid):
-        raise ValueError(
+        raise ConfigError(
             f"prompt_mask grid {tuple(mask.shape[-2:])} differs from the scores grid "
             f"{tuple(grid)}; pass the mask made from these scores"
         )
@@ -167,13 +168,13 @@ def save_overlay_grid(
         The figure (not registered with pyplot; nothing to close).
     """
     if isinstance(images, Tensor) and images.ndim != 4:
-        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        raise ConfigError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
     batch = list(images)
     if not explanations:
-        raise ValueError("explanations is empty; pass {method_name: Explanation, ...}")
+        raise ConfigError("explanations is empty; pass {method_name: Explanation, ...}")
     for name, explanation in explanations.items():
         if len(explanation.scores) != len(batch):
-            raise ValueError(
+            raise ConfigError(
                 f"explanation {name!r} has {len(explanation.scores)} maps for {len(batch)} "
                 "images; explain the same batch you plot"
             )

@@ -98,3 +98,38 @@ def test_the_scan_finds_every_import_form(tmp_path, source, expected):
     path = tmp_path / "module.py"
     path.write_text(source)
     assert forbidden_imports(path) == expected
+
+
+# ----------------------------------------------------------------------------- deliberate errors
+LIBRARY = ("backbones", *SCANNED)
+
+
+def plain_value_errors(path: Path) -> list[int]:
+    """Lines of ``raise ValueError(...)`` in a file (a deliberate error must be a
+    ``FocusVitError`` subclass, e.g. ``ConfigError``, itself a ``ValueError``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Raise)
+        and isinstance(node.exc, ast.Call)
+        and getattr(node.exc.func, "id", None) == "ValueError"
+    ]
+
+
+def test_library_code_raises_no_plain_value_error():
+    """Issue 32: every deliberate error is a FocusVitError, so the CLIs print it as one line
+    and ``except focusvit.FocusVitError`` catches every refusal of the library."""
+    found = {
+        str(path.relative_to(ROOT)): lines
+        for folder in LIBRARY
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if (lines := plain_value_errors(path))
+    }
+    assert not found, f"raise ConfigError (or another FocusVitError) instead: {found}"
+
+
+def test_the_check_sees_a_plain_value_error(tmp_path):
+    path = tmp_path / "module.py"
+    path.write_text("def f(x):\n    if x:\n        raise ValueError('bad')\n")
+    assert plain_value_errors(path) == [3]

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from focusvit.data.datasets import dataset_fingerprint
 from focusvit.data.episodes import sample_episode
-from focusvit.errors import NonFiniteError
+from focusvit.errors import ConfigError, NonFiniteError
 
 from .distributed import DistContext, shard
 from .episode_data import EpisodeData
@@ -148,13 +148,13 @@ def evaluate_many(
     spec.check_dataset(dataset)
     names = [r.name for r in runners]
     if len(set(names)) != len(names):
-        raise ValueError(f"runners must have distinct names, got {names}")
+        raise ConfigError(f"runners must have distinct names, got {names}")
     if outputs is not None and set(outputs) != set(names):
-        raise ValueError(f"outputs must name every runner ({names}), got {sorted(outputs)}")
+        raise ConfigError(f"outputs must name every runner ({names}), got {sorted(outputs)}")
     ids = check_episode_ids(episode_ids, spec.episodes)
     if context is not None and context.distributed:
         if outputs is None:
-            raise ValueError(
+            raise ConfigError(
                 "a multi-process evaluation needs output=PATH.jsonl to merge the ranks' episodes"
             )
         return _evaluate_sharded(runners, dataset, spec, outputs, ids, progress, on_episode,

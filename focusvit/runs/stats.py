@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from focusvit.errors import ConfigError
+
 
 def mean_and_ci(
     values: Tensor | Sequence[float], nan_policy: Literal["omit", "raise"] = "omit", ddof: int = 0
@@ -38,11 +40,11 @@ def mean_and_ci(
     finite = ~torch.isnan(data)
     if not bool(finite.all()):
         if nan_policy == "raise":
-            raise ValueError("values contain NaN; pass nan_policy='omit' to drop them")
+            raise ConfigError("values contain NaN; pass nan_policy='omit' to drop them")
         data = data[finite]
     n = int(data.numel())
     if n == 0:
-        raise ValueError("mean_and_ci needs at least one (non-NaN) value")
+        raise ConfigError("mean_and_ci needs at least one (non-NaN) value")
     mean = float(data.mean())
     if n - ddof <= 0:
         return mean, 0.0
