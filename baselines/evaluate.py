@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from focusvit.data.datasets import dataset_fingerprint
 from focusvit.runs import (
     DistContext,
     EpisodeData,
@@ -35,13 +36,33 @@ def baseline_method_name(model: EpisodicModel, transductive: bool = False) -> st
 
 
 class _MapCache:
-    """Encoder maps ``(C, h, w)`` of dataset items, computed once per index (eval mode)."""
+    """Encoder maps ``(C, h, w)`` of dataset items, computed once per index (eval mode) and
+    computed again when the item changed: per file for datasets with ``file_stamp`` (size and
+    modification time), else the whole cache when the dataset's content fingerprint changed
+    (a tensor dataset edited in place)."""
 
     def __init__(self, dataset, model: EpisodicModel, device: torch.device):
         self.dataset, self.model, self.device = dataset, model, device
         self._maps: dict[int, Tensor] = {}
+        self._stamp = getattr(dataset, "file_stamp", None)
+        self._stamps: dict[int, Any] = {}
+        self._content = None if self._stamp is not None else dataset_fingerprint(dataset)
+
+    def _revalidate(self, indices: Sequence[int]) -> None:
+        if self._stamp is not None:
+            for index in indices:
+                stamp = self._stamp(index)
+                if self._stamps.get(index) != stamp:
+                    self._maps.pop(index, None)
+                    self._stamps[index] = stamp
+            return
+        content = dataset_fingerprint(self.dataset)
+        if content is None or content != self._content:  # unknown content: never reused
+            self._maps.clear()
+            self._content = content
 
     def __call__(self, indices: Sequence[int]) -> Tensor:
+        self._revalidate(list(dict.fromkeys(indices)))
         missing = [i for i in dict.fromkeys(indices) if i not in self._maps]
         if missing:
             maps = self.model.encode(_load(self.dataset, missing, self.model).to(self.device))
@@ -88,9 +109,9 @@ class BaselineRunner:
         q_labels = episode.query_labels.to(self.device)
         with torch.no_grad():
             if self.cache_features:
-                maps = self._maps.setdefault(
-                    id(dataset), _MapCache(dataset, self.model, self.device)
-                )
+                maps = self._maps.get(id(dataset))
+                if maps is None or maps.dataset is not dataset:  # an id can be reused
+                    maps = self._maps[id(dataset)] = _MapCache(dataset, self.model, self.device)
                 predictions = self.model.predict_maps(
                     maps(episode.support), s_labels, maps(episode.query), self.transductive
                 )

@@ -422,3 +422,23 @@ def test_cached_maps_give_the_same_evaluation_as_encoding_every_episode():
     direct = evaluate_baseline(model, data, transductive=True, cache_features=False, **kwargs)
     assert cached.accuracies == direct.accuracies
     assert model.training  # training flags restored
+
+
+def test_cached_maps_follow_a_dataset_edited_in_place():
+    """Issue 32: the baselines' map cache was keyed by id(dataset) alone, so images edited in
+    place kept their old maps; with the cache the accuracies now equal the uncached ones."""
+    from focusvit.baselines.evaluate import BaselineRunner
+    from focusvit.runs import evaluate as evaluate_runner
+
+    data = dataset()
+    spec = EpisodeSpec(n_way=3, k_shot=1, n_query=2, episodes=4, seed=5)
+    model = tiny("can").eval()
+    cached = BaselineRunner(model, torch.device("cpu"), cache_features=True)
+    plain = BaselineRunner(model, torch.device("cpu"), cache_features=False)
+    before = evaluate_runner(cached, data, spec, progress=False)
+    generator = torch.Generator().manual_seed(3)
+    data.images.copy_(torch.randn(data.images.shape, generator=generator))  # edit in place
+    after = evaluate_runner(cached, data, spec, progress=False)
+    expected = evaluate_runner(plain, data, spec, progress=False)
+    assert after.accuracies == expected.accuracies
+    assert before.accuracies != expected.accuracies  # the edit changes the result
