@@ -239,72 +239,42 @@ def fit_task(
         with fit_task(backbone, xs, ys, tuner="lora", fort=FortConfig()) as task:
             accuracy = (task.predict(xq) == yq).float().mean()
     """
+    check_support(images, labels)
     # the task draws from torch's global RNG (tuner init, dropout, mini-batch order): fork it so
     # that the caller's stream is the same after the task as before (restored also on error)
-    device = getattr(images, "device", None)
-    devices = [device] if device is not None and device.type == "cuda" else []
-    with (
-        torch.random.fork_rng(devices=devices),
-        _fit_task(
-            backbone,
-            images,
-            labels,
-            tuner=tuner,
-            fort=fort,
-            options=options,
-            tuner_options=tuner_options,
-            shared=shared,
-            class_names=class_names,
-            **option_overrides,
-        ) as task,
-    ):
-        yield task
-
-
-@contextmanager
-def _fit_task(
-    backbone: BackboneAdapter,
-    images: Tensor,
-    labels: Tensor,
-    tuner: str | TunerConfig = "lora",
-    fort: FortConfig | bool | None = None,
-    options: FitOptions | None = None,
-    tuner_options: dict | None = None,
-    shared: dict | None = None,
-    class_names: Sequence[str] | None = None,
-    **option_overrides,
-) -> Iterator[TaskModel]:
-    """:func:`fit_task` without the RNG fork."""
-    check_support(images, labels)
-    options = replace(options or FitOptions(), **option_overrides)
-    config = tuner if isinstance(tuner, TunerConfig) else make_tuner(tuner, **(tuner_options or {}))
-    recipe = recipe_for(backbone.family, config.name).override(**options.recipe_overrides())
-    fort_config = resolve_fort(backbone, config.name, fort)
-    labels = labels.to(images.device)
-    head = _initial_head(backbone, images, labels, options.head_init, shared, class_names)
-    if recipe.head_scale != 1.0:
-        head = ScaledLinear.wrap(head, recipe.head_scale)
-    original_head = backbone.head if backbone.head_name else None
-    modes = {m: m.training for m in backbone.modules()}
-    targets = None
-    _swap_head(backbone, head)
-    try:
-        if fort_config is not None:
-            targets = _prompt_targets(backbone, images, labels, fort_config, options, shared)
-        with apply_tuner(backbone, config) as tuned:
-            task = TaskModel(
-                backbone,
-                recipe,
-                fort_config,
-                prompt_targets=targets,
-                parameter_counts=tuned.parameter_counts(),
-            )
-            _train(task, tuned, images, labels)
-            yield task
-    finally:
-        _restore_head(backbone, original_head)
-        for module, mode in modes.items():
-            module.train(mode)
+    devices = [images.device] if images.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        options = replace(options or FitOptions(), **option_overrides)
+        config = (
+            tuner if isinstance(tuner, TunerConfig) else make_tuner(tuner, **(tuner_options or {}))
+        )
+        recipe = recipe_for(backbone.family, config.name).override(**options.recipe_overrides())
+        fort_config = resolve_fort(backbone, config.name, fort)
+        labels = labels.to(images.device)
+        head = _initial_head(backbone, images, labels, options.head_init, shared, class_names)
+        if recipe.head_scale != 1.0:
+            head = ScaledLinear.wrap(head, recipe.head_scale)
+        original_head = backbone.head if backbone.head_name else None
+        modes = {m: m.training for m in backbone.modules()}
+        targets = None
+        _swap_head(backbone, head)
+        try:
+            if fort_config is not None:
+                targets = _prompt_targets(backbone, images, labels, fort_config, options, shared)
+            with apply_tuner(backbone, config) as tuned:
+                task = TaskModel(
+                    backbone,
+                    recipe,
+                    fort_config,
+                    prompt_targets=targets,
+                    parameter_counts=tuned.parameter_counts(),
+                )
+                _train(task, tuned, images, labels)
+                yield task
+        finally:
+            _restore_head(backbone, original_head)
+            for module, mode in modes.items():
+                module.train(mode)
 
 
 def check_support(images: Tensor, labels: Tensor) -> None:
