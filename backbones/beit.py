@@ -198,12 +198,6 @@ class HFBeitAdapter(InsertedTokenBiasMixin, HFHeadMixin, BackboneAdapter):
 
     # structure
     @property
-    def head_name(self) -> str:
-        return (
-            "classifier" if isinstance(getattr(self.model, "classifier", None), nn.Linear) else ""
-        )
-
-    @property
     def num_features(self) -> int:
         return int(self.config.hidden_size)
 

@@ -144,11 +144,6 @@ class HFCLIPAdapter(HFHeadMixin, BackboneAdapter):
 
     # structure
     @property
-    def head_name(self) -> str:
-        head = getattr(self.model, "classifier", None)
-        return "classifier" if isinstance(head, nn.Linear) else ""
-
-    @property
     def num_features(self) -> int:
         if self._mode in ("projected", "normalised"):
             return int(self.model.visual_projection.out_features)

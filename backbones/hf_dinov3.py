@@ -111,11 +111,6 @@ class HFDINOv3Adapter(HFHeadMixin, BackboneAdapter):
 
     # structure
     @property
-    def head_name(self) -> str:
-        head = getattr(self.model, "classifier", None)
-        return "classifier" if isinstance(head, nn.Linear) else ""
-
-    @property
     def num_features(self) -> int:
         return int(self.config.hidden_size)
 

@@ -137,12 +137,6 @@ class HFSiglipAdapter(HFHeadMixin, BackboneAdapter):
 
     # structure
     @property
-    def head_name(self) -> str:
-        return (
-            "classifier" if isinstance(getattr(self.model, "classifier", None), nn.Linear) else ""
-        )
-
-    @property
     def num_features(self) -> int:
         return int(self.tower.config.hidden_size)
 

@@ -62,12 +62,6 @@ class HFSwinAdapter(SwinAdapterMixin, HFHeadMixin, BackboneAdapter):
         return tokens.mean(dim=1)
 
     @property
-    def head_name(self) -> str:
-        return (
-            "classifier" if isinstance(getattr(self.model, "classifier", None), nn.Linear) else ""
-        )
-
-    @property
     def num_features(self) -> int:
         return int(self.base.num_features)
 

@@ -119,6 +119,12 @@ class HFHeadMixin:
         """The Hugging Face config of the model."""
         return self.model.config
 
+    @property
+    def head_name(self) -> str:
+        """``"classifier"`` while that child is a linear head, else ``""``."""
+        head = getattr(self.model, "classifier", None)
+        return "classifier" if isinstance(head, nn.Linear) else ""
+
     def _attach_head(self, head: nn.Module) -> None:
         model = self.model
         if "classifier" in model._modules:  # ForImageClassification with its head removed
@@ -205,12 +211,6 @@ class HFViTAdapter(HFHeadMixin, BackboneAdapter):
         return self.head(self.pool(tokens))
 
     # structure
-    @property
-    def head_name(self) -> str:
-        return (
-            "classifier" if isinstance(getattr(self.model, "classifier", None), nn.Linear) else ""
-        )
-
     @property
     def num_features(self) -> int:
         width = int(self.config.hidden_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -48,10 +49,19 @@ class TimmSwinAdapter(SwinAdapterMixin, TimmHeadMixin, BackboneAdapter):
     ``dynamic_mask``), which FORT's loss uses."""
 
     window_partition_order = "roll_then_pad"
+    #: the models this class takes, the stage container, and the SSF sites (Swin V2 subclasses)
+    accepts = staticmethod(is_timm_swin)
+    STAGES: ClassVar[str] = "layers"
+    # timm's Swin ``patch_embed`` ends with its norm and returns (B, h, w, C) tokens
+    SSF_EMBED: ClassVar[str] = "patch_embed"
+    SSF_BLOCK_PARTS: ClassVar[tuple[str, ...]] = (
+        "norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"
+    )  # fmt: skip
+    SSF_FINAL: ClassVar[tuple[str, ...]] = ("norm",)
 
     def __init__(self, model: nn.Module, name: str = "", data_config: dict | None = None):
-        if not is_timm_swin(model):
-            raise UnsupportedFamilyError(f"{type(model).__name__} is not a timm Swin Transformer")
+        if not self.accepts(model):
+            raise UnsupportedFamilyError(f"{type(model).__name__} is not a {type(self).__name__}")
         super().__init__(model, name, data_config)
 
     def tokens(self, x: Tensor) -> Tensor:
@@ -73,11 +83,15 @@ class TimmSwinAdapter(SwinAdapterMixin, TimmHeadMixin, BackboneAdapter):
         return int(self.model.num_features)
 
     @property
+    def _stages(self) -> list[nn.Module]:
+        return list(getattr(self.model, self.STAGES).children())
+
+    @property
     def blocks(self) -> list[nn.Module]:
-        return [block for stage in self.model.layers for block in stage.blocks]
+        return [block for stage in self._stages for block in stage.blocks]
 
     def stage_of_block(self) -> list[int]:
-        return [i for i, stage in enumerate(self.model.layers) for _ in stage.blocks]
+        return [i for i, stage in enumerate(self._stages) for _ in stage.blocks]
 
     def _block_window(self, block: nn.Module) -> tuple[tuple[int, int], tuple[int, int]]:
         return to_tuple2(block.window_size), to_tuple2(block.shift_size)
@@ -94,16 +108,13 @@ class TimmSwinAdapter(SwinAdapterMixin, TimmHeadMixin, BackboneAdapter):
     def lora_targets(self) -> list[str]:
         return ["qkv", "proj"]
 
-    SSF_BLOCK_PARTS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
-
     @property
     def ssf_targets(self) -> list[str]:
-        # timm's Swin ``patch_embed`` ends with its norm and returns (B, h, w, C) tokens.
         m = self.model
         return (
-            submodule_names(m, [m], ["patch_embed"])
+            submodule_names(m, [m], [self.SSF_EMBED])
             + submodule_names(m, self.blocks, self.SSF_BLOCK_PARTS)
-            + submodule_names(m, [m], ["norm"])
+            + submodule_names(m, [m], list(self.SSF_FINAL))
         )
 
     @property

@@ -15,16 +15,12 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from focusvit.errors import UnsupportedFamilyError
-
-from .base import AttentionSite, BackboneAdapter, submodule_names, to_tuple2
+from .base import AttentionSite
 from .registry import FamilyEntry, register_family
 from .swinv2 import continuous_position_bias, cosine_logits, cosine_site
 from .timm_qkv import fused_qkv, qkv_module_called
-from .timm_swin import checked_forward_features
-from .timm_vit import TimmHeadMixin
+from .timm_swin import TimmSwinAdapter, checked_forward_features
 from .tiny import register_tiny
-from .windows import SwinAdapterMixin
 
 
 def _blocks_of(stages: object) -> list[nn.Module]:
@@ -79,14 +75,13 @@ def _cr_logits(attn: nn.Module, x: Tensor) -> Tensor:
     return logits + attn._relative_positional_encodings()
 
 
-class _TimmSwinV2Base(SwinAdapterMixin, TimmHeadMixin, BackboneAdapter):
-    """What timm's two Swin V2 implementations share; subclasses name the stage container,
-    the logits, the token layout and the SSF sites."""
+class _TimmSwinV2Base(TimmSwinAdapter):
+    """What timm's two Swin V2 implementations share beyond timm Swin (stages, windows, head,
+    SSF layout): post-norm blocks and cosine attention sites; subclasses name the stage
+    container, the logits, the token layout and the SSF sites. ``gradcam_layer`` (the last
+    block's ``norm1``) is the normalised attention output ``(B, H, W, C)`` here."""
 
-    window_partition_order = "roll_then_pad"
-    STAGES: ClassVar[str] = "layers"
     LOGITS: ClassVar[Callable[[nn.Module, Tensor], Tensor]]
-    SSF_EMBED: ClassVar[str] = "patch_embed"
     # post-norm blocks: ``x + norm1(attn(x))``, then ``x + norm2(mlp(x))`` (execution order)
     SSF_BLOCK_PARTS: ClassVar[tuple[str, ...]] = (
         "attn.qkv",
@@ -96,86 +91,11 @@ class _TimmSwinV2Base(SwinAdapterMixin, TimmHeadMixin, BackboneAdapter):
         "mlp.fc2",
         "norm2",
     )
-    SSF_FINAL: ClassVar[tuple[str, ...]] = ("norm",)
-
-    @staticmethod
-    def accepts(model: nn.Module) -> bool:
-        raise NotImplementedError
-
-    def __init__(self, model: nn.Module, name: str = "", data_config: dict | None = None):
-        if not self.accepts(model):
-            raise UnsupportedFamilyError(f"{type(model).__name__} is not a {type(self).__name__}")
-        super().__init__(model, name, data_config)
-
-    def _features(self, x: Tensor) -> Tensor:
-        """``forward_features`` after the input checks."""
-        return checked_forward_features(self, x)
-
-    @property
-    def head_name(self) -> str:
-        fc = getattr(getattr(self.model, "head", None), "fc", None)
-        return "head.fc" if isinstance(fc, nn.Linear) else ""
-
-    @property
-    def num_features(self) -> int:
-        return int(self.model.num_features)
-
-    @property
-    def _stages(self) -> list[nn.Module]:
-        return list(getattr(self.model, self.STAGES).children())
-
-    @property
-    def blocks(self) -> list[nn.Module]:
-        return [block for stage in self._stages for block in stage.blocks]
-
-    def stage_of_block(self) -> list[int]:
-        return [i for i, stage in enumerate(self._stages) for _ in stage.blocks]
-
-    def _block_window(self, block: nn.Module) -> tuple[tuple[int, int], tuple[int, int]]:
-        return to_tuple2(block.window_size), to_tuple2(block.shift_size)
-
-    @property
-    def input_module(self) -> nn.Module:
-        return self.model.patch_embed
-
-    @property
-    def gradcam_layer(self) -> nn.Module:
-        """The last block's ``norm1``: ``(B, H, W, C)``, the normalised attention output."""
-        return self.blocks[-1].norm1
-
-    @property
-    def lora_targets(self) -> list[str]:
-        return ["qkv", "proj"]
-
-    @property
-    def ssf_targets(self) -> list[str]:
-        m = self.model
-        return (
-            submodule_names(m, [m], [self.SSF_EMBED])
-            + submodule_names(m, self.blocks, self.SSF_BLOCK_PARTS)
-            + submodule_names(m, [m], list(self.SSF_FINAL))
-        )
-
-    @property
-    def patch_size(self) -> tuple[int, int]:
-        return to_tuple2(self.model.patch_embed.patch_size)
-
-    @property
-    def heads_per_block(self) -> list[int]:
-        return [int(block.attn.num_heads) for block in self.blocks]
 
     def attention_sites(self) -> list[AttentionSite]:
         logits_of = type(self).LOGITS
         sites = [cosine_site(b.attn, [b.attn.qkv], logits_of) for b in self.blocks]
         return self._with_shift_masks(sites)
-
-    def _attention_module(self, block: nn.Module) -> nn.Module:
-        return block.attn
-
-    @staticmethod
-    def _mask_argument(args: tuple, kwargs: dict) -> Tensor | None:
-        # both blocks: ``self.attn(x_windows, mask=attn_mask)``
-        return kwargs["mask"] if "mask" in kwargs else (args[1] if len(args) > 1 else None)
 
 
 class TimmSwinV2Adapter(_TimmSwinV2Base):
@@ -188,20 +108,13 @@ class TimmSwinV2Adapter(_TimmSwinV2Base):
     so ``qkv`` runs and LoRA / SSF on it act; an untuned model runs its own code.
     """
 
-    STAGES = "layers"
     LOGITS = staticmethod(_v2_logits)
     accepts = staticmethod(is_timm_swinv2)
 
     def tokens(self, x: Tensor) -> Tensor:
         """Final tokens ``(B, H, W, C)``; a tuned ``qkv`` module is called (class docstring)."""
         with qkv_module_called([block.attn for block in self.blocks]):
-            return self._features(x)
-
-    def pool(self, tokens: Tensor) -> Tensor:
-        return self.model.forward_head(tokens, pre_logits=True)
-
-    def head_from_tokens(self, tokens: Tensor) -> Tensor:
-        return self.model.forward_head(tokens)
+            return checked_forward_features(self, x)
 
 
 class TimmSwinV2CrAdapter(_TimmSwinV2Base):
@@ -218,7 +131,7 @@ class TimmSwinV2CrAdapter(_TimmSwinV2Base):
     SSF_FINAL = ()
 
     def tokens(self, x: Tensor) -> Tensor:
-        return self._features(x).permute(0, 2, 3, 1)
+        return checked_forward_features(self, x).permute(0, 2, 3, 1)
 
     def pool(self, tokens: Tensor) -> Tensor:
         return self.model.forward_head(tokens.permute(0, 3, 1, 2), pre_logits=True)
