@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from focusvit.data.datasets import dataset_fingerprint
+from focusvit.data import ContentWatch
 from focusvit.runs import (
     DistContext,
     EpisodeData,
@@ -44,22 +44,14 @@ class _MapCache:
     def __init__(self, dataset, model: EpisodicModel, device: torch.device):
         self.dataset, self.model, self.device = dataset, model, device
         self._maps: dict[int, Tensor] = {}
-        self._stamp = getattr(dataset, "file_stamp", None)
-        self._stamps: dict[int, Any] = {}
-        self._content = None if self._stamp is not None else dataset_fingerprint(dataset)
+        self._watch = ContentWatch(dataset)
 
     def _revalidate(self, indices: Sequence[int]) -> None:
-        if self._stamp is not None:
-            for index in indices:
-                stamp = self._stamp(index)
-                if self._stamps.get(index) != stamp:
-                    self._maps.pop(index, None)
-                    self._stamps[index] = stamp
-            return
-        content = dataset_fingerprint(self.dataset)
-        if content is None or content != self._content:  # unknown content: never reused
+        changed = self._watch.changed(indices)
+        if changed is None or self._watch.content is None:  # unknown content: never reused
             self._maps.clear()
-            self._content = content
+        for index in changed or ():
+            self._maps.pop(index, None)
 
     def __call__(self, indices: Sequence[int]) -> Tensor:
         self._revalidate(list(dict.fromkeys(indices)))

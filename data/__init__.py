@@ -1,6 +1,7 @@
 """focusvit.data: images, few-shot datasets (folders, tensors, synthetic scenes) and episodes."""
 
 from .datasets import (
+    ContentWatch,
     FewShotDataset,
     ImageFolderDataset,
     TensorDataset,
@@ -20,6 +21,7 @@ from .synthetic import SceneConfig, SyntheticScenes, class_splits
 
 __all__ = [
     "RESIZE_POLICIES",
+    "ContentWatch",
     "Episode",
     "EpisodeError",
     "FewShotDataset",

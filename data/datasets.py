@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -59,6 +59,45 @@ def dataset_fingerprint(dataset: Any) -> str | None:
     dataset kind that does not define one (its content cannot be told apart from another's)."""
     method = getattr(dataset, "content_fingerprint", None)
     return method() if callable(method) else None
+
+
+class ContentWatch:
+    """What changed in a dataset since it was last looked at, for caches of per-item results
+    (feature caches): per item for datasets with ``file_stamp`` (a file's size and modification
+    time, stamped for every item when the watch starts), else the whole content when its
+    :func:`dataset_fingerprint` changed.
+
+    Attributes:
+        content: the dataset's fingerprint as last seen (``None`` for a kind without one).
+    """
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+        self._stamp = getattr(dataset, "file_stamp", None)
+        self._stamps = (
+            {} if self._stamp is None else {i: self._stamp(i) for i in range(len(dataset))}
+        )
+        self.content = dataset_fingerprint(dataset)
+
+    def changed(self, indices: Sequence[int]) -> list[int] | None:
+        """The items among ``indices`` that changed since the last look (``[]``: none), or
+        ``None`` when any item may have changed (a dataset without per-item stamps whose
+        fingerprint changed); :attr:`content` is brought up to date when anything changed."""
+        if self._stamp is None:
+            content = dataset_fingerprint(self.dataset)
+            if content == self.content:
+                return []
+            self.content = content
+            return None
+        changed = []
+        for index in indices:
+            stamp = self._stamp(index)
+            if stamp != self._stamps.get(index):
+                self._stamps[index] = stamp
+                changed.append(index)
+        if changed:
+            self.content = dataset_fingerprint(self.dataset)
+        return changed
 
 
 def _check_split(split: Any) -> str | None:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter
-from focusvit.data import dataset_fingerprint
+from focusvit.data import ContentWatch
 from focusvit.errors import CheckpointError, ConfigError
 from focusvit.runs import (
     dataset_settings,
@@ -71,13 +71,10 @@ class FeatureCache:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.directory = None if directory is None else Path(directory)
-        self._stamp = getattr(dataset, "file_stamp", None)
-        self._stamps: dict[int, Any] = {}
-        if self._stamp is not None:
-            self._stamps = {i: self._stamp(i) for i in range(len(dataset))}
+        self._watch = ContentWatch(dataset)
         self._features: dict[int, Tensor] = {}
         self._dirty = False
-        self._set_key(dataset_fingerprint(dataset))
+        self._set_key(self._watch.content)
         if self.directory is not None and self.content is None:
             warnings.warn(
                 f"{type(dataset).__name__} has no content_fingerprint(), so its features are not "
@@ -122,20 +119,16 @@ class FeatureCache:
     def _revalidate(self, indices: Sequence[int]) -> None:
         """Drop the features of images that changed since they were computed (per file for
         datasets with ``file_stamp``, else the whole cache when the content hash changed)."""
-        if self._stamp is not None:
-            changed = {i: s for i in indices if (s := self._stamp(i)) != self._stamps.get(i)}
-            if not changed:
-                return
-            for index, stamp in changed.items():
-                self._features.pop(index, None)
-                self._stamps[index] = stamp
-        elif dataset_fingerprint(self.dataset) == self.content:
+        changed = self._watch.changed(indices)
+        if changed == []:
             return
-        else:
+        if changed is None:
             self._features = {}
-        self._set_key(dataset_fingerprint(self.dataset))
+        for index in changed or ():
+            self._features.pop(index, None)
+        self._set_key(self._watch.content)
         self._dirty = True
-        if self._stamp is None:
+        if changed is None:  # another content: its own file may exist
             self._load()
 
     def __call__(self, indices: Sequence[int]) -> Tensor:
