@@ -414,22 +414,36 @@ def make_runner(
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device``, or CUDA when available and the CPU otherwise; a device that is not there
-    (``"cuda"`` without a GPU, an unknown name) is refused with the fix."""
+    """``device``, or CUDA when available and the CPU otherwise. A device torch does not know,
+    or CUDA / MPS where there is none, is refused with the fix (the one check of the API and
+    the CLIs' ``device=``)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    fix = (
+        "use device=cpu, device=cuda or device=cuda:N, or leave device unset (CUDA when available)"
+    )
     try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ConfigError(f"unknown device {device!r} ({error}); use 'cpu' or 'cuda'") from error
-    if resolved.type == "cuda":
+        parsed = torch.device(str(device))
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={device} is not a device; {fix}") from None
+    if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0 or (resolved.index is not None and resolved.index >= count):
+        if count == 0:
             raise ConfigError(
-                f"device {str(resolved)!r} is not available ({count} CUDA devices here); use "
-                "device='cpu', or leave device unset to take a GPU when there is one"
+                f"device={device} but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                "use device=cpu, or leave device unset to use a GPU only when there is one"
             )
-    return resolved
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(
+                f"device={device} but torch sees {count} CUDA GPU(s) (cuda:0..cuda:{count - 1}); "
+                "use one of those, or device=cuda"
+            )
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device={device} but MPS is not available here; {fix}")
+    elif parsed.type != "cpu":
+        raise ConfigError(f"device={device} is not supported by focusvit; {fix}")
+    return parsed
 
 
 def evaluate(

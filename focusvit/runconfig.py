@@ -253,35 +253,12 @@ def normalise_inputs(inputs: Any) -> list[str]:
 
 
 def check_device(device: str | None) -> None:
-    """Refuse a ``device`` torch does not know, or CUDA / MPS where there is none."""
-    if device is None:
-        return
-    import torch
+    """Refuse a ``device`` torch does not know, or CUDA / MPS where there is none
+    (:func:`focusvit.finetune.evaluate.resolve_device`); ``None`` picks one later."""
+    if device is not None:
+        from focusvit.finetune.evaluate import resolve_device
 
-    fix = (
-        "use device=cpu, device=cuda or device=cuda:N, or leave device unset (CUDA when available)"
-    )
-    try:
-        parsed = torch.device(str(device))
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"device={device} is not a device; {fix}") from None
-    if parsed.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(
-                f"device={device} but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
-                "use device=cpu, or leave device unset to use a GPU only when there is one"
-            )
-        if parsed.index is not None and parsed.index >= count:
-            raise ConfigError(
-                f"device={device} but torch sees {count} CUDA GPU(s) (cuda:0..cuda:{count - 1}); "
-                "use one of those, or device=cuda"
-            )
-    elif parsed.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ConfigError(f"device={device} but MPS is not available here; {fix}")
-    elif parsed.type != "cpu":
-        raise ConfigError(f"device={device} is not supported by focusvit; {fix}")
+        resolve_device(device)
 
 
 def check_paths(paths: list[str]) -> None:
