@@ -172,8 +172,7 @@ class BackboneAdapter(nn.Module):
         Draws from torch's global RNG like the library does (seed before calling it for
         reproducible heads).
         """
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ConfigError(f"num_classes must be a whole number >= 0, got {num_classes!r}")
+        check_num_classes(num_classes)
         if num_classes == 0:
             self.remove_head()
         else:
@@ -375,7 +374,7 @@ class BackboneAdapter(nn.Module):
         Raises:
             UnsupportedMethodError: ``count > 0`` on a family without a token sequence.
         """
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        if not is_whole_number(count):
             raise ConfigError(f"inserted token count must be an int >= 0, got {count!r}")
         if count and self.family != "vit":
             raise UnsupportedMethodError(
@@ -655,6 +654,17 @@ def _check_raw_images(images: Any) -> Any:
                 f"backbone.preprocess(focusvit.load_images({str(item)!r}))"
             )
     return images if single else items
+
+
+def is_whole_number(value: Any, minimum: int = 0) -> bool:
+    """True for an ``int`` (not a ``bool``) of at least ``minimum``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_num_classes(num_classes: Any) -> None:
+    """Refuse a head size that is no whole number >= 0 (0: no head)."""
+    if not is_whole_number(num_classes):
+        raise ConfigError(f"num_classes must be a whole number >= 0, got {num_classes!r}")
 
 
 def _raw_image_error(item: Any) -> str:

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from focusvit.errors import (
-    ConfigError,
     InputSizeError,
     UnsupportedFamilyError,
     UnsupportedMethodError,
@@ -18,6 +17,7 @@ from .base import (
     AttentionSite,
     BackboneAdapter,
     TokenLayout,
+    check_num_classes,
     split_heads,
     submodule_names,
     to_tuple2,
@@ -68,8 +68,7 @@ class TimmHeadMixin:
 
     def reset_head(self, num_classes: int) -> None:
         """A fresh head with ``num_classes`` outputs from timm's ``reset_classifier`` (0: none)."""
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ConfigError(f"num_classes must be a whole number >= 0, got {num_classes!r}")
+        check_num_classes(num_classes)
         reset = getattr(self.model, "reset_classifier", None)
         if callable(reset):
             reset(num_classes)
