@@ -40,6 +40,7 @@ from focusvit.runconfig import (
     normalise_inputs,
 )
 from focusvit.runs import BackboneSpec, DistContext, EpisodeSpec, RunDir
+from focusvit.runs.rundir import check_out_folder
 
 #: keys of a run's settings that may change when its folder is resumed
 RESUMABLE_KEYS = ("episodes.episodes", "methods", "progress", "report", "device", "out")
@@ -162,26 +163,6 @@ def check_synthetic_counts(inputs: list[str]) -> None:
             )
 
 
-def check_out(out: str | Path) -> None:
-    """Refuse an output folder that cannot be one before anything is written: an existing
-    file, a folder (or the nearest existing parent of a new one) that is not writable."""
-    path = Path(out).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(
-            f"out={out} is a file, not a folder; pass a folder path (new or an earlier run's)"
-        )
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"out={out} cannot be created: {existing} is a file; pick another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"out={out} cannot be written ({existing} is read-only for this user); pick a "
-            "writable folder, e.g. out=outputs/run1"
-        )
-
-
 def _load_inputs(inputs: list[str], limit: int):
     """``(images, names, masks or None, true class names or None)`` from paths, ``samples`` or
     ``synthetic[:N]`` (only the synthetic scenes know their class: its glyph name)."""
@@ -245,7 +226,7 @@ def run_explain(cfg: DictConfig, out_dir: str | Path | None = None, progress: bo
 
     plan = validate_explain(cfg)
     out = Path(out_dir or cfg.out)
-    check_out(out)
+    check_out_folder(out)
     resumed = prepare_output_dir(out, cfg)
     if resumed:
         _say(f"focusvit-explain: {out} holds this run already; recomputing its report")
@@ -454,7 +435,7 @@ def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str,
 
     plan = validate_fewshot(cfg)
     out = Path(out_dir or cfg.out)
-    check_out(out)
+    check_out_folder(out)
     folder = run_dir(out, cfg)
     resumed = folder.check()
     context = DistContext.from_env(cfg.device)
@@ -690,7 +671,7 @@ def run_entry_point(name: str, hydra_main: Callable[[], Any]) -> Any:
 
     out = _out_override(sys.argv[1:])
     if out is not None:
-        _guard(name, lambda: check_out(out))
+        _guard(name, lambda: check_out_folder(out))
     original = hydra_utils.run_and_report
     hydra_utils.run_and_report = _hydra_report(name)
     try:

@@ -60,12 +60,12 @@ def run_pretrain(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
     """Validate, train (or resume) into ``out_dir`` (default ``cfg.out``); returns the model path."""
     import json
 
-    from focusvit.cli import check_out
     from focusvit.pretraining import pretrain
+    from focusvit.runs.rundir import check_out_folder
 
     config = pretrain_config(cfg)
     out = Path(out_dir or cfg.out)
-    check_out(out)
+    check_out_folder(out)
     try:
         path = pretrain(config, out, progress=bool(cfg.progress))
     except ValueError as error:  # a run folder with other settings

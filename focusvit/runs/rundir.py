@@ -19,6 +19,32 @@ from .settings import check_settings, to_plain
 SETTINGS_FILE = "settings.json"
 
 
+def refuse_file(path: Path) -> None:
+    """Refuse an output folder path that is an existing file."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"out={path} is a file, not a folder; choose another out=... (a folder, new or "
+            "holding this run)"
+        )
+
+
+def check_out_folder(out: str | os.PathLike) -> None:
+    """Refuse an output folder that cannot be one, before anything is written: an existing
+    file, or a folder (or the nearest existing parent of a new one) that is not writable."""
+    path = Path(out).expanduser()
+    refuse_file(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"out={out} cannot be created: {existing} is a file; pick another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"out={out} cannot be written ({existing} is read-only for this user); pick a "
+            "writable folder, e.g. out=outputs/run1"
+        )
+
+
 class RunDir:
     """A run folder.
 
@@ -59,11 +85,7 @@ class RunDir:
                 is not empty and not a focusvit run folder.
             ConfigError: the path is a file, not a folder.
         """
-        if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(
-                f"{self.path} is a file, not a folder; choose another out=... (a folder, new or "
-                "holding this run)"
-            )
+        refuse_file(self.path)
         if self.settings_file.exists():
             try:
                 stored = json.loads(self.settings_file.read_text())
