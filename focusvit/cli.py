@@ -34,6 +34,7 @@ from focusvit.runconfig import (
     CONFIG_PATH,
     build,
     check_device,
+    check_fraction,
     check_paths,
     explainer_nodes,
     instantiate,
@@ -96,8 +97,7 @@ def validate_explain(cfg: DictConfig) -> ExplainPlan:
     explainers = {
         name: instantiate(node, f"explainer.{name}") for name, node in explainer_nodes(cfg).items()
     }
-    prompts = build(cfg, "prompting")
-    check_prompting(prompts)
+    prompts = build(cfg, "prompting")  # PromptSpec checks its sizes and fractions
     check_ranges(cfg.report, "report", EXPLAIN_REPORT_RANGES)
     check_device(cfg.device)
     return ExplainPlan(backbone, explainers, prompts, inputs)
@@ -130,25 +130,6 @@ def check_ranges(node: Any, prefix: str, ranges: dict[str, tuple]) -> None:
                 f"{prefix}.{key} must be a whole number {bound}, got {value!r}; e.g. "
                 f"{prefix}.{key}={example}"
             )
-
-
-def check_fraction(value: Any, name: str, example: float) -> None:
-    """Refuse a fraction outside ``(0, 1]`` (NaN included)."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-        raise ConfigError(
-            f"{name} must be a fraction in (0, 1], got {value!r}; e.g. {name}={example}"
-        )
-
-
-def check_prompting(prompts: Any) -> None:
-    """Refuse a prompt coverage or fraction outside (0, 1] and a ``top_k`` below 1."""
-    check_fraction(getattr(prompts, "coverage", None), "prompting.coverage", 0.5)
-    check_fraction(getattr(prompts, "top_fraction", None), "prompting.top_fraction", 0.0714)
-    top_k = getattr(prompts, "top_k", None)
-    if top_k is not None and (isinstance(top_k, bool) or top_k < 1):
-        raise ConfigError(f"prompting.top_k must be a whole number >= 1, got {top_k!r}; e.g. 14")
 
 
 def check_synthetic_counts(inputs: list[str]) -> None:

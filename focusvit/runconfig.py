@@ -51,6 +51,16 @@ __all__ = [
 ]
 
 
+def check_fraction(value: Any, name: str, example: float) -> None:
+    """Refuse a fraction outside ``(0, 1]`` (NaN included); ``None`` is unset."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ConfigError(
+            f"{name} must be a fraction in (0, 1], got {value!r}; e.g. {name}={example}"
+        )
+
+
 @dataclass
 class PromptSpec:
     """Position prompts of ``focusvit-explain`` (arguments of :func:`focusvit.make_prompts`).
@@ -72,10 +82,15 @@ class PromptSpec:
             self.top_k = None  # a fraction given on the command line replaces the default count
         if self.top_k is None and self.top_fraction is None and self.coverage is None:
             raise ConfigError("prompting needs top_k, top_fraction or coverage")
-        if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(f"prompting.top_k must be >= 1, got {self.top_k}")
-        if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
-            raise ConfigError(f"prompting.top_fraction must lie in (0, 1], got {self.top_fraction}")
+        top_k = self.top_k
+        if top_k is not None and (
+            isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
+        ):
+            raise ConfigError(
+                f"prompting.top_k must be a whole number >= 1, got {top_k!r}; e.g. 14"
+            )
+        check_fraction(self.top_fraction, "prompting.top_fraction", 0.0714)
+        check_fraction(self.coverage, "prompting.coverage", 0.5)
         if self.weighting not in ("importance", "multi_hot"):
             raise ConfigError(
                 f"prompting.weighting must be importance or multi_hot, got {self.weighting!r}"
