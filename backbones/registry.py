@@ -101,7 +101,7 @@ def adapt(
     model = _unwrap(model)
     entry = family_of(model)
     if entry is not None:
-        config = data_config or _data_config_of(model)
+        config = data_config or _data_config_of(model, entry)
         return entry.adapter(model, name=name or type(model).__name__, data_config=config)
     raise UnsupportedFamilyError(
         f"no focusvit adapter for {type(model).__name__}; supported families: "
@@ -111,8 +111,9 @@ def adapt(
     )
 
 
-def _data_config_of(model: nn.Module) -> dict:
-    """Preprocessing from the model's own config (timm pretrained_cfg or HF config)."""
+def _data_config_of(model: nn.Module, entry: FamilyEntry | None = None) -> dict:
+    """Preprocessing from the model's own config (timm pretrained_cfg or HF config); the
+    normalisation defaults of ``entry`` (looked up when not given) where the config has none."""
     if type(model).__module__.startswith("timm."):
         from timm.data import resolve_data_config
 
@@ -133,6 +134,6 @@ def _data_config_of(model: nn.Module) -> dict:
         # SigLIP2 (NaFlex) configs give the patch count of the native grid, not a size
         size = math.isqrt(int(config.num_patches)) * int(config.patch_size)
     size = 224 if size is None else size if isinstance(size, int) else int(size[0])
-    entry = family_of(model)
+    entry = entry or family_of(model)
     mean, std = entry.adapter.default_mean_std if entry is not None else IMAGENET_MEAN_STD
     return default_data_config(size, mean=mean, std=std)
