@@ -256,7 +256,6 @@ class HFBeitAdapter(InsertedTokenBiasMixin, HFHeadMixin, BackboneAdapter):
             sites.append(
                 RecomputedSite(
                     modules=qk,
-                    split=None,  # type: ignore[arg-type]
                     scale=float(getattr(owner, "scaling", 1.0)),
                     owner=owner,
                     compute=lambda args, kwargs, o=owner, f=compute: f(o, args, kwargs),

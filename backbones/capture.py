@@ -101,10 +101,15 @@ class RecomputedSite(AttentionSite):
     in the autograd graph, so the attention loss trains through it.
 
     Attributes:
+        modules: the projections the logits depend on (documentation; not hooked).
+        scale: ``q kᵀ`` multiplier, used to recognise the layer's SDPA call (``sdpa_owner``).
         owner: the attention module whose forward inputs are read (a forward pre-hook).
         compute: ``(args, kwargs) -> logits``.
     """
 
+    modules: Sequence[nn.Module] = ()
+    split: None = None  # no projection outputs to split: ``compute`` gives the logits
+    scale: float = 1.0
     owner: nn.Module | None = None
     compute: Callable[[tuple, dict], Tensor] | None = None
 

@@ -163,7 +163,6 @@ class HFDINOv3Adapter(HFHeadMixin, BackboneAdapter):
         return [
             RecomputedSite(
                 modules=[block.attention.q_proj, block.attention.k_proj],
-                split=None,  # type: ignore[arg-type]
                 scale=float(block.attention.scaling),
                 owner=block.attention,
                 compute=rotary_logits(block.attention),

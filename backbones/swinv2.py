@@ -98,7 +98,7 @@ def cosine_site(owner: nn.Module, modules: list[nn.Module], logits_of: LogitsOf)
         with replayed_randomness(owner, x):
             return logits_of(owner, x)
 
-    return RecomputedSite(modules=modules, split=None, scale=1.0, owner=owner, compute=compute)  # type: ignore[arg-type]
+    return RecomputedSite(modules=modules, owner=owner, compute=compute)
 
 
 # ----------------------------------------------------------------------------- Hugging Face

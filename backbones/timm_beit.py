@@ -91,7 +91,6 @@ class TimmBeitAdapter(InsertedTokenBiasMixin, TimmViTAdapter):
         return [
             RecomputedSite(
                 modules=[block.attn.qkv],  # what the logits depend on (not hooked)
-                split=None,  # type: ignore[arg-type]
                 scale=float(block.attn.scale),
                 eager_owner=block.attn,
                 probs_module=block.attn.attn_drop,

@@ -152,7 +152,6 @@ class TimmEvaAdapter(TimmViTAdapter):
         modules = [attn.qkv] if attn.qkv is not None else [attn.q_proj, attn.k_proj]
         return RecomputedSite(
             modules=modules,
-            split=None,  # type: ignore[arg-type]
             scale=float(attn.scale),
             eager_owner=attn,
             probs_module=attn.attn_drop,
