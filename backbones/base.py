@@ -257,7 +257,8 @@ class BackboneAdapter(nn.Module):
 
     @property
     def ssf_targets(self) -> list[str]:
-        """Modules whose outputs SSF scales and shifts (DESIGN.md section 6), as data.
+        """Modules whose outputs SSF scales and shifts (Lian et al., "Scaling & Shifting Your
+        Features", NeurIPS 2022), as data.
 
         Full dotted names inside ``self.model`` (matched exactly, not as suffixes: suffixes like
         ``norm`` are ambiguous in timm, where ``patch_embed.norm`` or ``attn.norm`` may exist),
@@ -531,8 +532,9 @@ class BackboneAdapter(nn.Module):
         """Make the input of ``block`` a leaf tensor that requires grad.
 
         Everything before the block is cut from the graph, so ``torch.autograd.grad(score,
-        record.tokens)`` only crosses the head and the blocks from ``block`` on (DESIGN.md
-        section 10). Use it together with :meth:`frozen` for the cheapest gradient.
+        record.tokens)`` only crosses the head and the blocks from ``block`` on (a gradient at
+        the last block costs about one block's backward, not a full one). Use it together with
+        :meth:`frozen` for the cheapest gradient.
         """
         index = self._normalise_layers(block)[0]
         record = BlockInput()

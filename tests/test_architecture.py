@@ -1,4 +1,4 @@
-"""Architecture rule of DESIGN.md section 2-3: ``focusvit.backbones`` is the only place that knows
+"""Architecture rule (docs/families.md): ``focusvit.backbones`` is the only place that knows
 timm / Hugging Face internals. No module outside ``backbones/`` (and the tests and benchmarks)
 may import ``timm`` or ``transformers`` or any of their submodules; what those modules need
 comes from ``focusvit.backbones`` (adapters, ``load_backbone``, ``is_timm_model``,

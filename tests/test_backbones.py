@@ -1,4 +1,4 @@
-"""Backbone adapter contract (DESIGN.md section 3) on tiny models of every family."""
+"""Backbone adapter contract (docs/families.md) on tiny models of every family."""
 
 from __future__ import annotations
 
