@@ -6,6 +6,8 @@ from .datasets import (
     ImageFolderDataset,
     TensorDataset,
     dataset_fingerprint,
+    dataset_manifest,
+    manifest_changes,
     read_split,
 )
 from .episodes import Episode, EpisodeError, check_episode_spec, sample_episode, sample_episodes
@@ -32,7 +34,9 @@ __all__ = [
     "check_episode_spec",
     "class_splits",
     "dataset_fingerprint",
+    "dataset_manifest",
     "load_images",
+    "manifest_changes",
     "masks_to_batch",
     "read_image",
     "read_mask",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -98,6 +98,29 @@ class ContentWatch:
         if changed:
             self.content = dataset_fingerprint(self.dataset)
         return changed
+
+
+def dataset_manifest(dataset: Any) -> dict[str, list[int]] | None:
+    """``dataset.content_manifest()`` (``{file: [size, mtime ns]}``) for datasets read from
+    files, else ``None`` (tensor and generated datasets: their fingerprint is all there is)."""
+    method = getattr(dataset, "content_manifest", None)
+    return method() if callable(method) else None
+
+
+def manifest_changes(
+    old: Mapping[str, Sequence[int]], new: Mapping[str, Sequence[int]]
+) -> list[str]:
+    """The files that differ between two :func:`dataset_manifest` results, each as
+    ``"changed <path>"``, ``"added <path>"`` or ``"removed <path>"``, sorted by path."""
+    lines = []
+    for path in sorted(set(old) | set(new)):
+        if path not in old:
+            lines.append(f"added {path}")
+        elif path not in new:
+            lines.append(f"removed {path}")
+        elif list(old[path]) != list(new[path]):
+            lines.append(f"changed {path}")
+    return lines
 
 
 def _check_split(split: Any) -> str | None:
@@ -222,6 +245,21 @@ class ImageFolderDataset:
         return _digest(
             ["ImageFolderDataset", self.split, self.class_names, self.labels, files, masks]
         )
+
+    def content_manifest(self) -> dict[str, list[int]]:
+        """``{path: [size, modification time ns]}`` of every image file (relative to the root)
+        and mask file (``"mask:<path relative to mask_root>"``): what
+        :meth:`content_fingerprint` hashes, kept beside an episode file so that a refused
+        resume can name the files that changed (:func:`manifest_changes`)."""
+        manifest = {
+            path.relative_to(self.root).as_posix(): list(self.file_stamp(i))
+            for i, path in enumerate(self.files)
+        }
+        if self.mask_files is not None and self.mask_root is not None:
+            for path in self.mask_files:
+                name, size, mtime = _mask_stamp(path, self.mask_root)
+                manifest[f"mask:{name}"] = [size, mtime]
+        return manifest
 
     def _find_masks(self, mask_root: Path) -> list[Path]:
         """The mask file of every image (same relative path, any image extension)."""

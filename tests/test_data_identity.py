@@ -5,6 +5,7 @@ a split file with a UTF-8 byte-order mark keeps its first class."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import warnings
@@ -23,10 +24,11 @@ from focusvit.data import (
     SyntheticScenes,
     TensorDataset,
     dataset_fingerprint,
+    manifest_changes,
     read_split,
     sample_episodes,
 )
-from focusvit.errors import ConfigError, ImageReadError
+from focusvit.errors import ConfigError, ImageReadError, SettingsMismatchError
 from focusvit.finetune import select_alpha
 from focusvit.finetune.features import FeatureCache
 from focusvit.runs import EpisodeSpec
@@ -306,3 +308,49 @@ def test_episode_counts_must_be_whole_numbers():
     with pytest.raises(EpisodeError, match="seed and start must be >= 0"):
         sample_episodes(labels, n_way=2, k_shot=1, n_query=1, episodes=2, seed=-1)
     assert len(sample_episodes(labels, n_way=2, k_shot=1, n_query=1, episodes=2)) == 2
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resuming_on_changed_files_is_refused_naming_them(tmp_path):
+    backbone = tiny_adapter("timm-vit", num_classes=0)
+    root = _folder(tmp_path / "data")
+    output = tmp_path / "out" / "proto.jsonl"
+    first = _accuracies(backbone, ImageFolderDataset(root), output=output)
+    manifest = output.with_name("proto.jsonl.files.json")
+    assert manifest.is_file()
+    # the same content resumes (nothing re-run, same accuracies)
+    assert _accuracies(backbone, ImageFolderDataset(root), output=output) == first
+    _write(root / "b" / "1.png", (0, 0, 0), 99, size=30)
+    (root / "c" / "3.png").unlink()
+    _write(root / "c" / "9.png", COLOURS["c"], 7)
+    with pytest.raises(SettingsMismatchError) as caught:
+        _accuracies(backbone, ImageFolderDataset(root), output=output)
+    message = str(caught.value)
+    assert "dataset.content" in message and "\n" not in message
+    assert "changed b/1.png, removed c/3.png, added c/9.png" in message
+
+
+def test_resuming_on_other_tensors_is_refused(tmp_path):
+    backbone = tiny_adapter("timm-vit", num_classes=0)
+    images = torch.rand(12, 3, 16, 16)
+    labels = [0] * 4 + [1] * 4 + [2] * 4
+    output = tmp_path / "proto.jsonl"
+    _accuracies(backbone, TensorDataset(images, labels), output=output)
+    assert not output.with_name("proto.jsonl.files.json").exists()  # nothing to name per file
+    with pytest.raises(SettingsMismatchError, match=r"dataset\.content"):
+        _accuracies(backbone, TensorDataset(images + 0.5, labels), output=output)
+
+
+def test_a_stale_manifest_is_replaced_when_the_episode_file_starts_again(tmp_path):
+    backbone = tiny_adapter("timm-vit", num_classes=0)
+    root = _folder(tmp_path / "data")
+    output = tmp_path / "proto.jsonl"
+    _accuracies(backbone, ImageFolderDataset(root), output=output)
+    _write(root / "a" / "0.png", (9, 9, 9), 5, size=30)
+    output.unlink()  # start again: the manifest must describe the new content
+    _accuracies(backbone, ImageFolderDataset(root), output=output)
+    manifest = json.loads(output.with_name("proto.jsonl.files.json").read_text())
+    assert manifest == ImageFolderDataset(root).content_manifest()
+    assert manifest_changes(manifest, ImageFolderDataset(root).content_manifest()) == []

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from focusvit.data.datasets import dataset_fingerprint
+from focusvit.data.datasets import dataset_fingerprint, dataset_manifest
 from focusvit.data.episodes import sample_episode
 from focusvit.errors import ConfigError, NonFiniteError
 
@@ -175,7 +175,14 @@ def _open_logs(runners, dataset, spec, outputs, suffix: str = "") -> dict[str, E
         if path is not None and suffix:
             path = Path(path).parent / "shards" / f"{Path(path).stem}{suffix}.jsonl"
         logs[runner.name] = (
-            EpisodeLog(path, runner.name, run_settings(runner, dataset, spec)) if path else None
+            EpisodeLog(
+                path,
+                runner.name,
+                run_settings(runner, dataset, spec),
+                lambda: dataset_manifest(dataset),
+            )
+            if path
+            else None
         )
     return logs
 

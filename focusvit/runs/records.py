@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from focusvit.data import manifest_changes
 from focusvit.errors import ConfigError, FocusVitError, SettingsMismatchError
 
 from .settings import check_settings, to_plain
@@ -322,12 +323,24 @@ class EpisodeLog:
         method: the method's record name; other methods' lines are ignored.
         settings: every setting that changes this method's result (backbone, tuner, attention
             loss, head init, steps, lr, image size, episodes spec but the count, dataset...).
+        manifest: for a dataset read from files, a function giving its
+            ``{file: [size, mtime ns]}`` (:func:`focusvit.data.dataset_manifest`); kept in
+            ``<path>.files.json`` when the file is started, so that a resume refused because the
+            dataset's content changed names the files that changed.
     """
 
-    def __init__(self, path: str | os.PathLike, method: str, settings: Mapping[str, Any]):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        method: str,
+        settings: Mapping[str, Any],
+        manifest: Callable[[], Mapping[str, Any] | None] | None = None,
+    ):
         self.path = Path(path)
         self.method = method
         self.settings = to_plain(dict(settings))
+        self.manifest = manifest
+        self.manifest_path = self.path.with_name(self.path.name + ".files.json")
 
     def open(self) -> dict[int, dict]:
         """Check the stored settings and return the finished episodes ``{episode: record}``.
@@ -342,8 +355,11 @@ class EpisodeLog:
             OutputWriteError: the file cannot be written (e.g. disk full).
         """
         with self._writing():
+            started = read_episode_file(self.path)[0] is None
             stored = self._stored()
             self._replace(stored.values())
+            if started:
+                self._write_manifest()
         return stored
 
     def append(self, record: dict) -> None:
@@ -399,12 +415,15 @@ class EpisodeLog:
         header, records = read_episode_file(self.path)
         mine = [r for r in records if r.get("method") == self.method]
         if header is not None and header.get("method") == self.method:
-            check_settings(
-                header["settings"],
-                self.settings,
-                f"{self.path} ({self.method!r})",
-                fix="resume with the same settings, or write to a new output file",
-            )
+            try:
+                check_settings(
+                    header["settings"],
+                    self.settings,
+                    f"{self.path} ({self.method!r})",
+                    fix="resume with the same settings, or write to a new output file",
+                )
+            except SettingsMismatchError as error:
+                raise SettingsMismatchError(f"{error}{self._changed_files()}") from None
         elif mine or header is not None:
             owner = header.get("method") if header else "an older focusvit"
             raise SettingsMismatchError(
@@ -412,6 +431,30 @@ class EpisodeLog:
                 f"{self.method!r}; write each method to its own new output file"
             )
         return {int(r["episode"]): r for r in mine}
+
+    def _write_manifest(self) -> None:
+        """Keep the dataset's file manifest beside the episode file (when it has one)."""
+        manifest = self.manifest() if self.manifest is not None else None
+        if manifest is not None:
+            text = json.dumps(dict(manifest), sort_keys=True)
+            replace_atomically(self.manifest_path, lambda tmp: _write_new_file(tmp, text.encode()))
+
+    def _changed_files(self) -> str:
+        """``"; files changed since ...: changed a.png, added b.png"`` when the stored and the
+        current manifests differ, else ``""`` (no manifest kept, or the dataset has none)."""
+        current = self.manifest() if self.manifest is not None else None
+        if current is None or not self.manifest_path.is_file():
+            return ""
+        try:
+            stored = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return ""
+        changes = manifest_changes(stored, current)
+        if not changes:
+            return ""
+        shown = ", ".join(changes[:10])
+        more = f" and {len(changes) - 10} more" if len(changes) > 10 else ""
+        return f"; files changed since {self.manifest_path.name} was written: {shown}{more}"
 
     def _replace(self, records: Iterable[dict]) -> None:
         lines = [self._header_line()] + [json.dumps(r) + "\n" for r in merge_records([records])]
