@@ -18,7 +18,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from focusvit.errors import ConfigError, InputSizeError, UnsupportedMethodError
+from focusvit.errors import (
+    ConfigError,
+    InputSizeError,
+    LayerIndexError,
+    UnsupportedMethodError,
+)
 
 from .capture import (
     AttentionKind,
@@ -480,8 +485,9 @@ class BackboneAdapter(nn.Module):
         out = []
         for layer in layers:
             if not -n <= layer < n:
-                raise IndexError(
-                    f"layer {layer} out of range: {self.name} has {n} blocks (0..{n - 1})"
+                raise LayerIndexError(
+                    f"layer {layer} out of range: {self.name} has {n} blocks; use 0..{n - 1} "
+                    f"(or -{n}..-1 counted from the last block)"
                 )
             out.append(layer % n)
         return out

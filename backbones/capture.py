@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from focusvit.errors import ConfigError
+from focusvit.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from .base import BackboneAdapter
@@ -145,7 +145,7 @@ class AttentionRecord:
     def __getitem__(self, index: int) -> Tensor:
         value = self.maps[index]
         if value is None:
-            raise RuntimeError(
+            raise UsageError(
                 f"no attention was recorded for layer {self.layers[index]}: run a forward pass "
                 "of the adapter (e.g. adapter.logits(x)) inside the capture_attention block"
             )

@@ -158,7 +158,7 @@ class HFSiglipAdapter(HFHeadMixin, BackboneAdapter):
 
     @property
     def lora_targets(self) -> list[str]:
-        # matched inside the encoder layers only (finetune.lora): the MAP head's
+        # matched inside the encoder layers only (finetune.tuners.lora): the MAP head's
         # nn.MultiheadAttention.out_proj and the text tower are outside them
         return ["q_proj", "k_proj", "v_proj", "out_proj"]
 

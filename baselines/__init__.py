@@ -1,4 +1,4 @@
-"""focusvit.baselines: CNN cross-attention few-shot baselines (DESIGN.md section 7).
+"""focusvit.baselines: CNN cross-attention few-shot baselines (docs/baselines.md).
 
 - Cross Attention Network (Hou et al., NeurIPS 2019) with transductive inference: ``can``;
 - CrossTransformers (Doersch et al., NeurIPS 2020) with SimCLR episodes: ``ctx``;
@@ -21,8 +21,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from focusvit.errors import ConfigError
-
 from .can import (
     CANConfig,
     CrossAttentionModule,
@@ -34,6 +32,8 @@ from .can import (
     transductive_scores,
 )
 from .common import CheckpointError, EpisodeBatch, EpisodicModel, config_from_dict, load_checkpoint
+from .config import BASELINES, BaselineConf, load_config
+from .config import model_class as _model_class
 from .ctx import (
     CrossTransformer,
     CrossTransformerNetwork,
@@ -56,19 +56,6 @@ from .evaluate import baseline_method_name, evaluate_baseline
 from .prototype import PrototypeConfig, PrototypeNetwork
 from .training import ImageCache, TrainConfig, TrainResult, episode_batch, train_episodic
 
-#: method name -> model class.
-BASELINES: dict[str, type[EpisodicModel]] = {
-    "can": CrossAttentionNetwork,
-    "ctx": CrossTransformerNetwork,
-    "prototype": PrototypeNetwork,
-}
-
-
-def _model_class(method: str) -> type[EpisodicModel]:
-    if method not in BASELINES:
-        raise ConfigError(f"unknown baseline {method!r}; use one of {', '.join(BASELINES)}")
-    return BASELINES[method]
-
 
 def build_baseline(method: str, config: Any = None, **overrides: Any) -> EpisodicModel:
     """A fresh model of ``method`` (``can``, ``ctx``, ``prototype``) from a config dataclass or a
@@ -88,27 +75,10 @@ def load_baseline(path: str | os.PathLike, map_location: str = "cpu") -> Episodi
     return _model_class(checkpoint["method"]).from_checkpoint(path, map_location)
 
 
-def load_config(source: str | os.PathLike | Any) -> tuple[str, Any, TrainConfig]:
-    """``(method, model config, TrainConfig)`` from a ``configs/baseline/*.yaml`` file or an
-    OmegaConf/dict node with ``method``, ``model`` and ``train`` keys."""
-    from omegaconf import DictConfig, OmegaConf
-
-    node = source if isinstance(source, (dict, DictConfig)) else OmegaConf.load(source)
-    if isinstance(node, DictConfig):
-        node = OmegaConf.to_container(node, resolve=True)
-    unknown = sorted(set(node) - {"method", "model", "train"})
-    if unknown or "method" not in node:
-        raise ConfigError(
-            f"a baseline config needs 'method', 'model' and 'train' keys; got {sorted(node)}"
-        )
-    cls = _model_class(node["method"])
-    model_config = config_from_dict(cls.config_class(), node.get("model"))
-    return node["method"], model_config, config_from_dict(TrainConfig, node.get("train"))
-
-
 __all__ = [
     "BASELINES",
     "AdapterEncoder",
+    "BaselineConf",
     "CANConfig",
     "CTXConfig",
     "CTXOutput",

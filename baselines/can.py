@@ -1,5 +1,5 @@
 """Cross Attention Network (Hou, Chang, Ma, Shan, Chen, "Cross Attention Network for Few-shot
-Classification", NeurIPS 2019), re-implemented from the equations of DESIGN.md section 7.
+Classification", NeurIPS 2019), re-implemented from the equations of docs/baselines.md.
 
 Notation: a class feature map ``P^k`` (the mean of the support maps of class k) and a query map
 ``Q``, both ``(c, h, w)`` with ``m = h·w`` positions.
@@ -49,7 +49,7 @@ __all__ = [
 
 @dataclass
 class CANConfig(EncoderConfig):
-    """Cross Attention Network settings (defaults: Hou et al. 2019, DESIGN.md section 7).
+    """Cross Attention Network settings (defaults: Hou et al. 2019, docs/baselines.md).
 
     Attributes:
         num_classes: base classes of the global per-position classifier.

@@ -3,6 +3,7 @@ the checkpoint format and its errors."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -103,10 +104,30 @@ class EncoderConfig:
 
 
 def _positive(name: str, value: Any, integer: bool = False) -> None:
+    """Refuse a ``value`` that is no number > 0 (a bool, a string, NaN, inf), or with
+    ``integer`` no whole number >= 1 (``2.5``)."""
     kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
-        what = "a positive integer" if integer else "> 0"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kind)
+        or not value > 0
+        or not math.isfinite(value)
+    ):
+        what = "a positive integer" if integer else "a finite number > 0"
         raise ConfigError(f"{name} must be {what}, got {value!r}")
+
+
+def _non_negative(name: str, value: Any) -> None:
+    """Refuse a ``value`` that is no finite number >= 0 (a bool, a string, NaN, inf, -1)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value >= 0
+        or not math.isfinite(value)
+    ):
+        raise ConfigError(
+            f"{name} must be a finite number >= 0, got {value!r}; pass e.g. {name}=0 (off)"
+        )
 
 
 def _fraction(name: str, value: Any) -> None:

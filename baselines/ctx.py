@@ -1,5 +1,5 @@
 """CrossTransformers (Doersch, Gupta, Zisserman, "CrossTransformers: spatially-aware few-shot
-transfer", NeurIPS 2020), re-implemented from the equations of DESIGN.md section 7.
+transfer", NeurIPS 2020), re-implemented from the equations of docs/baselines.md.
 
 With spatial maps (no final pooling), one shared 1×1 projection Γ gives the support *keys* and
 the query *queries*, one shared 1×1 projection Λ gives the *values* of both. For query position
@@ -43,7 +43,7 @@ __all__ = [
 
 @dataclass
 class CTXConfig(EncoderConfig):
-    """CrossTransformers settings (defaults: Doersch et al. 2020, DESIGN.md section 7).
+    """CrossTransformers settings (defaults: Doersch et al. 2020, docs/baselines.md).
 
     Attributes:
         key_dim: d_k of the shared key/query projection.

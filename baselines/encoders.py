@@ -1,4 +1,4 @@
-"""Spatial CNN encoders of the cross-attention baselines (DESIGN.md section 7).
+"""Spatial CNN encoders of the cross-attention baselines (docs/baselines.md).
 
 Both baselines compare *feature maps*, so every encoder returns ``(B, C, H, W)`` with no final
 pooling:

@@ -12,7 +12,9 @@ written every ``checkpoint_every`` episodes and at the end; training resumes fro
 from __future__ import annotations
 
 import copy
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,13 +24,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from focusvit.data.episodes import Episode, check_episode_spec, sample_episode
-from focusvit.errors import ConfigError
+from focusvit.errors import ConfigError, NonFiniteError
 from focusvit.runs import EpisodeSpec, check_settings, episode_seed, save_state
+from focusvit.runs.spec import MAX_SEED
 
 from .common import (
     EpisodeBatch,
     EpisodicModel,
     _fraction,
+    _non_negative,
     _positive,
     check_checkpoint,
     load_checkpoint,
@@ -90,11 +94,24 @@ class TrainConfig:
         _positive("lr", self.lr)
         _fraction("momentum", self.momentum)
         _fraction("lr_gamma", self.lr_gamma)
-        self.lr_milestones = [float(m) for m in self.lr_milestones]
-        for milestone in self.lr_milestones:
+        milestones = self.lr_milestones
+        if isinstance(milestones, str | bytes) or not isinstance(milestones, Sequence):
+            raise ConfigError(
+                f"lr_milestones must be a list of fractions of the episodes in [0, 1], got "
+                f"{milestones!r}; pass e.g. [0.5, 0.75] (or [] for a constant learning rate)"
+            )
+        for milestone in milestones:
             _fraction("lr_milestones entry", milestone)
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("weight_decay and grad_clip must be >= 0")
+        self.lr_milestones = [float(m) for m in milestones]
+        _non_negative("weight_decay", self.weight_decay)
+        _non_negative("grad_clip", self.grad_clip)
+        for name in ("seed", "val_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_SEED:
+                raise ConfigError(
+                    f"{name} must be a whole number in 0..{MAX_SEED - 1}, got {value!r}; pass "
+                    f"e.g. {name}=0"
+                )
 
 
 @dataclass
@@ -221,7 +238,7 @@ class _Run:
             self.best_state = load_checkpoint(best)["model"]
 
 
-def _train_step(run: _Run, batch: EpisodeBatch) -> dict:
+def _train_step(run: _Run, batch: EpisodeBatch, index: int = 0) -> dict:
     run.model.train()
     loss, logs = run.model.loss(batch)
     run.optimizer.zero_grad(set_to_none=True)
@@ -230,7 +247,25 @@ def _train_step(run: _Run, batch: EpisodeBatch) -> dict:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.grad_clip)
     run.optimizer.step()
     run.scheduler.step()
+    _check_finite_episode(run, index, float(loss.detach()))
     return logs
+
+
+def _check_finite_episode(run: _Run, index: int, loss: float) -> None:
+    """Stop a diverged training: :class:`NonFiniteError` when the loss of training episode
+    ``index`` or a parameter after its step is NaN or inf, naming the episode and ``lr``."""
+    params = [p.detach() for p in run.model.parameters() if p.requires_grad]
+    bad = 0
+    if math.isfinite(loss) and params:
+        bad = int(torch.stack([~torch.isfinite(p).all() for p in params]).sum())
+    if math.isfinite(loss) and not bad:
+        return
+    what = f"the loss is {loss}" if not bad else f"{bad} parameter tensor(s) became NaN/inf"
+    raise NonFiniteError(
+        f"{run.model.method} training diverged at episode {index}: {what}; lower lr "
+        f"(now {run.config.lr:g}) or set grad_clip (now {run.config.grad_clip:g}) and train "
+        "again"
+    )
 
 
 def _validate(run: _Run, val_data, episode: int) -> None:
@@ -316,7 +351,7 @@ def _loop(run: _Run, train_data, val_data, device, progress: bool) -> None:
                disable=not progress, initial=run.start, total=c.episodes)  # fmt: skip
     for index in bar:
         torch.manual_seed(episode_seed(c.seed, index))
-        logs = _train_step(run, _episode(run, train_data, cache, index, device))
+        logs = _train_step(run, _episode(run, train_data, cache, index, device), index)
         run.result.history.append({"episode": index, **logs})
         done = index + 1
         if (

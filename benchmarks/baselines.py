@@ -1,4 +1,4 @@
-"""Short CPU training of the cross-attention baselines on synthetic scenes (DESIGN.md 7 and 9).
+"""Short CPU training of the cross-attention baselines on synthetic scenes (docs/baselines.md, docs/concepts/data.md).
 
 Trains CAN and CrossTransformers episodically on base classes of the 84-px synthetic scenes
 (validation classes select the checkpoint), then evaluates on novel-class 5-way 1-shot episodes

@@ -1,4 +1,4 @@
-"""Batched tasks vs one task at a time (DESIGN.md section 10: "several tasks fine-tuned in one
+"""Batched tasks vs one task at a time (docs/benchmarks.md: "several tasks fine-tuned in one
 batched computation where the tuner allows it").
 
 On the offline DINOv2-S/14 checkpoint at ``--size`` px (default 112, crop 1.0), 5-way 1-shot

@@ -1,4 +1,4 @@
-"""Episodic evaluation speed (DESIGN.md section 10), as ratios measured in one run.
+"""Episodic evaluation speed (docs/benchmarks.md), as ratios measured in one run.
 
 1. Frozen solvers at 224 px (offline DINOv2-S/14, 5-way 1-shot, 15 queries per class, synthetic
    novel scenes): episodes per second without the feature cache (every episode encodes its 80
@@ -159,7 +159,7 @@ def tune_speed(args: argparse.Namespace, device: torch.device) -> None:
     spec = focusvit.EpisodeSpec(5, 1, 15, args.tune_episodes)
     b = args.tasks_per_batch
     print(f"\n## fine-tuning, {device}: offline DINOv2-S/14, 112 px, 5-way 1-shot, 15 queries, "
-          f"{args.tune_episodes} episodes, recipes of DESIGN.md section 6")  # fmt: skip
+          f"{args.tune_episodes} episodes, recipes of docs/recipes.md")  # fmt: skip
     print(f"{'tuner':<10} {'sequential s/ep':>16} {'batched s/ep':>13} {'speed-up':>9} "
           f"{'max |acc diff|':>15}")  # fmt: skip
     for tuner in ("lora", "ssf", "full"):

@@ -1,4 +1,4 @@
-"""Speed and memory of the explainers against one forward pass (DESIGN.md section 10).
+"""Speed and memory of the explainers against one forward pass (docs/benchmarks.md).
 
 On timm ``vit_small_patch16_224`` (random weights: speed does not depend on them; eval mode) at
 224 px, every method explains the same batch with the same target classes. Each method runs in a

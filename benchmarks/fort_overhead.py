@@ -1,4 +1,4 @@
-"""Cost of the attention-enhancement loss in a fine-tuning step (DESIGN.md section 10).
+"""Cost of the attention-enhancement loss in a fine-tuning step (docs/benchmarks.md).
 
 On timm ``vit_small_patch16_224`` (random weights: speed does not depend on them) at 224 px, with
 a support batch of ``--batch`` images (FORT's 20-way 1-shot: 20), each tuner (LoRA, SSF, full)
@@ -36,13 +36,14 @@ def build(model_name: str, batch: int, size: int, device: str = "cpu"):
 
 def time_tuner(backbone, images, labels, tuner: str, repeats: int, warmup: int) -> dict:
     from focusvit.finetune import FortConfig, apply_tuner, make_tuner, recipe_for
-    from focusvit.finetune.trainer import _optimizer, make_prompt_targets, training_step
+    from focusvit.finetune.attention_loss import prompt_targets
+    from focusvit.finetune.trainer import _optimizer, training_step
 
     recipe = recipe_for(backbone.family, tuner)
     fort = FortConfig(
         alpha=recipe.alpha, tau=recipe.tau, top_k=recipe.top_k, top_fraction=recipe.top_fraction
     )
-    targets = make_prompt_targets(backbone, images, labels, fort)
+    targets = prompt_targets(backbone, images, labels, fort)
     times: dict[str, list[float]] = {"plain": [], "fort": []}
     with apply_tuner(backbone, make_tuner(tuner)) as tuned:
         optimizer = _optimizer(recipe, tuned.trainable_parameters())

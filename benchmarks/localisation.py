@@ -1,6 +1,6 @@
 """Do position prompts find the class object? Prompt precision and pointing game against ground truth.
 
-Novel-class synthetic scenes (DESIGN.md section 9) carry the mask of their one class object among
+Novel-class synthetic scenes (docs/concepts/data.md) carry the mask of their one class object among
 distractors. Every explainer scores the patches of each image; the top-P patches (P = 14/196 of
 the grid, FORT's share) form the prompt. Reported, mean ± 95% interval over images:
 
@@ -73,7 +73,7 @@ def main() -> None:
         "--premise-objects",
         type=int,
         default=0,
-        help="class-independent objects per scene (2: the premise scenes of DESIGN.md 9)",
+        help="class-independent objects per scene (2: the premise scenes of docs/concepts/data.md)",
     )
     parser.add_argument(
         "--checkpoints",

@@ -1,5 +1,5 @@
 """Does the premise hold? Share of the pretrained model's last-block CLS attention on the class
-object, for the shipped scenes and the premise scenes (DESIGN.md section 9).
+object, for the shipped scenes and the premise scenes (docs/concepts/data.md).
 
     python benchmarks/premise.py --images 64
 """

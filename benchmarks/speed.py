@@ -58,7 +58,7 @@ def episode_times(episodes: int, image_size: int, device: str = "cpu") -> None:
     side = backbone.data_config["input_size"][1]
     print(
         f"\noffline DINOv2-S/14 on {device}, 5-way 1-shot, 15 queries/class, {side} px, median of "
-        f"{episodes} episodes after one warm-up (images already loaded); recipes of DESIGN.md section 6\n"
+        f"{episodes} episodes after one warm-up (images already loaded); recipes of docs/recipes.md\n"
     )
 
     def runner(method: str):

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from focusvit.errors import ConfigError, ImageReadError, InputSizeError
+from focusvit.errors import ArgumentError, ConfigError, ImageReadError, InputSizeError
 
 from .images import IMAGE_EXTENSIONS, read_image, read_mask
 
@@ -42,6 +42,23 @@ class FewShotDataset(Protocol):
     def load(self, index: int) -> Image.Image | Tensor: ...
 
     def __len__(self) -> int: ...
+
+
+def check_dataset_kind(dataset: Any, argument: str = "dataset") -> None:
+    """Refuse an object that is no few-shot dataset (the :class:`FewShotDataset` protocol:
+    ``labels``, ``class_names`` and ``load(index)``), naming the dataset classes to build one.
+
+    Raises:
+        ArgumentError: naming what is missing and the classes that exist.
+    """
+    missing = [name for name in ("labels", "class_names", "load") if not hasattr(dataset, name)]
+    if missing:
+        raise ArgumentError(
+            f"{argument} must be a few-shot dataset (the FewShotDataset protocol: labels, "
+            f"class_names, load(index)), got a {type(dataset).__name__} without "
+            f"{', '.join(missing)}; build one with focusvit.data.ImageFolderDataset(root), "
+            "TensorDataset(images, labels, class_names) or SyntheticScenes(...)"
+        )
 
 
 def _digest(parts: Iterable[Any]) -> str:
@@ -165,6 +182,23 @@ class ImageFolderDataset:
         classes: list[str] | None = None,
         mask_root: str | os.PathLike | None = None,
     ):
+        if not isinstance(root, str | os.PathLike) or not str(root).strip():
+            raise ConfigError(
+                f"dataset root must be a folder path, got {root!r}; pass e.g. "
+                "ImageFolderDataset('data/my_dataset') (a folder of class folders)"
+            )
+        if classes is not None:
+            names = (
+                None
+                if isinstance(classes, str | bytes) or not isinstance(classes, Iterable)
+                else list(classes)
+            )
+            if names is None or not all(isinstance(name, str) for name in names):
+                raise ConfigError(
+                    f"classes must be a list of class folder names, got {classes!r:.80}; pass "
+                    "e.g. classes=['cat', 'dog']"
+                )
+            classes = names
         self.root = Path(root)
         if not self.root.is_dir():
             raise ImageReadError(f"dataset root {self.root} is not a directory; check the path")
@@ -395,16 +429,34 @@ class TensorDataset:
         masks: Tensor | None = None,
         split: str | None = None,
     ):
-        labels = torch.as_tensor(labels).long()
-        if images.ndim != 4 or images.shape[0] != labels.shape[0]:
+        if not isinstance(images, Tensor):
+            raise ConfigError(
+                f"TensorDataset images must be a tensor (M, 3, H, W), got "
+                f"{type(images).__name__}; stack a list first, e.g. torch.stack(images), or "
+                "preprocess files with backbone.preprocess(paths)"
+            )
+        label_list = _check_tensor_labels(labels)
+        if images.ndim != 4 or images.shape[0] != len(label_list):
             raise ConfigError(
                 f"images must be (M, 3, H, W) with one label each; got {tuple(images.shape)} and "
-                f"{labels.shape[0]} labels"
+                f"{len(label_list)} labels"
             )
+        count = max(label_list) + 1 if label_list else 0
+        if class_names is not None:
+            if isinstance(class_names, str | bytes) or not isinstance(class_names, Sequence):
+                raise ConfigError(
+                    f"class_names must be a list of names, got {class_names!r}; pass e.g. "
+                    "['cat', 'dog'] (one per class)"
+                )
+            class_names = [str(name) for name in class_names]
+            if len(class_names) != count:
+                raise ConfigError(
+                    f"class_names has {len(class_names)} names for {count} classes (labels "
+                    f"0..{count - 1}); pass one name per class, or leave class_names unset"
+                )
         self.images, self.masks = images, masks
-        self.labels = labels.tolist()
+        self.labels = label_list
         self.split = _check_split(split)
-        count = int(labels.max()) + 1 if len(labels) else 0
         self.class_names = class_names or [str(i) for i in range(count)]
         self._fingerprint: tuple[tuple, str] | None = None
 
@@ -433,6 +485,45 @@ class TensorDataset:
                 parts += [[str(tensor.dtype), list(tensor.shape)], _tensor_bytes(tensor)]
             self._fingerprint = (state, _digest(parts))
         return self._fingerprint[1]
+
+
+def _check_tensor_labels(labels: Any) -> list[int]:
+    """``labels`` (an integer tensor, array or list) as a list of ints >= 0; a float, bool or
+    string label (which would be truncated or misread) or a negative one is refused."""
+    fix = "pass class indices 0..N-1, e.g. [0, 0, 1, 1] or torch.tensor([0, 1]).long()"
+    if isinstance(labels, Tensor | np.ndarray):
+        if isinstance(labels, Tensor):
+            integer = not (
+                labels.dtype.is_floating_point
+                or labels.dtype.is_complex
+                or labels.dtype is torch.bool
+            )
+        else:
+            integer = bool(np.issubdtype(labels.dtype, np.integer))
+        if labels.ndim != 1 or not integer:
+            raise ConfigError(
+                f"labels must be a 1-d integer tensor or list, got a {labels.dtype} "
+                f"{type(labels).__name__} of shape {tuple(labels.shape)}; {fix}"
+            )
+        values = [int(v) for v in labels.tolist()]
+    elif isinstance(labels, str | bytes) or not isinstance(labels, Iterable):
+        raise ConfigError(f"labels must be a list of class indices, got {labels!r:.60}; {fix}")
+    else:
+        values = list(labels)
+        wrong = [
+            v
+            for v in values
+            if isinstance(v, bool | np.bool_) or not isinstance(v, int | np.integer)
+        ]
+        if wrong:
+            raise ConfigError(
+                f"labels must be whole numbers, got {wrong[0]!r} ({type(wrong[0]).__name__}); {fix}"
+            )
+        values = [int(v) for v in values]
+    negative = [v for v in values if v < 0]
+    if negative:
+        raise ConfigError(f"labels must be >= 0, got {negative[0]}; {fix}")
+    return values
 
 
 def _tensor_state(tensor: Tensor) -> tuple:

@@ -1,4 +1,4 @@
-"""N-way K-shot episodes (DESIGN.md section 6).
+"""N-way K-shot episodes (docs/concepts/runs.md).
 
 Episode ``i`` of a seed is drawn from its own generator ``default_rng([seed, i])``, so every
 method sees the same episodes, an interrupted evaluation resumes at any episode, and episodes
@@ -63,6 +63,28 @@ def _check_counts(**values: object) -> None:
             )
 
 
+def _check_label_list(labels: object) -> None:
+    """Refuse ``labels`` that are no list of class indices: ``None``, a string or bytes (whose
+    characters would be taken as classes), a number, or a list holding non-integers."""
+    fix = "pass the dataset's labels, e.g. dataset.labels or [0, 0, 1, 1]"
+    if labels is None or isinstance(labels, str | bytes) or not hasattr(labels, "__iter__"):
+        raise EpisodeError(f"labels must be a list of class indices, got {labels!r:.60}; {fix}")
+    if isinstance(labels, Tensor | np.ndarray):
+        floating = (
+            labels.dtype.is_floating_point or labels.dtype is torch.bool
+            if isinstance(labels, Tensor)
+            else not np.issubdtype(labels.dtype, np.integer)
+        )
+        if floating:
+            raise EpisodeError(f"labels must be integers, got dtype {labels.dtype}; {fix}")
+        return
+    for label in labels:
+        if isinstance(label, bool) or not isinstance(label, int | np.integer):
+            raise EpisodeError(
+                f"labels must be whole numbers, got {label!r} ({type(label).__name__}); {fix}"
+            )
+
+
 def check_episode_spec(
     labels: Sequence[int],
     n_way: int,
@@ -72,6 +94,7 @@ def check_episode_spec(
 ) -> None:
     """Raise :class:`EpisodeError` naming the fix when the dataset cannot give such episodes."""
     _check_counts(n_way=n_way, k_shot=k_shot, n_query=n_query)
+    _check_label_list(labels)
     if n_way < 1 or k_shot < 1 or n_query < 0:
         raise EpisodeError(
             f"need n_way >= 1, k_shot >= 1, n_query >= 0; got {n_way}, {k_shot}, {n_query}"

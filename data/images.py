@@ -244,8 +244,44 @@ def read_image(source: ImageLike) -> Image.Image:
         return decode_image(image)
     if isinstance(source, np.ndarray):
         return _array_image(source)
+    _check_source(source, "image")
     path = Path(source)
     return decode_image(_open(path), what=f"image file {path}")
+
+
+def _check_source(source: Any, what: str) -> None:
+    """Refuse a ``source`` that is no path (after PIL images and arrays were handled): a tensor
+    (taken as preprocessed already), ``None``, bytes, numbers, ...; one line with the fix."""
+    if isinstance(source, Tensor):
+        raise InputSizeError(
+            f"{what} sources are files, PIL images or arrays, got a tensor of shape "
+            f"{tuple(source.shape)}; convert it first, e.g. source.permute(1, 2, 0).numpy() for a "
+            "(3, H, W) tensor, or pass a preprocessed batch to the model directly"
+        )
+    if not isinstance(source, str | os.PathLike):
+        hint = (
+            "; for encoded bytes use PIL.Image.open(io.BytesIO(data))"
+            if isinstance(source, bytes | bytearray)
+            else "; pass e.g. 'cat.jpg' or PIL.Image.open('cat.jpg')"
+        )
+        raise InputSizeError(
+            f"{what} sources must be file paths, PIL images or (H, W) / (H, W, C) arrays, got "
+            f"{type(source).__name__} {source!r:.60}{hint}"
+        )
+
+
+def _check_sources(sources: Any, what: str) -> list[Any]:
+    """``sources`` as a list, or a one-line error when it is no iterable of items."""
+    if (
+        sources is None
+        or isinstance(sources, bytes | bytearray | str)
+        or not isinstance(sources, Iterable)
+    ):
+        raise InputSizeError(
+            f"expected a list of {what}s (file paths, PIL images or arrays), got "
+            f"{type(sources).__name__} {sources!r:.60}; pass e.g. [path_a, path_b]"
+        )
+    return list(sources)
 
 
 def read_mask(source: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
@@ -254,7 +290,14 @@ def read_mask(source: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarra
     A pixel is object when any colour band is nonzero (for palette images: a nonzero palette
     index) and, for images with an alpha band, its alpha is nonzero. EXIF orientation is applied
     to files, as for :func:`read_image`, so a mask stays aligned with its image.
+
+    Raises:
+        InputSizeError: an array that is not ``(H, W[, C])``, or a source that is no path, PIL
+            image, array or tensor.
+        ImageReadError: a missing or undecodable mask file.
     """
+    if isinstance(source, Tensor):
+        source = source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
         array = np.asarray(source)
         if array.ndim == 3:
@@ -267,6 +310,7 @@ def read_mask(source: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarra
     if isinstance(source, Image.Image):
         image = _oriented(source) if source.format is not None else source
     else:
+        _check_source(source, "mask")
         image = _open(Path(source))
     bands = image.getbands()
     alpha = None
@@ -451,8 +495,10 @@ def masks_to_batch(
     """Object masks (each ``(H_i, W_i)``, aligned with its image) -> ``(B, H, W)`` bool batch
     aligned with :func:`to_batch` of the images, for the localisation metrics
     (``prompt_precision``, ``pointing_game``)."""
-    if isinstance(masks, (np.ndarray, Tensor)) and masks.ndim == 2:
+    single = isinstance(masks, str | os.PathLike | Image.Image)
+    if single or (isinstance(masks, (np.ndarray, Tensor)) and masks.ndim == 2):
         masks = [masks]
+    masks = _check_sources(masks, "mask")
     out = [transform_mask(m, data_config, size, resize) for m in masks]
     if not out:
         raise InputSizeError("no masks given; pass at least one (H, W) mask")
@@ -460,11 +506,21 @@ def masks_to_batch(
 
 
 def load_images(sources: Iterable[ImageLike] | str | os.PathLike) -> list[Image.Image]:
-    """Read a folder, a file, or a list of files / PIL images / arrays as RGB PIL images."""
+    """Read a folder, a file, or a list of files / PIL images / arrays as RGB PIL images.
+
+    Raises:
+        InputSizeError: ``sources`` is no path or list, or an item is no path, PIL image or
+            array (e.g. ``None`` or a tensor).
+        ImageReadError: a missing or undecodable file, or a folder without images.
+    """
     if isinstance(sources, (str, os.PathLike)):
         path = Path(sources)
         sources = list_images(path) if path.is_dir() else [path]
-    return [read_image(s) for s in sources]
+    elif isinstance(sources, Image.Image) or (
+        isinstance(sources, np.ndarray) and sources.ndim <= 3
+    ):
+        sources = [sources]  # one image (a 4-d array is a stack of images)
+    return [read_image(s) for s in _check_sources(sources, "image")]
 
 
 def sample_photos(

@@ -1,4 +1,4 @@
-"""Synthetic cluttered scenes (DESIGN.md section 9): many-class few-shot images with a
+"""Synthetic cluttered scenes (docs/concepts/data.md): many-class few-shot images with a
 ground-truth mask of the class object, deterministic per seed, no downloads.
 
 Each image holds one *class object* (a glyph rendered from the DejaVu fonts that ship with
@@ -50,7 +50,7 @@ class SceneConfig:
     distractors: tuple[int, int] = (2, 4)
     distractor_scale: tuple[float, float] = (0.12, 0.22)
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    #: premise mode (DESIGN.md section 9): this many class-independent objects per image,
+    #: premise mode (docs/concepts/data.md): this many class-independent objects per image,
     #: drawn from the distractor pool shared by every class (never a class), as large and as
     #: saturated as the class object, so a pretrained model's attention splits between them
     #: and the class object; the class object is drawn last (its mask stays exact)
@@ -240,6 +240,15 @@ def render_scene(
     return image, alpha > 0.5
 
 
+def _whole(value: object, minimum: int) -> bool:
+    """True for an ``int`` (or NumPy integer), not a ``bool``, of at least ``minimum``."""
+    return (
+        isinstance(value, int | np.integer)
+        and not isinstance(value, bool | np.bool_)
+        and value >= minimum
+    )
+
+
 class SyntheticScenes:
     """Few-shot dataset of synthetic cluttered scenes for one class split.
 
@@ -261,10 +270,33 @@ class SyntheticScenes:
         seed: int = 0,
         num_classes: int | None = None,
     ):
+        from focusvit.runs.spec import MAX_SEED
+
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        if not _whole(images_per_class, 1):
+            raise ConfigError(
+                f"images_per_class must be a whole number >= 1, got {images_per_class!r}; pass "
+                "e.g. images_per_class=20"
+            )
+        if num_classes is not None and not _whole(num_classes, 1):
+            raise ConfigError(
+                f"num_classes must be a whole number >= 1 or None (every class of the split), "
+                f"got {num_classes!r}; pass e.g. num_classes=5"
+            )
+        if not _whole(seed, 0) or seed >= MAX_SEED:
+            raise ConfigError(
+                f"seed must be a whole number in 0..{MAX_SEED - 1}, got {seed!r}; pass e.g. seed=0"
+            )
+        seed, images_per_class = int(seed), int(images_per_class)
         chars, self._glyphs = glyph_bank()
-        self.class_ids = class_splits(config, seed)[split][:num_classes]
+        available = class_splits(config, seed)[split]
+        if num_classes is not None and num_classes > len(available):
+            raise ConfigError(
+                f"num_classes={num_classes} is more than the {len(available)} classes of the "
+                f"{split!r} split; pass num_classes <= {len(available)}, or None for all of them"
+            )
+        self.class_ids = available[:num_classes]
         self.class_names = [f"U+{ord(chars[i]):04X} {chars[i]}" for i in self.class_ids]
         self.split, self.config, self.seed = split, config, seed
         self.images_per_class = images_per_class

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter, InputSizeError, UnsupportedMethodError
-from focusvit.errors import ConfigError
+from focusvit.errors import ConfigError, LayerIndexError, UsageError
 
 from .base import Explainer, Target, register_explainer, resolve_targets
 
@@ -90,7 +90,7 @@ def block_indices(backbone: BackboneAdapter, layers: Layers) -> list[int]:
         raise ConfigError("layers is empty; pass None for every block or a list of block indices")
     for layer in chosen:
         if not -count <= int(layer) < count:
-            raise IndexError(
+            raise LayerIndexError(
                 f"layer {layer} out of range: {backbone.name} has {count} blocks "
                 f"(use 0..{count - 1} or negative indices)"
             )
@@ -176,7 +176,7 @@ def streamed_attention(
         yield record.maps
     missing = [layer for layer, value in zip(layers, record.maps, strict=True) if value is None]
     if missing:
-        raise RuntimeError(
+        raise UsageError(
             f"no attention was recorded for blocks {missing} of {backbone.name}: run one forward "
             "pass of the backbone inside streamed_attention"
         )

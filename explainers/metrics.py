@@ -6,7 +6,7 @@
 - **Attention focus** (FORT, Wang, Jie, Deng, NeurIPS 2023): the number of patches needed to
   cover 95% of the CLS attention (:func:`coverage_count`), and the share of the attention on a
   patch set (:func:`attention_mass`).
-- **Localisation against a ground-truth mask** (the synthetic scenes, DESIGN.md section 9):
+- **Localisation against a ground-truth mask** (the synthetic scenes, docs/concepts/data.md):
   :func:`prompt_precision` (share of prompt patches inside the object) and the pointing game
   (Zhang, Lin, Brandt, Shen, Sclaroff, "Top-down neural attention by excitation backprop",
   ECCV 2016).
@@ -18,6 +18,7 @@ patch tokens. Every shape problem raises ``ValueError`` saying which shape was e
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -260,9 +261,14 @@ def causal_curve(
             "this batch"
         )
     num_patches = h * w
+    if steps is not None and (
+        isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1
+    ):
+        raise ConfigError(
+            f"steps must be a whole number >= 1 (or None: one patch per step), got {steps!r}; "
+            f"pass e.g. steps={num_patches}"
+        )
     steps = num_patches if steps is None else int(steps)
-    if steps < 1:
-        raise ConfigError(f"steps must be >= 1, got {steps}")
     size = (int(images.shape[-2]), int(images.shape[-1]))
     rank = torch.argsort(rank_patches(grid_scores), dim=1)  # rank[b, patch] = position
     base = make_baseline(images, baseline, blur_sigma)

@@ -1,6 +1,6 @@
 """Attention rollout (Abnar & Zuidema, ACL 2020) and its gradient-augmented variant, the position
 prompt explainer of FORT ("Focus Your Attention when Few-Shot Classification", Wang, Jie, Deng,
-NeurIPS 2023; DESIGN.md section 4), re-implemented from the equations.
+NeurIPS 2023; docs/method.md), re-implemented from the equations.
 
 Both run one forward pass for the whole batch and compute the rollout with batched matrix
 products. Only the rows of the rollout that the score needs are formed: ``u R`` for a row vector
@@ -251,7 +251,7 @@ def orient(component: Tensor, reference: Tensor) -> Tensor:
 
 
 def svd_gradient_term(gradient: Tensor, reference: Tensor, centre: bool = True) -> Tensor:
-    """The FORT gradient term ``G`` (DESIGN.md section 4, step 3): ``(B, N, D)`` -> ``(B, N)``.
+    """The FORT gradient term ``G`` (docs/method.md, step 3): ``(B, N, D)`` -> ``(B, N)``.
 
     ``G = (∇ − mean over tokens) · V₁`` with ``V₁`` the first right-singular vector of the
     centred ``∇`` (no centring when ``centre=False``), its sign fixed by :func:`orient` against
@@ -312,7 +312,7 @@ def fort_transition(base: Tensor, term: Tensor, lam: float) -> Tensor:
 @register_explainer
 class RolloutSVDExplainer(Explainer):
     """FORT position-prompt explainer: attention rollout plus an SVD-denoised gradient term
-    (Wang, Jie, Deng, NeurIPS 2023; DESIGN.md section 4).
+    (Wang, Jie, Deng, NeurIPS 2023; docs/method.md).
 
     For images x with target scores s ``(B,)``:
 
@@ -328,7 +328,7 @@ class RolloutSVDExplainer(Explainer):
     6. Scores: mean over the rows of R, ``(B, N)`` -> ``(B, h, w)``.
 
     What the gradient term does beyond the paper's formula ``Â = norm(I + A + λ·1Gᵀ)`` with
-    ``G = ∇_c V₁`` (``∇_c`` the token-centred gradient), and why (DESIGN.md section 4):
+    ``G = ∇_c V₁`` (``∇_c`` the token-centred gradient), and why (docs/method.md):
 
     - **Sign reference.** ``V₁`` (hence G) is defined only up to sign, and the official code
       keeps whatever sign the SVD returns, so its prompts can land on the object or on its
@@ -355,7 +355,7 @@ class RolloutSVDExplainer(Explainer):
       (``Σ_j (A_ij + I_ij + λ G_j) = Σ_j A_ij + 1`` and the clamp only raises entries), so no
       row is ever empty.
 
-    Measured on the base-class-pretrained ViT of DESIGN.md section 4: 50-55% of the 5 prompt
+    Measured on the base-class-pretrained ViT of docs/method.md: 50-55% of the 5 prompt
     patches on the object with these three changes, 15-23% with the raw official form.
 
     Args:

@@ -1,6 +1,8 @@
 """focusvit.finetune: tuners, the attention-enhancement loss, per-task fine-tuning and episodic
-evaluation (FORT, Wang, Jie, Deng, NeurIPS 2023; DESIGN.md sections 5 and 6)."""
+evaluation (FORT, Wang, Jie, Deng, NeurIPS 2023). The loss is the package
+:mod:`focusvit.finetune.attention_loss` (``docs/concepts/loss.md``)."""
 
+from .attention_loss import FortConfig, resolve_fort, swin_attention_loss, vit_attention_loss
 from .batched import BatchingUnsupportedError, fit_predict_batched, tasks_per_batch
 from .evaluate import (
     MethodChoice,
@@ -14,10 +16,9 @@ from .evaluate import (
     parse_method,
 )
 from .heads import SOLVERS, init_head, solve
-from .losses import FortConfig, swin_attention_loss, vit_attention_loss
 from .recipes import HEAD_INITS, RECIPES, FitOptions, Recipe, recipe_for
 from .selection import AlphaSelection, select_alpha
-from .trainer import TaskModel, fit_task, resolve_fort, support_features
+from .trainer import TaskModel, fit_task, support_features
 from .tuners import (
     TUNERS,
     FullConfig,
@@ -26,10 +27,13 @@ from .tuners import (
     SSFConfig,
     TunedModel,
     TunerConfig,
+    TunerSpec,
     VPTConfig,
     applicable_tuners,
     apply_tuner,
     make_tuner,
+    tuner_spec,
+    tuner_specs,
 )
 
 __all__ = [
@@ -52,6 +56,7 @@ __all__ = [
     "TunedModel",
     "TunerConfig",
     "TunerRunner",
+    "TunerSpec",
     "VPTConfig",
     "applicable_tuners",
     "apply_tuner",
@@ -72,5 +77,7 @@ __all__ = [
     "support_features",
     "swin_attention_loss",
     "tasks_per_batch",
+    "tuner_spec",
+    "tuner_specs",
     "vit_attention_loss",
 ]

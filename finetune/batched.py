@@ -1,4 +1,4 @@
-"""Several few-shot tasks fine-tuned in one batched computation (DESIGN.md section 10: "several
+"""Several few-shot tasks fine-tuned in one batched computation (docs/benchmarks.md: "several
 tasks fine-tuned in one batched computation where the tuner allows it").
 
 :func:`fit_predict_batched` gives, for each task ``t``, what
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -52,22 +52,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from focusvit.backbones import BackboneAdapter
-from focusvit.errors import ConfigError, NonFiniteError, UnsupportedMethodError
+from focusvit.errors import ConfigError, NonFiniteError, UsageError
 
-from .lora import lora_target_names
-from .losses import FortConfig
+from .attention_loss import FortConfig, compute_loss, loss_capture, loss_layers
 from .recipes import FitOptions, recipe_for
-from .ssf import SSF_CHILD, ScaleShift, channel_count
 from .trainer import (
-    _attention_loss,
     _autocast,
-    _loss_capture,
-    _loss_layers,
     _optimizer,
     check_finite_step,
     fit_task,
 )
-from .tuners import TunerConfig, make_tuner
+from .tuners import (
+    SEQUENTIAL_FIX,
+    BatchedVariant,
+    BatchingUnsupportedError,
+    TunerConfig,
+    make_tuner,
+    tuner_spec,
+    tuner_specs,
+)
 
 __all__ = [
     "BATCHED_TUNERS",
@@ -79,18 +82,11 @@ __all__ = [
     "tasks_per_batch",
 ]
 
-#: tuners whose per-task parameters can be stacked and applied per image by hooks
-BATCHED_TUNERS = ("lora", "ssf")
+#: tuners whose per-task parameters can be stacked and applied per image by hooks (those
+#: registered with a batched variant)
+BATCHED_TUNERS = tuple(spec.name for spec in tuner_specs() if spec.batched is not None)
 
-_SEQUENTIAL = (
-    "use the sequential path for it (TunerRunner.predict / fit_task one task at a time, i.e. "
-    "tasks_per_batch=1)"
-)
-
-
-class BatchingUnsupportedError(UnsupportedMethodError):
-    """These tasks cannot be fine-tuned in one batched computation; fine-tune them one at a time
-    (the sequential path) instead. Raised before any training; the backbone is as it was."""
+_SEQUENTIAL = SEQUENTIAL_FIX
 
 
 # ----------------------------------------------------------------------------- checks
@@ -117,8 +113,9 @@ def _stochastic_layers(model: nn.Module) -> list[str]:
 
 def check_batchable(backbone: BackboneAdapter, tuner: TunerConfig) -> None:
     """Raise :class:`BatchingUnsupportedError` (naming the fix) unless ``tuner`` on ``backbone``
-    can be batched: LoRA (no LoRA dropout) or SSF on a columnar ViT without dropout / drop-path
-    (random masks of one batched forward differ from those of T separate forwards)."""
+    can be batched: a tuner with a batched variant (LoRA, SSF) on a columnar ViT, without
+    random options (LoRA dropout) or dropout / drop-path layers (random masks of one batched
+    forward differ from those of T separate forwards)."""
     name = getattr(tuner, "name", str(tuner))
     if name not in BATCHED_TUNERS:
         raise BatchingUnsupportedError(
@@ -130,11 +127,7 @@ def check_batchable(backbone: BackboneAdapter, tuner: TunerConfig) -> None:
             f"batched fine-tuning supports columnar ViTs; {backbone.name} is a "
             f"{backbone.family!r} model: {_SEQUENTIAL}"
         )
-    if name == "lora" and getattr(tuner, "dropout", 0.0) > 0:
-        raise BatchingUnsupportedError(
-            f"LoRA dropout {tuner.dropout} draws random masks that one batched forward cannot "
-            f"reproduce per task: set dropout=0, or {_SEQUENTIAL}"
-        )
+    _check_random_options(name, tuner)
     stochastic = _stochastic_layers(backbone.model)
     if stochastic:
         shown = ", ".join(stochastic[:3]) + (" ..." if len(stochastic) > 3 else "")
@@ -142,6 +135,30 @@ def check_batchable(backbone: BackboneAdapter, tuner: TunerConfig) -> None:
             f"{backbone.name} has dropout / drop-path layers with p > 0 ({shown}) whose random "
             f"masks differ between one batched and separate forwards; {_SEQUENTIAL}"
         )
+
+
+def _check_random_options(name: str, tuner: TunerConfig | str) -> None:
+    """Refuse a config whose random options (the spec's ``random_options``, e.g. dropout) are
+    set: one batched forward cannot reproduce T separate forwards' random masks."""
+    spec = tuner_spec(name)
+    config = make_tuner(name) if isinstance(tuner, str) else tuner
+    for option in spec.random_options:
+        value = getattr(config, option, 0.0)
+        if value > 0:
+            raise BatchingUnsupportedError(
+                f"{spec.label} {option} {value} draws random masks that one batched forward "
+                f"cannot reproduce per task: set {option}=0, or {_SEQUENTIAL}"
+            )
+
+
+def _variant(tuner: TunerConfig) -> BatchedVariant:
+    """The tuner's batched variant (after :func:`check_batchable`)."""
+    variant = tuner_spec(tuner).batched
+    if variant is None:
+        raise BatchingUnsupportedError(
+            f"tuner {tuner.name!r} has no batched variant; {_SEQUENTIAL}"
+        )
+    return variant
 
 
 def _check_inputs(
@@ -186,9 +203,11 @@ class _TaskInit:
 
     Attributes:
         head: ``(weight (C, D), bias (C,))``.
-        sites: per tuner site name: LoRA ``(A (r, d_in), B (d_out, r))``; SSF
-            ``(scale (C,), shift (C,))``.
-        scaling: per LoRA site, peft's ``lora_alpha / r`` (empty for SSF).
+        sites: per tuner site name, the tuner's trainable pair there
+            (:meth:`~focusvit.finetune.tuners.BatchedVariant.site_state`): LoRA
+            ``(A (r, d_in), B (d_out, r))``; SSF ``(scale (C,), shift (C,))``.
+        constants: per site, the constant shared by every task (LoRA: peft's
+            ``lora_alpha / r``; SSF: 1.0).
         targets: ``(M, N)`` prompt targets, or None without the attention loss.
         fort: the resolved attention-loss settings (None: plain cross-entropy).
         trainable: the sequential path's trainable parameter count.
@@ -196,7 +215,7 @@ class _TaskInit:
 
     head: tuple[Tensor, Tensor]
     sites: dict[str, tuple[Tensor, Tensor]]
-    scaling: dict[str, float] = field(default_factory=dict)
+    constants: dict[str, float] = field(default_factory=dict)
     targets: Tensor | None = None
     fort: FortConfig | None = None
     trainable: int = 0
@@ -205,9 +224,7 @@ class _TaskInit:
 
 def _site_names(backbone: BackboneAdapter, tuner: TunerConfig) -> list[str]:
     """Full module names the tuner acts on (the same lists the tuners themselves use)."""
-    if tuner.name == "lora":
-        return lora_target_names(backbone, tuner.targets or backbone.lora_targets)
-    return list(tuner.targets or backbone.ssf_targets)
+    return _variant(tuner).site_names(backbone, tuner)
 
 
 def _initial_state(
@@ -219,9 +236,12 @@ def _initial_state(
     options: FitOptions,
     sites: list[str],
     shared: dict | None,
+    support_masks: Tensor | None = None,
 ) -> _TaskInit:
     """Run the sequential initialisation (``fit_task`` with 0 steps) and copy its state out."""
     extra: dict[str, Any] = {} if shared is None else {"shared": shared}
+    if support_masks is not None:
+        extra["support_masks"] = support_masks
     with fit_task(
         backbone, support, labels, tuner=tuner, fort=fort, options=replace(options, steps=0),
         **extra,
@@ -235,27 +255,10 @@ def _initial_state(
             )
         known = [head.weight, head.bias]
         state: dict[str, tuple[Tensor, Tensor]] = {}
-        scaling: dict[str, float] = {}
+        constants: dict[str, float] = {}
+        variant = _variant(tuner)
         for name in sites:
-            module = model.get_submodule(name)
-            if tuner.name == "lora":
-                adapters = list(getattr(module, "lora_A", {}).keys())
-                if len(adapters) != 1:
-                    raise BatchingUnsupportedError(
-                        f"{name} carries LoRA adapters {adapters} (expected exactly one); "
-                        f"{_SEQUENTIAL}"
-                    )
-                key = adapters[0]
-                pair = (module.lora_A[key].weight, module.lora_B[key].weight)
-                scaling[name] = float(module.scaling[key])
-            else:
-                ssf = module._modules.get(SSF_CHILD)
-                if not isinstance(ssf, ScaleShift) or ssf.channel_dim != -1:
-                    raise BatchingUnsupportedError(
-                        f"SSF site {name} does not scale the last (channel) dimension; "
-                        f"{_SEQUENTIAL}"
-                    )
-                pair = (ssf.scale, ssf.shift)
+            pair, constants[name] = variant.site_state(model.get_submodule(name), name)
             known.extend(pair)
             state[name] = (pair[0].detach().clone(), pair[1].detach().clone())
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -273,7 +276,7 @@ def _initial_state(
             head=(head.weight.detach().clone(), head.bias.detach().clone()),
             divisor=float(getattr(head, "logit_divisor", 1.0)),
             sites=state,
-            scaling=scaling,
+            constants=constants,
             targets=None if targets is None else targets.detach().clone(),
             fort=task.fort,
             trainable=int(task.parameter_counts.get("trainable", 0)),
@@ -291,54 +294,12 @@ class _Routing:
     def current(self, batch: int, where: str) -> Tensor:
         index = self.index
         if index is None or index.shape[0] != batch:
-            raise RuntimeError(
+            raise UsageError(
                 f"batched tuner hook at {where} got a batch of {batch} images but "
                 f"{None if index is None else index.shape[0]} task indices; run the backbone "
                 "only through fit_predict_batched while its hooks are in place"
             )
         return index
-
-
-def _lora_hook(
-    name: str, a: Tensor, b: Tensor, scaling: float, routing: _Routing
-) -> Callable[..., Tensor]:
-    """``out + s · (x A_tᵀ) B_tᵀ`` per image, ``A (T, r, d_in)``, ``B (T, d_out, r)``."""
-
-    def hook(_module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-        x = args[0]
-        index = routing.current(x.shape[0], name)
-        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (B, L, d_in)
-        low = torch.bmm(flat, a[index].transpose(1, 2))  # (B, L, r)
-        delta = torch.bmm(low, b[index].transpose(1, 2))  # (B, L, d_out)
-        return output + (delta * scaling).reshape(output.shape)
-
-    return hook
-
-
-def _ssf_hook(name: str, scale: Tensor, shift: Tensor, routing: _Routing) -> Callable[..., Any]:
-    """``out · γ_t + β_t`` per image over the channel (last) dimension, ``γ, β (T, C)``."""
-    channels = scale.shape[1]
-
-    def apply(x: Tensor) -> Tensor:
-        index = routing.current(x.shape[0], name)
-        view = [x.shape[0]] + [1] * (x.ndim - 1)
-        if x.shape[-1] == channels:
-            view[-1] = channels
-        elif x.ndim >= 3 and x.shape[1] == channels:  # what ScaleShift falls back to
-            view[1] = channels
-        else:
-            raise RuntimeError(
-                f"SSF at {name} expected {channels} channels, got an output of shape "
-                f"{tuple(x.shape)}"
-            )
-        return x * scale[index].view(view) + shift[index].view(view)
-
-    def hook(_module: nn.Module, _args: tuple, output: Any) -> Any:
-        if isinstance(output, tuple):
-            return (apply(output[0]), *output[1:])
-        return apply(output)
-
-    return hook
 
 
 def _task_logits(features: Tensor, weight: Tensor, bias: Tensor, index: Tensor) -> Tensor:
@@ -375,12 +336,13 @@ def fit_predict_batched(
     *,
     shared: Sequence[dict | None] | None = None,
     predict_batch_size: int = 256,
+    support_masks: Sequence[Tensor | None] | None = None,
 ) -> list[tuple[Tensor, dict]]:
     """Fine-tune T few-shot tasks in one batched computation and predict their queries.
 
     Equals, per task ``t``, ``torch.manual_seed(seeds[t])`` followed by
     ``TunerRunner(backbone, tuner, fort, options, device).predict(supports[t],
-    support_labels[t], queries[t])``, see the module docstring (DESIGN.md section 10): the same
+    support_labels[t], queries[t])``, see the module docstring (docs/benchmarks.md): the same
     initial parameters, gradients and optimiser updates, so predictions and losses agree up to
     float rounding. Rounding differs because the backbone's matmuls see a larger batch: on the
     tiny test models final losses agree to ~1e-6 relative; on DINOv2-S/14 (112 px, 5-way
@@ -400,6 +362,8 @@ def fit_predict_batched(
         options: recipe overrides and head init (:class:`FitOptions`; None: the defaults).
         seeds: per task, the torch seed the sequential path would be started with.
         shared: optional per-task ``EpisodeData.shared`` caches handed to ``fit_task``.
+        support_masks: optional per-task ``(M_t, H, W)`` object masks handed to ``fit_task``
+            (needed by ``FortConfig(prompts="ground_truth")``).
         predict_batch_size: query images per eval forward (whole tasks per chunk; at least one
             task).
 
@@ -418,6 +382,11 @@ def fit_predict_batched(
     _check_inputs(supports, support_labels, queries, seeds)
     if shared is not None and len(shared) != len(supports):
         raise ConfigError(f"shared has {len(shared)} entries for {len(supports)} tasks")
+    if support_masks is not None and len(support_masks) != len(supports):
+        raise ConfigError(
+            f"support_masks has {len(support_masks)} entries for {len(supports)} tasks; pass one "
+            "(M_t, H, W) mask batch per task"
+        )
     device = supports[0].device
     recipe = recipe_for(backbone.family, tuner.name).override(**options.recipe_overrides())
     sites = _site_names(backbone, tuner)
@@ -429,6 +398,7 @@ def fit_predict_batched(
                 _initial_state(
                     backbone, supports[t], support_labels[t].to(device), tuner, fort, options,
                     sites, None if shared is None else shared[t],
+                    None if support_masks is None else support_masks[t],
                 )
             )  # fmt: skip
     if any(len(y) > int(y.max()) + 1 for y in support_labels):
@@ -481,12 +451,10 @@ def _train_and_predict(
     handles = []
     modes = {m: m.training for m in backbone.modules()}
     results: list[tuple[Tensor, dict]] = []
+    variant = _variant(tuner)
     try:
         for name, (first, second) in stacks.items():
-            if tuner.name == "lora":
-                hook = _lora_hook(name, first, second, inits[0].scaling[name], routing)
-            else:
-                hook = _ssf_hook(name, first, second, routing)
+            hook = variant.hook(name, first, second, inits[0].constants[name], routing)
             # prepend: the attention capture's hooks on q/k see the tuned output, as they see
             # peft's LoRA layer / SSF's own prepended hook in the sequential path
             handles.append(model.get_submodule(name).register_forward_hook(hook, prepend=True))
@@ -497,7 +465,7 @@ def _train_and_predict(
             routing.index = _task_index(sizes, device, range(count))
             losses: list[list[dict[str, float]]] = [[] for _ in range(count)]
             backbone.train()
-            layers = _loss_layers(backbone, fort) if fort is not None else []
+            layers = loss_layers(backbone, fort) if fort is not None else []
             targets = [init.targets for init in inits]
             for number in range(1, recipe.steps + 1):
                 step = _batched_step(
@@ -562,7 +530,7 @@ def _batched_step(
     :func:`~focusvit.finetune.trainer.training_step`.
     """
     optimizer.zero_grad(set_to_none=True)
-    capture = _loss_capture(backbone, fort, layers)
+    capture = loss_capture(backbone, fort, layers)
     bounds = [0]
     for size in sizes:
         bounds.append(bounds[-1] + size)
@@ -575,7 +543,7 @@ def _batched_step(
             ces.append(F.cross_entropy(logits[lo:hi], labels[lo:hi]))
             if fort is not None:
                 maps = [m[lo:hi] for m in record]
-                attns.append(_attention_loss(backbone, fort, maps, targets[t]).float())
+                attns.append(compute_loss(backbone, fort, maps, targets[t]).float())
             else:
                 attns.append(ces[-1].new_zeros(()))
     alpha = fort.alpha if fort is not None else 0.0
@@ -653,15 +621,19 @@ def _tokens_width_heads(
     return h * w + backbone.num_prefix_tokens, backbone.embed_dim, backbone.num_heads
 
 
-def _ssf_channels(backbone: BackboneAdapter) -> int:
-    """Σ output channels over ``backbone.ssf_targets`` (0 when SSF does not apply)."""
-    total = 0
-    for name in backbone.ssf_targets:
-        try:
-            total += channel_count(backbone.model.get_submodule(name))
-        except (AttributeError, UnsupportedMethodError):
-            total += backbone.embed_dim
-    return total
+def _tuner_activation_bytes(
+    backbone: BackboneAdapter, tokens: int, tuner: str | TunerConfig | None
+) -> int:
+    """What the tuner's batched variant keeps per image on top of the blocks (its
+    :meth:`~focusvit.finetune.tuners.BatchedVariant.activation_bytes`); ``None``: the largest
+    over the batched tuners; 0 for a tuner without a batched variant."""
+    name = getattr(tuner, "name", tuner)
+    variants = [
+        spec.batched
+        for spec in tuner_specs()
+        if spec.batched is not None and (name is None or spec.name == name)
+    ]
+    return max((v.activation_bytes(backbone, tokens) for v in variants), default=0)
 
 
 #: allocator slack over the counted activations (measured: see activation_bytes_per_image)
@@ -692,9 +664,8 @@ def activation_bytes_per_image(
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     n, d, heads = _tokens_width_heads(backbone, size)  # type: ignore[arg-type]
     per_block = 4 * (17 * n * d + 2.5 * heads * n * n) * _SLACK
-    name = getattr(tuner, "name", tuner)
-    ssf = 4 * n * _ssf_channels(backbone) if name in (None, "ssf") else 0
-    return math.ceil(backbone.num_layers * per_block + ssf)
+    extra = _tuner_activation_bytes(backbone, n, tuner)
+    return math.ceil(backbone.num_layers * per_block + extra)
 
 
 def tasks_per_batch(

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter
+from focusvit.data.datasets import check_dataset_kind
 from focusvit.data.episodes import Episode
-from focusvit.errors import ConfigError
+from focusvit.errors import ArgumentError, ConfigError
 from focusvit.runs import (
     DistContext,
     EpisodeData,
@@ -33,12 +34,21 @@ from focusvit.runs import (
     weights_fingerprint,
 )
 from focusvit.runs import evaluate as evaluate_runner
+from focusvit.runs.spec import check_spec_kind
 
+from .attention_loss import (
+    FortConfig,
+    check_fort_value,
+    fort_settings,
+    masks_for_prompts,
+    refuse_fort,
+    resolve_fort,
+)
 from .features import feature_cache
 from .heads import DEFAULT_TRANSFORM, FEATURE_TRANSFORMS, SOLVERS, solve
-from .losses import FortConfig
 from .recipes import FitOptions, recipe_for
-from .trainer import fit_task, resolve_fort, support_features
+from .recipes import fit_options as checked_fit_options
+from .trainer import fit_task, support_features
 from .tuners import TUNERS, TunerConfig, make_tuner
 
 __all__ = [
@@ -88,30 +98,6 @@ def parse_method(method: str) -> MethodChoice:
         )
     refuse_fort(choice.tuner, choice.solver, fort)
     return choice
-
-
-def refuse_fort(
-    tuner: str | None, solver: str | None, fort: bool, family: str | None = None
-) -> None:
-    """Refuse the attention loss where it cannot act: a frozen-feature solver, the linear probe,
-    or a backbone ``family`` without attention (``None``: not known yet)."""
-    if not fort:
-        return
-    if solver is not None:
-        raise ConfigError(
-            f"the attention-enhancement loss needs fine-tuning; solver {solver!r} fits frozen "
-            "features: drop fort (or '+fort'), or choose a tuner: full, lora, ssf"
-        )
-    if tuner == "linear":
-        raise ConfigError(
-            "the linear probe trains only the head on frozen features, which the attention loss "
-            "cannot change: drop fort (or '+fort'), or choose tuner full, lora or ssf"
-        )
-    if family is not None and family not in ("vit", "swin"):
-        raise ConfigError(
-            f"the attention-enhancement loss needs a transformer with attention; this backbone "
-            f"is a {family}: drop fort, or load a ViT or Swin"
-        )
 
 
 # ----------------------------------------------------------------------------- settings
@@ -239,7 +225,7 @@ class TunerRunner:
         fort = resolve_fort(self.backbone, name, self.fort)
         return {
             "tuner": {"name": name, **to_plain(asdict(self.tuner))},
-            "fort": to_plain(fort) if fort is not None else None,
+            "fort": fort_settings(fort),
             "recipe": to_plain(asdict(recipe)),
             "head_init": self.options.head_init,
             "backbone": backbone_settings(self.backbone),
@@ -248,8 +234,18 @@ class TunerRunner:
     def run(self, data: EpisodeData) -> tuple[Tensor, Tensor, dict]:
         support, s_labels, query, q_labels = _episode_tensors(data, self.backbone, self.device)
         names = self._class_names(data)
-        predictions, info = self.predict(support, s_labels, query, data.shared, names)
+        masks = self._support_masks(data)
+        predictions, info = self.predict(support, s_labels, query, data.shared, names, masks)
         return predictions, q_labels, info
+
+    def _support_masks(self, data: EpisodeData) -> Tensor | None:
+        """The support images' object masks ``(M, H, W)``, aligned with their tensors, when
+        the prompts come from them (``FortConfig(prompts="ground_truth")``; else None)."""
+        if self.fort is None or self.fort.prompts != "ground_truth":
+            return None
+        support = data.episode.support
+        preprocessed = isinstance(data.items(support[:1])[0], Tensor)
+        return masks_for_prompts(self.fort, self.backbone, data.dataset, support, preprocessed)
 
     def _class_names(self, data: EpisodeData) -> list[str] | None:
         """The episode's class names in label order, for ``head_init="text"`` (else None)."""
@@ -276,6 +272,7 @@ class TunerRunner:
                         self.backbone, [t[0] for t in tensors], [t[1] for t in tensors],
                         [t[2] for t in tensors], self.tuner, self.fort, self.options,
                         [d.seed for d in group], shared=[d.shared for d in group],
+                        support_masks=[self._support_masks(d) for d in group],
                     )  # fmt: skip
                 except BatchingUnsupportedError:
                     results = None
@@ -283,9 +280,8 @@ class TunerRunner:
                 results = []
                 for data, (support, labels, query, _) in zip(group, tensors, strict=True):
                     torch.manual_seed(data.seed)
-                    results.append(
-                        self.predict(support, labels, query, data.shared, self._class_names(data))
-                    )
+                    names, masks = self._class_names(data), self._support_masks(data)
+                    results.append(self.predict(support, labels, query, data.shared, names, masks))
             outcomes.extend((p, t[3], info) for (p, info), t in zip(results, tensors, strict=True))
         return outcomes
 
@@ -296,14 +292,18 @@ class TunerRunner:
         query: Tensor,
         shared: dict | None = None,
         class_names: Sequence[str] | None = None,
+        support_masks: Tensor | None = None,
     ) -> tuple[Tensor, dict]:
         """Fine-tune on the preprocessed support set ``(M,3,H,W)``; query predictions ``(Q,)``
         and the record's extra info (final losses, trainable parameter count). ``shared``: the
         episode's cache of pretrained-model results (:class:`~focusvit.runs.EpisodeData`);
-        ``class_names``: one per support label (``head_init="text"``)."""
+        ``class_names``: one per support label (``head_init="text"``); ``support_masks``:
+        ``(M, H, W)`` object masks aligned with ``support`` (``FortConfig(prompts=
+        "ground_truth")``)."""
         with fit_task(
             self.backbone, support, support_labels, tuner=self.tuner, fort=self.fort,
             options=self.options, shared=shared, class_names=class_names,
+            support_masks=support_masks,
         ) as task:  # fmt: skip
             predictions = task.predict(query)
             info = {
@@ -334,17 +334,12 @@ for _key in ("k_shot", "n_query", "seed"):
 
 
 def fit_options(options: FitOptions | None, overrides: dict[str, Any]) -> FitOptions:
-    """``options`` with keyword overrides (``lr=``, ``steps=``, ``head_init=`` ...)."""
+    """``options`` with keyword overrides (``lr=``, ``steps=``, ``head_init=`` ...), checked by
+    :func:`~focusvit.finetune.recipes.fit_options`; names the fix of a legacy keyword."""
     for key in overrides:
         if key in _NOT_FIT_OPTIONS:
-            raise TypeError(f"evaluate() takes no {key}=: {_NOT_FIT_OPTIONS[key]}")
-    try:
-        base = asdict(options) if options is not None else {}
-        return FitOptions(**{**base, **overrides})
-    except TypeError as error:
-        raise TypeError(
-            f"{error}; fine-tuning options are {', '.join(FitOptions.__dataclass_fields__)}"
-        ) from None
+            raise ArgumentError(f"evaluate() takes no {key}=: {_NOT_FIT_OPTIONS[key]}")
+    return checked_fit_options(options, overrides, caller="evaluate")
 
 
 def make_runner(
@@ -369,6 +364,7 @@ def make_runner(
             "choose exactly one of tuner= (full, linear, lora, ssf, vpt) or solver= "
             f"({', '.join(SOLVERS)})"
         )
+    check_fort_value(fort)
     fort = FortConfig() if fort is True else (None if fort is False else fort)
     device = resolve_device(device)
     if solver is not None:
@@ -400,6 +396,8 @@ def make_runner(
         or tasks_per_batch < 1
     ):
         raise ConfigError(f"tasks_per_batch must be a whole number >= 1, got {tasks_per_batch!r}")
+    if options is not None:
+        options = checked_fit_options(options, {}, caller="make_runner")
     config = _tuner_config(tuner, tuner_options)
     if tasks_per_batch > 1:
         from .batched import BatchingUnsupportedError, check_batchable
@@ -408,7 +406,7 @@ def make_runner(
             check_batchable(backbone, config)
         except BatchingUnsupportedError as error:
             raise ConfigError(f"tasks_per_batch={tasks_per_batch}: {error}") from None
-    refuse_fort(config.name, None, fort is not None, backbone.family)
+    refuse_fort(config.name, None, fort is not None, backbone.family, backbone.name)
     recipe_for(backbone.family, config.name)  # refuses a tuner without a recipe for the family
     return TunerRunner(backbone, config, fort, options or FitOptions(), device, tasks_per_batch)
 
@@ -477,7 +475,7 @@ def evaluate(
             (e.g. ``LoraConfig(rank=8)``); exclusive with ``solver``.
         solver: a frozen-feature solver: ``prototype``, ``knn``, ``ridge``, ``svm``, ``logistic``.
         fort: the attention-enhancement loss: a :class:`FortConfig` (``None`` fields take the
-            DESIGN.md recipe of the backbone family and tuner), ``True`` for the recipe, or
+            recipe of the backbone family and tuner, docs/recipes.md), ``True`` for the recipe, or
             ``None`` (plain fine-tuning). Refused on solvers, the linear probe and CNNs.
         episodes: the :class:`~focusvit.runs.EpisodeSpec` (default ``EpisodeSpec()``).
         options: :class:`FitOptions` (recipe overrides and head init); keyword overrides such
@@ -506,6 +504,9 @@ def evaluate(
         plain = focusvit.evaluate(backbone, scenes, tuner="lora", episodes=spec)
         fort = focusvit.evaluate(backbone, scenes, tuner="lora", fort=focusvit.FortConfig(), episodes=spec)
     """
+    if episodes is not None:
+        check_spec_kind(episodes, "episodes")
+    check_dataset_kind(dataset)
     if fit_overrides:
         if solver is not None:
             fit_options(None, fit_overrides)  # names the legacy keyword when there is one
@@ -514,6 +515,8 @@ def evaluate(
                 "drop them, or choose a tuner"
             )
         options = fit_options(options, fit_overrides)
+    elif options is not None:
+        options = fit_options(options, {})
     runner = make_runner(
         backbone, tuner, solver, fort, options, tuner_options, device,
         feature_transform, cache_features, feature_cache_dir, tasks_per_batch,

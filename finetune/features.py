@@ -1,4 +1,4 @@
-"""Frozen features computed once per image and run (DESIGN.md section 10).
+"""Frozen features computed once per image and run (docs/benchmarks.md).
 
 Frozen-feature solvers only need each image's pooled feature, which in eval mode does not
 depend on the episode. :class:`FeatureCache` computes the features of the images episodes touch,

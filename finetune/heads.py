@@ -1,6 +1,6 @@
 """Classification heads from a support set, and frozen-feature few-shot solvers.
 
-Head initialisation (DESIGN.md section 6; the official FORT code solves an SVM-style problem on
+Head initialisation (docs/recipes.md; the official FORT code solves an SVM-style problem on
 the support features; a ridge or logistic solve is a fine substitute and prototypes are the
 simplest) and the frozen-feature baselines: nearest prototype, kNN, ridge, SVM and logistic
 regression (scikit-learn).
@@ -102,7 +102,7 @@ def crammer_singer_dual(
     """Dual coefficients ``alpha`` ``(M, C)`` of the margin-1 Crammer-Singer SVM of FORT's head
     (MetaOptNet's ``SVM_CS``): minimise ``½ Σ_ij K_ij <a_i, a_j> + ½ ||a||² - Σ_i a_{i,y_i}``
     subject to ``a_i <= c_reg · onehot(y_i)`` and ``Σ_k a_ik = 0`` for every support sample i.
-    The ``+ ½ ||a||²`` is the identity added to the kernel (DESIGN.md section 6); it makes the
+    The ``+ ½ ||a||²`` is the identity added to the kernel (docs/recipes.md); it makes the
     problem strongly convex, so accelerated projected gradient (FISTA, exact per-row
     projection) converges to the unique optimum.
 

@@ -1,13 +1,17 @@
-"""Per-family, per-tuner fine-tuning recipes of FORT (DESIGN.md section 6)."""
+"""Per-family, per-tuner fine-tuning recipes of FORT (docs/recipes.md)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from numbers import Real
 from typing import Any
 
-from focusvit.errors import ConfigError
+from focusvit.errors import ArgumentError, ConfigError
+
+#: ViT prompts are 14 of 196 patches (~7%), as a fraction so other grids scale: the one value
+#: shared with FortConfig and the CLI (focusvit.prompting.prompts.VIT_TOP_FRACTION)
+from focusvit.prompting.prompts import VIT_TOP_FRACTION
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,6 @@ class Recipe:
     def override(self, **changes: Any) -> Recipe:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
-
-#: ViT prompts are 14 of 196 patches (~7%); expressed as a fraction so other grids scale.
-VIT_TOP_FRACTION = 14 / 196
 
 RECIPES: dict[tuple[str, str], Recipe] = {
     ("vit", "full"): Recipe(
@@ -92,7 +93,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
 
 @dataclass
 class FitOptions:
-    """Overrides of the DESIGN.md recipe (``None`` keeps the recipe's value) and the head init.
+    """Overrides of the recipe of docs/recipes.md (``None`` keeps the recipe's value) and the head init.
 
     The one definition of these settings and their defaults: :func:`focusvit.evaluate`,
     :func:`~focusvit.finetune.fit_task` and the CLI's ``trainer`` group all use it.
@@ -152,6 +153,29 @@ class FitOptions:
         return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
 
 
+def fit_options(
+    options: FitOptions | None, overrides: dict[str, Any], caller: str = "fit_task"
+) -> FitOptions:
+    """``options`` (a :class:`FitOptions` or None) with keyword overrides (``lr=``, ``steps=``,
+    ``head_init=`` ...) merged in; refuses another ``options`` type and unknown keywords, naming
+    the option names (the one builder of :func:`~focusvit.finetune.fit_task` and
+    :func:`focusvit.evaluate`)."""
+    names = ", ".join(FitOptions.__dataclass_fields__)
+    if options is not None and not isinstance(options, FitOptions):
+        raise ArgumentError(
+            f"{caller}() options must be a FitOptions, got {type(options).__name__}; use "
+            f"options=FitOptions(lr=1e-3, steps=5) or keywords (lr=1e-3); options are {names}"
+        )
+    unknown = sorted(set(overrides) - set(FitOptions.__dataclass_fields__))
+    if unknown:
+        raise ArgumentError(
+            f"{caller}() got unknown keyword(s) {', '.join(unknown)}; fine-tuning options are "
+            f"{names}"
+        )
+    base = asdict(options) if options is not None else {}
+    return FitOptions(**{**base, **overrides})
+
+
 def _is_number(value: Any) -> bool:
     """True for a real number that is not a bool (``True`` is no learning rate)."""
     return isinstance(value, Real) and not isinstance(value, bool)
@@ -163,7 +187,7 @@ HEAD_INITS = ("svm", "prototype", "ridge", "logistic", "text")
 
 
 def recipe_for(family: str, tuner: str) -> Recipe:
-    """The DESIGN.md recipe for ``family`` and ``tuner``, or a clear error listing what exists."""
+    """The recipe (docs/recipes.md) for ``family`` and ``tuner``, or a clear error listing what exists."""
     try:
         return RECIPES[(family, tuner)]
     except KeyError:

@@ -18,19 +18,26 @@ import copy
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from focusvit.backbones import BackboneAdapter, UnsupportedMethodError
+from focusvit.backbones import BackboneAdapter
 from focusvit.errors import ConfigError, NonFiniteError
 
+from .attention_loss import (
+    FortConfig,
+    compute_loss,
+    loss_capture,
+    loss_layers,
+    prompt_targets,
+    resolve_fort,
+)
 from .heads import init_head, text_head
-from .losses import FortConfig, swin_attention_loss, vit_attention_loss
-from .recipes import FitOptions, Recipe, recipe_for
-from .tuners import TunerConfig, apply_tuner, make_tuner
+from .recipes import FitOptions, Recipe, fit_options, recipe_for
+from .tuners import TunerConfig, apply_tuner, make_tuner, tuner_spec
 
 
 @dataclass
@@ -97,110 +104,6 @@ def support_features(backbone: BackboneAdapter, images: Tensor, batch_size: int 
         return torch.cat([backbone.features(chunk).float() for chunk in images.split(batch_size)])
 
 
-def make_prompt_targets(
-    backbone: BackboneAdapter, images: Tensor, labels: Tensor, fort: FortConfig
-) -> Tensor | list[Tensor]:
-    """Position prompts of the support set, computed once before fine-tuning (fixed afterwards).
-
-    Returns:
-        columnar ViT: ``(K, N)`` targets over patch tokens; Swin: per stage ``(K, windows, n)``.
-    """
-    if backbone.family == "swin":
-        from focusvit.prompting import swin_window_prompts
-
-        return swin_window_prompts(backbone, images, fort.top_k, fort.top_fraction).targets
-    if backbone.family != "vit":
-        raise UnsupportedMethodError(
-            f"the attention-enhancement loss needs a transformer; {backbone.name} is a "
-            f"{backbone.family}: set fort alpha=0"
-        )
-    from focusvit.explainers import explain
-    from focusvit.prompting import make_prompts
-
-    explanation = explain(backbone, images, method=fort.explainer, target=labels)
-    return make_prompts(
-        explanation, top_k=fort.top_k, top_fraction=fort.top_fraction, weighting=fort.weighting
-    ).target
-
-
-def _attention_loss(backbone: BackboneAdapter, fort: FortConfig, record, targets) -> Tensor:
-    if fort.target_sum == "one":  # each image's (window's) targets a distribution
-        if isinstance(targets, list):
-            targets = [t / t.sum(-1, keepdim=True).clamp_min(1e-12) for t in targets]
-        else:
-            targets = targets / targets.sum(-1, keepdim=True).clamp_min(1e-12)
-    if backbone.family == "swin":
-        return swin_attention_loss(list(record), targets, tau=fort.tau)
-    return vit_attention_loss(
-        list(record),
-        targets,
-        backbone.num_prefix_tokens,
-        fort.tau,
-        fort.query_rows,
-        backbone.inserted_tokens,
-        has_cls=backbone.has_cls_token,
-    )
-
-
-def _loss_capture(backbone: BackboneAdapter, fort: FortConfig | None, layers: list[int] | None):
-    """The capture the attention loss reads: pre-softmax logits of ``layers``; on Swin with the
-    model's shifted-window mask (the authors' logits) unless ``fort.shift_mask`` is False."""
-    if fort is None:
-        return nullcontext()
-    masked = {"shift_mask": True} if backbone.family == "swin" and fort.shift_mask else {}
-    return backbone.capture_attention(layers=layers, kind="logits", **masked)
-
-
-def _loss_layers(backbone: BackboneAdapter, fort: FortConfig) -> list[int]:
-    if backbone.family == "swin":
-        from focusvit.prompting.swin import last_block_of_each_stage
-
-        return last_block_of_each_stage(backbone)
-    return fort.layer_indices(backbone.num_layers)
-
-
-def resolve_fort(
-    backbone: BackboneAdapter, tuner: str, fort: FortConfig | bool | None
-) -> FortConfig | None:
-    """The attention-loss settings to train with, every ``None`` field filled from the
-    DESIGN.md recipe of ``backbone.family`` and ``tuner``; ``None``/``False`` -> no loss,
-    ``True`` -> ``FortConfig()`` (the recipe).
-
-    Raises:
-        UnsupportedMethodError: the loss cannot act here (linear probe: frozen features; a
-            model without attention), or the recipe has no α and none was given.
-        ConfigError: explicit ``layers`` outside the backbone's blocks (columnar ViTs).
-    """
-    if fort is None or fort is False:
-        return None
-    fort = FortConfig() if fort is True else fort
-    if tuner == "linear":
-        raise UnsupportedMethodError(
-            "the linear probe trains only the head on frozen features, which the attention loss "
-            "cannot change: drop fort, or choose tuner full, lora or ssf"
-        )
-    if backbone.family not in ("vit", "swin"):
-        raise UnsupportedMethodError(
-            f"the attention-enhancement loss needs a transformer; {backbone.name} is a "
-            f"{backbone.family}: drop fort, or load a ViT or Swin"
-        )
-    recipe = recipe_for(backbone.family, tuner)
-    alpha = fort.alpha if fort.alpha is not None else recipe.alpha
-    if alpha is None or (fort.alpha is None and recipe.alpha <= 0):
-        raise UnsupportedMethodError(
-            f"the {backbone.family} {tuner} recipe of DESIGN.md has no attention-loss weight; "
-            "pass FortConfig(alpha=..., tau=...) explicitly"
-        )
-    size = (
-        {}
-        if fort.top_k is not None or fort.top_fraction is not None
-        else {"top_k": recipe.top_k, "top_fraction": recipe.top_fraction}
-    )
-    if backbone.family == "vit" and not isinstance(fort.layers, str):
-        fort.layer_indices(backbone.num_layers)  # refuses blocks the model does not have
-    return replace(fort, alpha=alpha, tau=fort.tau if fort.tau is not None else recipe.tau, **size)
-
-
 @contextmanager
 def fit_task(
     backbone: BackboneAdapter,
@@ -212,6 +115,7 @@ def fit_task(
     tuner_options: dict | None = None,
     shared: dict | None = None,
     class_names: Sequence[str] | None = None,
+    support_masks: Tensor | None = None,
     **option_overrides,
 ) -> Iterator[TaskModel]:
     """Fine-tune ``backbone`` on one support set; the tuned model is valid inside the block.
@@ -233,6 +137,9 @@ def fit_task(
             and the support set, are kept for the other methods of the same episode.
         class_names: the task's class names, one per label ``0..N-1``; needed by
             ``head_init="text"`` (the text tower's zero-shot head), unused otherwise.
+        support_masks: ``(M, H, W)`` object masks aligned with ``images`` (the same resize /
+            crop: ``backbone.preprocess_masks(raw_masks)``); needed by
+            ``FortConfig(prompts="ground_truth")``, unused otherwise.
 
     Example::
 
@@ -240,11 +147,11 @@ def fit_task(
             accuracy = (task.predict(xq) == yq).float().mean()
     """
     check_support(images, labels)
+    options = fit_options(options, option_overrides)
     # the task draws from torch's global RNG (tuner init, dropout, mini-batch order): fork it so
     # that the caller's stream is the same after the task as before (restored also on error)
     devices = [images.device] if images.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        options = replace(options or FitOptions(), **option_overrides)
         config = (
             tuner if isinstance(tuner, TunerConfig) else make_tuner(tuner, **(tuner_options or {}))
         )
@@ -260,7 +167,9 @@ def fit_task(
         _swap_head(backbone, head)
         try:
             if fort_config is not None:
-                targets = _prompt_targets(backbone, images, labels, fort_config, options, shared)
+                targets = _prompt_targets(
+                    backbone, images, labels, fort_config, options, shared, support_masks
+                )
             with apply_tuner(backbone, config) as tuned:
                 task = TaskModel(
                     backbone,
@@ -294,14 +203,25 @@ def check_support(images: Tensor, labels: Tensor) -> None:
         )
     if images.shape[0] == 0:
         raise ConfigError("the support set is empty; pass at least one image per class")
+    if not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images)).flatten(1).any(dim=1).sum())
+        raise NonFiniteError(
+            f"{bad} of {images.shape[0]} support images hold NaN/inf values; preprocess finite "
+            "pixels with backbone.preprocess(images) (check the image files or the tensors passed)"
+        )
     if (
         not isinstance(labels, Tensor)
         or labels.ndim != 1
         or labels.is_floating_point()
         or labels.dtype == torch.bool
     ):
+        what = (
+            f"a {labels.dtype} tensor of shape {tuple(labels.shape)}"
+            if isinstance(labels, Tensor)
+            else f"a {type(labels).__name__}"
+        )
         raise ConfigError(
-            f"support labels must be a 1-d integer tensor, got {labels!r:.80}; e.g. "
+            f"support labels must be a 1-d integer tensor, got {what}; e.g. "
             "torch.tensor([0, 1, 2, 0, 1, 2])"
         )
     if labels.shape[0] != images.shape[0]:
@@ -393,14 +313,15 @@ def _prompt_targets(
     fort: FortConfig,
     options: FitOptions,
     shared: dict | None,
+    support_masks: Tensor | None = None,
 ) -> Tensor | list[Tensor]:
     """Position prompts of the support set with the task head in place, once per episode and
-    prompt setting."""
+    prompt setting (:func:`~focusvit.finetune.attention_loss.prompt_targets`)."""
     key = (
         "prompts", id(backbone), tuple(images.shape), str(images.device), options.head_init,
-        fort.explainer, fort.top_k, fort.top_fraction, fort.weighting,
+        fort.prompts, fort.explainer, fort.top_k, fort.top_fraction, fort.weighting,
     )  # fmt: skip
-    return _memo(shared, key, lambda: make_prompt_targets(backbone, images, labels, fort))
+    return _memo(shared, key, lambda: prompt_targets(backbone, images, labels, fort, support_masks))
 
 
 def _swap_head(backbone: BackboneAdapter, head: torch.nn.Module) -> None:
@@ -433,13 +354,13 @@ def _train(task: TaskModel, tuned, images: Tensor, labels: Tensor) -> None:
 def _train_steps(task: TaskModel, tuned, params: list, images: Tensor, labels: Tensor) -> None:
     backbone, recipe, fort = task.backbone, task.recipe, task.fort
     optimizer = _optimizer(recipe, params)
-    if tuned.config.name == "linear" and fort is None:
+    if not tuner_spec(tuned.config).trains_backbone and fort is None:
         _train_head_on_features(task, optimizer, support_features(backbone, images), labels)
         return
     backbone.train()
     if fort is not None and fort.alpha == 0:
         fort = None  # alpha 0 trains exactly as plain fine-tuning (no attention capture)
-    layers = _loss_layers(backbone, fort) if fort is not None else []
+    layers = loss_layers(backbone, fort) if fort is not None else []
     n_way = int(labels.max()) + 1
     for _ in range(recipe.steps):
         for batch in support_batches(len(labels), n_way, labels.device):
@@ -479,26 +400,27 @@ def training_step(
     prompt_targets: Tensor | list[Tensor] | None = None,
     layers: list[int] | None = None,
 ) -> dict[str, float]:
-    """One optimiser step on the support set: ``CE + α · attention loss`` (DESIGN.md section 5).
+    """One optimiser step on the support set: ``CE + α · attention loss`` (Wang, Jie, Deng,
+    NeurIPS 2023; ``docs/concepts/loss.md``).
 
     Args:
         images: ``(M, 3, H, W)`` support batch; labels ``(M,)``.
         fort: attention-loss settings, or None for plain cross-entropy.
         prompt_targets: the fixed prompts (``(M, N)`` ViT, per-stage window targets for Swin).
         layers: blocks whose attention logits the loss reads (only these compute explicit
-            attention; default :func:`_loss_layers`).
+            attention; default :func:`~focusvit.finetune.attention_loss.loss_layers`).
 
     Returns:
         ``{"ce", "attn", "total"}`` as floats.
     """
     optimizer.zero_grad(set_to_none=True)
     if fort is not None and layers is None:
-        layers = _loss_layers(backbone, fort)
-    with _loss_capture(backbone, fort, layers) as record, _autocast(images.device):
+        layers = loss_layers(backbone, fort)
+    with loss_capture(backbone, fort, layers) as record, _autocast(images.device):
         logits = backbone.logits(images).float()
         ce = F.cross_entropy(logits, labels)
         attn = (
-            _attention_loss(backbone, fort, record, prompt_targets).float()
+            compute_loss(backbone, fort, record, prompt_targets).float()
             if fort is not None
             else ce.new_zeros(())
         )

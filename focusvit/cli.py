@@ -40,7 +40,7 @@ from focusvit.runconfig import (
     instantiate,
     normalise_inputs,
 )
-from focusvit.runs import BackboneSpec, DistContext, EpisodeSpec, RunDir
+from focusvit.runs import BackboneSpec, DistContext, EpisodeSpec, RunDir, validation_seed
 from focusvit.runs.rundir import check_out_folder
 
 #: keys of a run's settings that may change when its folder is resumed
@@ -342,7 +342,7 @@ def check_methods_apply(methods: list[str], spec: BackboneSpec) -> None:
     family from the spec alone (otherwise :func:`check_method_fits` refuses after loading)."""
     from focusvit.backbones import model_family
     from focusvit.finetune import parse_method
-    from focusvit.finetune.evaluate import refuse_fort
+    from focusvit.finetune.attention_loss import refuse_fort
 
     family = model_family(spec.spec)
     if family is None:
@@ -355,7 +355,7 @@ def check_methods_apply(methods: list[str], spec: BackboneSpec) -> None:
 
 
 def check_tuner_family(tuner: str, family: str, spec: str) -> None:
-    """Refuse a tuner without a DESIGN.md recipe for ``family`` (CNN + lora, Swin + vpt, ...)."""
+    """Refuse a tuner without a recipe (docs/recipes.md) for ``family`` (CNN + lora, Swin + vpt, ...)."""
     from focusvit.finetune.recipes import RECIPES
 
     known = sorted(t for f, t in RECIPES if f == family)
@@ -370,40 +370,47 @@ def check_tuner_family(tuner: str, family: str, spec: str) -> None:
 
 
 def check_method_fits(tuner: str, backbone, plan: FewshotPlan) -> None:
-    """Refuse a tuner without a DESIGN.md recipe for the backbone's family (CNN + lora, Swin +
-    vpt, ...), a ViT prompt larger than the patch grid and a Swin prompt larger than a window,
-    before any training."""
+    """Refuse a tuner without a recipe for the backbone's family (CNN + lora, Swin + vpt, ...)
+    and attention-loss settings the model cannot honour (a ViT prompt larger than the patch
+    grid, a Swin prompt larger than a window:
+    :func:`focusvit.finetune.attention_loss.check_fits`), before any training."""
+    from focusvit.finetune.attention_loss import OBJECTIVES, check_fits
+
     family = backbone.family
     check_tuner_family(tuner, family, plan.backbone.spec)
-    top_k = getattr(plan.fort, "top_k", None)
-    if top_k is not None and family == "vit":
+    if plan.fort is not None and family in OBJECTIVES:
         size = tuple(backbone.data_config["input_size"][1:])
-        h, w = backbone.grid_size(size)
-        if top_k > h * w:
-            raise ConfigError(
-                f"fort.top_k={top_k} is more than the {h * w} patches of {plan.backbone.spec} at "
-                f"{size[0]}x{size[1]}; use fort.top_k<={h * w} (FORT: 14 of 196), or "
-                "fort.top_fraction=0.0714"
-            )
-    if top_k is not None and family == "swin":
-        size = tuple(backbone.data_config["input_size"][1:])
-        tokens = smallest_window(backbone, size)
-        if top_k > tokens:
-            raise ConfigError(
-                f"fort.top_k={top_k} is more than the {tokens} tokens of a window of "
-                f"{plan.backbone.spec} at {size[0]}x{size[1]} (Swin prompts are chosen per "
-                f"window); use fort.top_k<={tokens} (FORT: 7 of 49)"
-            )
+        check_fits(backbone, plan.fort, size, option="fort.", where=plan.backbone.spec)
 
 
-def smallest_window(backbone, size: tuple[int, int]) -> int:
-    """Tokens of the smallest attention window of a Swin backbone at ``size`` pixels (one
-    forward of a blank image first: Hugging Face models clamp windows to small stage grids)."""
-    import torch
+def check_plan_fits(cfg: DictConfig, plan: FewshotPlan, backbone) -> None:
+    """Refuse, once the model is loaded and before the run folder's ``settings.json`` is
+    written, every method the model cannot run: a tuner without a recipe for its family, and
+    attention-loss settings it cannot honour (``fort.layers=[5]`` on a 2-block model, a prompt
+    larger than the patch grid, no α), through
+    :func:`focusvit.finetune.attention_loss.resolve_fort` as training would. A refusal then
+    leaves nothing behind, so the corrected command starts (or resumes) the same folder."""
+    from dataclasses import replace
 
-    with torch.no_grad(), backbone.evaluating():
-        backbone.logits(torch.zeros(1, 3, *size, device=next(backbone.parameters()).device))
-    return min(g.window[0] * g.window[1] for g in backbone.window_geometry(size))
+    from focusvit.finetune import parse_method
+    from focusvit.finetune.attention_loss import resolve_fort
+
+    alphas = [float(a) for a in cfg.select_alpha.alphas or []]
+    if alphas and plan.fort is None:
+        raise ConfigError(
+            "select_alpha.alphas chooses the attention-loss weight, but fort is off; select "
+            "fort=recipe, or set select_alpha.alphas=[]"
+        )
+    for method in plan.methods:
+        choice = parse_method(method)
+        if choice.solver is not None:
+            continue
+        check_method_fits(choice.tuner, backbone, plan)
+        if choice.fort and plan.fort is not None:
+            fort = plan.fort
+            if alphas and fort.alpha is None:  # α is chosen on validation episodes
+                fort = replace(fort, alpha=max(alphas))
+            resolve_fort(backbone, choice.tuner, fort)
 
 
 def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
@@ -422,13 +429,14 @@ def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str,
     context = DistContext.from_env(cfg.device)
     try:
         context.barrier()  # every rank has checked the folder before rank 0 writes to it
+        device = context.device(cfg.device)
+        start = time.perf_counter()
+        backbone = plan.backbone.load()
+        check_plan_fits(cfg, plan, backbone)  # refused before settings.json is written
         if context.is_main:
             folder.write_settings()
             if resumed:
                 _say(f"focusvit-fewshot: resuming {out}")
-        device = context.device(cfg.device)
-        start = time.perf_counter()
-        backbone = plan.backbone.load()
         selection_notes = []
         if cfg.select_alpha.alphas:
             plan.fort, selection_notes = choose_alpha(cfg, plan, backbone, folder, device, context)
@@ -507,7 +515,10 @@ def choose_alpha(
     if int(selection.episodes) < 1:
         raise ConfigError(f"select_alpha.episodes must be >= 1, got {selection.episodes}")
     validation = validation_data(cfg, str(selection.split))
-    spec = replace(plan.episodes, episodes=int(selection.episodes), split=str(selection.split))
+    spec = replace(  # validation episodes: the one seed rule of focusvit.runs.validation_seed
+        plan.episodes, episodes=int(selection.episodes), split=str(selection.split),
+        seed=validation_seed(plan.episodes.seed),
+    )  # fmt: skip
     if context.is_main:
         _say(f"focusvit-fewshot: choosing α on {spec.describe()} (validation classes)")
     chosen = select_alpha(  # under torchrun each process takes its share of the episodes
@@ -532,8 +543,8 @@ def _focus_runs(
     """Attention focus of the first ``report.focus_episodes`` episodes, kept in the run
     folder's ``focus`` checkpoint so a resumed run does not fine-tune them again."""
     from focusvit.finetune import resolve_fort
-    from focusvit.reports.fewshot import attention_focus
-    from focusvit.runs import fingerprint, flatten
+    from focusvit.finetune.attention_loss import prompt_settings
+    from focusvit.runs import FocusProbe, ProbeCache, fingerprint, flatten
 
     count = min(int(cfg.report.focus_episodes), plan.episodes.episodes)
     if count <= 0:
@@ -544,34 +555,24 @@ def _focus_runs(
             f"{backbone.family}: section skipped"
         ]
     prompt_fort = resolve_fort(backbone, plan.tuner.name, plan.fort) if plan.fort else None
-    if prompt_fort is None:  # prompts are shown all the same, with the ViT LoRA recipe's size
-        prompt_fort = resolve_fort(backbone, "lora", True)
+    if prompt_fort is None:  # prompts are shown all the same, with the family's prompt size
+        prompt_fort = prompt_settings(backbone)
     irrelevant = ("episodes.episodes", "progress", "device", "out")
     key = fingerprint({k: v for k, v in flatten(folder.settings).items() if k not in irrelevant})
-    cache = folder.load_checkpoint("focus")
-    if cache is None or cache.get("key") != key:
-        cache = {"key": key, "runs": {}}
-    runs = []
-    for index in range(count):
-        if str(index) not in cache["runs"]:
-            _say(
-                f"focusvit-fewshot: attention focus on episode {index} (fine-tunes each method once)"
-            )
-            cache["runs"][str(index)] = attention_focus(
-                backbone,
-                plan.dataset,
-                runners,
-                index,
-                plan.episodes,
-                prompt_fort,
-                coverage=float(cfg.report.coverage),
-                max_queries=int(cfg.report.max_queries),
-                device=next(iter(runners.values())).device,
-                progress=bool(cfg.progress),
-            )
-            folder.save_checkpoint("focus", cache)
-        runs.append(cache["runs"][str(index)])
-    return runs, []
+    probe = FocusProbe(
+        backbone, plan.dataset, runners, plan.episodes, prompt_fort,
+        coverage=float(cfg.report.coverage), max_queries=int(cfg.report.max_queries),
+        device=next(iter(runners.values())).device, progress=bool(cfg.progress),
+        numbers_only=False,
+    )  # fmt: skip
+
+    def measure(index: int) -> dict:
+        _say(f"focusvit-fewshot: attention focus on episode {index} (fine-tunes each method once)")
+        return probe(index)
+
+    # the one focus cache (focusvit.runs.ProbeCache), here with the maps the report draws
+    runs = ProbeCache(folder.checkpoint_file("focus"), key=key).measure(range(count), measure)
+    return [runs[index] for index in range(count)], []
 
 
 # ----------------------------------------------------------------------------- entry points

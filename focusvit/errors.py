@@ -46,3 +46,17 @@ class SettingsMismatchError(FocusVitError, ValueError):
 
 class CheckpointError(FocusVitError, ValueError):
     """A checkpoint file that cannot be read, or that belongs to another model or run."""
+
+
+class ArgumentError(FocusVitError, TypeError):
+    """An argument of a type the function cannot take, or a keyword it does not know (e.g. a
+    value a checkpoint cannot store, an option that belongs to another settings object)."""
+
+
+class LayerIndexError(FocusVitError, IndexError):
+    """A block (layer) index outside the model's blocks."""
+
+
+class UsageError(FocusVitError, RuntimeError):
+    """An object used in a state where it cannot work (a removed tuner, a second tuner on one
+    backbone, captured attention read before a forward pass ran)."""

@@ -1,6 +1,6 @@
 """Supervised pretraining of a small ViT / Swin on the base classes of the synthetic scenes.
 
-DESIGN.md section 9 / issue 7 item 1: a backbone trained on the *base* glyph classes of
+A backbone trained (docs/pretraining.md) on the *base* glyph classes of
 :class:`focusvit.SyntheticScenes`, whose attention spreads over every object of a cluttered
 scene (the situation position prompts are made for). The novel classes stay unseen, so the
 checkpoint can be evaluated few-shot on them.
@@ -56,10 +56,10 @@ class PretrainConfig:
     Attributes:
         arch: timm model name the architecture starts from.
         init: ``None`` trains from a random initialisation; ``"offline:dinov2-s14-imgfocus"``
-            starts from the offline DINOv2 ViT-S/14 weights (DESIGN.md section 8; needs
+            starts from the offline DINOv2 ViT-S/14 weights (docs/pretraining.md; needs
             ``arch="vit_small_patch14_dinov2"``, no ``model_kwargs`` and an image size that is
             a multiple of 14). A from-scratch ViT needs far more steps than a CPU gives in
-            minutes (section 9), a pretrained start learns the base classes in a few epochs.
+            minutes, a pretrained start learns the base classes in a few epochs.
         model_kwargs: timm ``create_model`` arguments changing it (``depth``, ``embed_dim``,
             ``num_heads``, ``patch_size``, Swin ``depths`` / ``window_size`` ...).
         image_size: side of the rendered scenes and of the model input; a multiple of the patch
@@ -194,11 +194,6 @@ def render_scenes(config: PretrainConfig) -> dict[str, Any]:
         seed=config.scene_seed,
         num_classes=config.num_classes,
     )
-    if config.num_classes is not None and len(scenes.class_ids) < config.num_classes:
-        raise ConfigError(
-            f"pretrain num_classes={config.num_classes} but the base split has only "
-            f"{len(scenes.class_ids)} classes"
-        )
     images = torch.from_numpy(np.stack([scenes.render(i)[0] for i in range(len(scenes))]))
     labels = torch.tensor(scenes.labels, dtype=torch.long)
     within = torch.arange(len(scenes)) % per_class
@@ -388,7 +383,8 @@ def pretrain(
             is written (``epoch`` counts from 1).
 
     Raises:
-        ValueError: ``out_dir`` holds a run with other settings.
+        SettingsMismatchError: ``out_dir`` holds a run with other settings (its message names
+            them).
     """
     from tqdm.auto import tqdm
 

@@ -17,7 +17,7 @@ import hydra
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from focusvit.pretraining import PretrainConfig
-from focusvit.runconfig import CONFIG_PATH, ConfigError, check_device
+from focusvit.runconfig import CONFIG_PATH, check_device
 
 #: keys of the composed config that are not :class:`PretrainConfig` options
 RUN_KEYS = ("name", "progress", "out")
@@ -48,10 +48,7 @@ def pretrain_config(cfg: DictConfig):
     """The :class:`~focusvit.pretraining.PretrainConfig` of a composed config."""
     values = OmegaConf.to_container(cfg, resolve=True)
     values = {k: v for k, v in values.items() if k not in (*RUN_KEYS, "hydra")}
-    try:
-        config = PretrainConfig.from_dict(values)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    config = PretrainConfig.from_dict(values)  # ConfigError naming the value and its fix
     check_device(config.device)
     return config
 
@@ -66,10 +63,8 @@ def run_pretrain(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
     config = pretrain_config(cfg)
     out = Path(out_dir or cfg.out)
     check_out_folder(out)
-    try:
-        path = pretrain(config, out, progress=bool(cfg.progress))
-    except ValueError as error:  # a run folder with other settings
-        raise ConfigError(str(error)) from None
+    # a run folder with other settings raises SettingsMismatchError (one line, like ConfigError)
+    path = pretrain(config, out, progress=bool(cfg.progress))
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     last = history[-1] if history else {}
     seconds = sum(h["seconds"] for h in history)

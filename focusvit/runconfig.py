@@ -6,7 +6,7 @@
 - ``tuner``     -> one of the tuner configs (``LoraConfig``, ``SSFConfig``, ``VPTConfig``,
   ``FullConfig``, ``LinearConfig``), registered as the options ``tuner=lora`` ... directly from
   the dataclasses
-- ``fort``      -> :class:`focusvit.FortConfig` (``fort=recipe``: every value from the DESIGN.md
+- ``fort``      -> :class:`focusvit.FortConfig` (``fort=recipe``: every value from docs/recipes.md
   recipe of the family and tuner; ``fort=off``: no attention loss)
 - ``trainer``   -> :class:`focusvit.FitOptions` (recipe overrides and head init)
 - ``data``      -> a few-shot dataset, built with ``_target_`` (``SyntheticScenes`` or
@@ -29,6 +29,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from focusvit.errors import ConfigError
 from focusvit.finetune import TUNERS, FitOptions, FortConfig
+from focusvit.prompting.prompts import check_prompt_size
 from focusvit.runs import BackboneSpec, EpisodeSpec
 
 CONFIG_MODULE = "focusvit.configs"
@@ -82,14 +83,7 @@ class PromptSpec:
             self.top_k = None  # a fraction given on the command line replaces the default count
         if self.top_k is None and self.top_fraction is None and self.coverage is None:
             raise ConfigError("prompting needs top_k, top_fraction or coverage")
-        top_k = self.top_k
-        if top_k is not None and (
-            isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
-        ):
-            raise ConfigError(
-                f"prompting.top_k must be a whole number >= 1, got {top_k!r}; e.g. 14"
-            )
-        check_fraction(self.top_fraction, "prompting.top_fraction", 0.0714)
+        check_prompt_size(self.top_k, self.top_fraction, option="prompting.")
         check_fraction(self.coverage, "prompting.coverage", 0.5)
         if self.weighting not in ("importance", "multi_hot"):
             raise ConfigError(
@@ -103,14 +97,12 @@ class PromptSpec:
             return None
         from focusvit.prompting.prompts import prompt_count
 
-        try:
-            return prompt_count(num_patches, self.top_k, self.top_fraction)
-        except ValueError:
-            raise ConfigError(
-                f"prompting.top_k={self.top_k} is more than the {num_patches} patches of {where}; "
-                f"use prompting.top_k<={num_patches} (FORT: 14 of 196), or prompting=top_fraction "
-                "(14/196 of any grid)"
-            ) from None
+        check_prompt_size(
+            self.top_k, self.top_fraction, option="prompting.", capacity=num_patches,
+            where=f"the {num_patches} patches of {where}",
+            fix="(FORT: 14 of 196), or prompting=top_fraction (14/196 of any grid)",
+        )  # fmt: skip
+        return prompt_count(num_patches, self.top_k, self.top_fraction)
 
     def make(self, explanation):
         from focusvit.prompting import make_prompts
@@ -163,7 +155,7 @@ class FewshotReportConf:
 @dataclass
 class AlphaSelectionConf:
     """``select_alpha``: choose the attention-loss weight α on validation classes before the
-    test episodes (DESIGN.md section 5; :func:`focusvit.finetune.select_alpha`).
+    test episodes (docs/concepts/loss.md; :func:`focusvit.finetune.select_alpha`).
 
     The tuner is evaluated without the loss and with each candidate α on ``episodes`` episodes
     of the dataset's ``split`` (validation classes; the same data group with another split);

@@ -8,7 +8,9 @@ the overlay figures of scores and prompts are in :mod:`focusvit.reports.figures`
 
 from .prompts import (
     DEFAULT_TOP_K,
+    VIT_TOP_FRACTION,
     PositionPrompt,
+    check_prompt_size,
     coverage_counts,
     coverage_mask,
     importance_targets,
@@ -38,10 +40,12 @@ from .swin import (
 
 __all__ = [
     "DEFAULT_TOP_K",
+    "VIT_TOP_FRACTION",
     "WINDOW_TOP_K",
     "PositionPrompt",
     "SwinStagePrompt",
     "SwinWindowPrompt",
+    "check_prompt_size",
     "coverage_counts",
     "coverage_mask",
     "grid_to_windows",

@@ -1,4 +1,4 @@
-"""Position prompts from patch scores (DESIGN.md section 4, step 7).
+"""Position prompts from patch scores (docs/concepts/prompts.md).
 
 FORT ("Focus Your Attention when Few-Shot Classification", Wang, Jie, Deng, NeurIPS 2023) marks
 the class-related entity of each support image by the patches with the highest explainer scores:
@@ -24,7 +24,9 @@ Everything is a pure tensor function: no model, no gradient.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from numbers import Real
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -119,6 +121,78 @@ def as_flat_scores(scores: Tensor, name: str = "scores") -> Tensor:
 #: FORT's official prompt size: 14 of the 196 patches of ViT-B/16 at 224 px
 DEFAULT_TOP_K = 14
 
+#: the same prompt size as a fraction of the patches (14/196), so that other grids scale; the
+#: one value the recipes, :class:`~focusvit.FortConfig` and the CLI hints share
+VIT_TOP_FRACTION = DEFAULT_TOP_K / 196
+
+
+def _whole_number(value: object) -> bool:
+    """True for a whole number (``3`` or ``3.0``, not ``True``)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return False
+    return math.isfinite(float(value)) and int(value) == value
+
+
+def check_prompt_size(
+    top_k: int | None,
+    top_fraction: float | None,
+    *,
+    option: str = "",
+    capacity: int | None = None,
+    where: str | None = None,
+    fix: str | None = None,
+) -> None:
+    """The one check of a prompt size (Wang, Jie, Deng, NeurIPS 2023: the top-P patches of
+    each support image; see ``docs/concepts/loss.md``), shared by :func:`prompt_count`,
+    :class:`~focusvit.FortConfig`, the CLI's ``prompting`` group and its ``fort`` group.
+
+    Args:
+        top_k: a count P (a whole number >= 1), or ``None``.
+        top_fraction: a fraction of the patches in ``(0, 1]``, or ``None``; at most one of the
+            two may be given (neither: the caller's default).
+        option: prefix of the option names in messages (``"fort."``, ``"prompting."``).
+        capacity: the patches (or window tokens) there are to choose from; a larger ``top_k``
+            is refused. ``None``: not known here.
+        where: what holds ``capacity``, e.g. ``"the 196 patches of vit_base at 224x224"``.
+        fix: the advice appended after ``use top_k<=capacity`` (default: the official count and
+            the fraction ``top_fraction=0.0714`` that fits any grid).
+
+    Raises:
+        ConfigError: both given, a count that is not a whole number >= 1 (or exceeds
+            ``capacity``), or a fraction outside ``(0, 1]``; the message names the fix.
+    """
+    if top_k is not None and top_fraction is not None:
+        raise ConfigError(
+            f"give either {option}top_k (a patch count) or {option}top_fraction (a fraction of "
+            f"the patches), not both (got top_k={top_k}, top_fraction={top_fraction})"
+        )
+    if top_fraction is not None and not (
+        isinstance(top_fraction, Real)
+        and not isinstance(top_fraction, bool)
+        and 0.0 < float(top_fraction) <= 1.0
+    ):
+        raise ConfigError(
+            f"{option}top_fraction must be a fraction of the patches in (0, 1], got "
+            f"{top_fraction!r}; e.g. {option}top_fraction={VIT_TOP_FRACTION:.4f} (official FORT: "
+            f"{DEFAULT_TOP_K} of 196), or {option}top_k for a patch count"
+        )
+    if top_k is None:
+        return
+    if not _whole_number(top_k) or top_k < 1:
+        raise ConfigError(
+            f"{option}top_k must be a whole number of patches >= 1, got {top_k!r}; e.g. "
+            f"{option}top_k={DEFAULT_TOP_K} (official FORT: {DEFAULT_TOP_K} of 196)"
+        )
+    if capacity is not None and top_k > capacity:
+        where = where or f"the {capacity} patches of the grid"
+        fix = fix or (
+            f"(official FORT: {DEFAULT_TOP_K} of 196), or "
+            f"{option}top_fraction={VIT_TOP_FRACTION:.4f}"
+        )
+        raise ConfigError(
+            f"{option}top_k={top_k} is more than {where}; use {option}top_k<={capacity} {fix}"
+        )
+
 
 def prompt_count(
     num_patches: int, top_k: int | None = None, top_fraction: float | None = None
@@ -127,27 +201,14 @@ def prompt_count(
     1); neither given: :data:`DEFAULT_TOP_K` (capped at N).
 
     Raises:
-        ValueError: both given, a count outside ``1..N``, or a fraction outside ``(0, 1]``.
+        ConfigError: (a ``ValueError``) both given, a count outside ``1..N``, or a fraction
+            outside ``(0, 1]`` (:func:`check_prompt_size`).
     """
-    if top_k is not None and top_fraction is not None:
-        raise ConfigError(
-            f"give either top_k (a patch count) or top_fraction (a fraction of the patches), "
-            f"not both (got top_k={top_k}, top_fraction={top_fraction})"
-        )
+    check_prompt_size(top_k, top_fraction, capacity=num_patches)
     if top_fraction is not None:
-        if isinstance(top_fraction, bool) or not 0.0 < float(top_fraction) <= 1.0:
-            raise ConfigError(
-                f"top_fraction is a fraction of the {num_patches} patches and must lie in "
-                f"(0, 1], got {top_fraction!r}; use top_k for a patch count"
-            )
         return max(1, round(float(top_fraction) * num_patches))
     if top_k is None:
         return min(DEFAULT_TOP_K, num_patches)
-    if isinstance(top_k, bool) or int(top_k) != top_k or not 1 <= top_k <= num_patches:
-        raise ConfigError(
-            f"top_k={top_k!r} must be a whole number of patches in 1..{num_patches} (the grid "
-            f"has {num_patches}); official FORT: 14 of 196, or top_fraction=14/196"
-        )
     return int(top_k)
 
 

@@ -1,4 +1,4 @@
-"""Per-window position prompts for Swin (pyramid) backbones (DESIGN.md section 4, last paragraph).
+"""Per-window position prompts for Swin (pyramid) backbones (docs/concepts/prompts.md).
 
 Patch positions do not survive Swin's patch merging, so rollout does not apply. FORT's official
 code (Wang, Jie, Deng, NeurIPS 2023) uses instead, for every stage, the LAST block's attention

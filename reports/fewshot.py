@@ -22,6 +22,7 @@ from focusvit.data.episodes import sample_episode
 from focusvit.errors import ConfigError
 from focusvit.explainers import attention_mass, cls_attention, coverage_count, explain
 from focusvit.finetune import TunerRunner, fit_task, support_features
+from focusvit.finetune.attention_loss import masks_for_prompts
 from focusvit.finetune.evaluate import episode_tensors
 from focusvit.prompting import make_prompts
 from focusvit.reports.figures import plot_explanation
@@ -95,7 +96,7 @@ def attention_focus(
     (``dataset.mask(i)``, e.g. SyntheticScenes or an ImageFolderDataset with ``mask_root``), also
     ``support_mass_on_object`` / ``query_mass_on_object``: the share of the CLS attention on the
     patches at least half covered by the class object (:func:`object_patches`), the quantity
-    the attention-enhancement loss is meant to raise (DESIGN.md section 9).
+    the attention-enhancement loss is meant to raise (docs/concepts/data.md).
     """
     from focusvit.data.images import denormalise
 
@@ -154,9 +155,10 @@ def attention_focus(
             continue  # frozen features: the attention is the pretrained one
         bar.set_postfix_str(method)
         torch.manual_seed(episode_seed(episodes.seed, episode_index))  # as focusvit.evaluate
+        masks = masks_for_prompts(runner.fort, backbone, dataset, episode.support)
         with fit_task(
             backbone, support, s_labels, tuner=runner.tuner, fort=runner.fort,
-            options=runner.options,
+            options=runner.options, support_masks=masks,
         ) as task:  # fmt: skip
             maps[method], numbers[method] = measure(task.backbone)
             numbers[method]["accuracy"] = float(

@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from focusvit.errors import ArgumentError
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1280px;
 padding:0 16px;color:#1d1d1f;line-height:1.4}
@@ -168,7 +170,10 @@ def _jsonable(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    raise ArgumentError(
+        f"not JSON serialisable: {type(value).__name__}; convert it to numbers, strings, lists "
+        "or dicts (or a tensor / array) before writing the report"
+    )
 
 
 def write_csv(path: str | Path, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

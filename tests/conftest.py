@@ -29,16 +29,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="module")
 def fort_study():
     """``benchmarks/fort_study.py`` as a module (``benchmarks`` is not a package; the script
-    imports its sibling ``fewshot``, so the folder is on ``sys.path`` while the module is used)."""
-    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(benchmarks))
-    try:
-        spec = importlib.util.spec_from_file_location("fort_study", benchmarks / "fort_study.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(benchmarks))
+    imports only the library, :mod:`focusvit.runs.study`)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fort_study.py"
+    spec = importlib.util.spec_from_file_location("fort_study", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")

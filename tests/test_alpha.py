@@ -1,5 +1,5 @@
 """The attention-loss weight: α = 0 is plain fine-tuning, the transferable target scale, and
-α chosen on validation classes only (DESIGN.md section 5)."""
+α chosen on validation classes only (docs/concepts/loss.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from test_fast_eval import dataset
 import focusvit.finetune.selection as selection
 from focusvit.errors import ConfigError
 from focusvit.finetune import FortConfig, evaluate, fit_task, select_alpha
-from focusvit.finetune.trainer import _attention_loss
+from focusvit.finetune.attention_loss import compute_loss
 from focusvit.runs import EpisodeSpec, EvaluationResult
 
 SPEC = EpisodeSpec(n_way=3, k_shot=1, n_query=2, episodes=3, seed=2)
@@ -41,7 +41,7 @@ def test_unit_targets_make_the_loss_independent_of_the_prompt_size():
                 with torch.no_grad(), backbone.capture_attention([-1], kind="logits") as record:
                     backbone.logits(images)
                 losses[(target_sum, k)] = float(
-                    _attention_loss(backbone, fort, record, task.prompt_targets)
+                    compute_loss(backbone, fort, record, task.prompt_targets)
                 )
     # official targets sum to P: the loss grows about in proportion to P
     assert losses[("prompt_size", 8)] > 3 * losses[("prompt_size", 2)]

@@ -131,7 +131,7 @@ EXPERIMENT_RECIPES = {
 @pytest.mark.parametrize("experiment", sorted(EXPERIMENT_RECIPES))
 def test_experiments_reproduce_the_design_recipes(experiment):
     """What an experiment trains with, once resolved against a backbone of its family, is the
-    DESIGN.md section 6 recipe (the experiments set no value of their own)."""
+    recipe of docs/recipes.md (the experiments set no value of their own)."""
     from types import SimpleNamespace
 
     family, tuner = EXPERIMENT_RECIPES[experiment]
@@ -223,3 +223,167 @@ def test_explain_needs_inputs_and_valid_explainers():
         validate_explain(_compose("explain", ["inputs=/nonexistent/photos"]))
     with pytest.raises(rc.ConfigError, match="options are"):
         validate_explain(_compose("explain", ["inputs=samples", "+explainer.gradcam.sharpness=2"]))
+
+
+# ----------------------------------------------------------------------------- one default each
+# Issue 30: a YAML file holds only what differs from the dataclass it feeds; the defaults live
+# in the dataclasses (the Hydra schema), never restated. Each file is checked against the
+# defaults of its node: the primary configs against their schema, a group option against the
+# dataclass of its group, a `@package _global_` option against the schema of its command.
+
+
+def _defaults_of(schema) -> dict:
+    """The defaults of a dataclass (or a dataclass instance) as plain values ('???': unset)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(schema), resolve=False)
+
+
+def _command_defaults(command: str) -> dict:
+    """The defaults of a command's schema, with each group node replaced by its dataclass."""
+    from focusvit.pretraining_cli import PretrainConf
+
+    if command == "pretrain":
+        return _defaults_of(PretrainConf)
+    schema = rc.ExplainConf if command == "explain" else rc.FewshotConf
+    defaults = _defaults_of(schema)
+    groups = {"backbone": BackboneSpec, "episodes": EpisodeSpec, "prompting": rc.PromptSpec}
+    groups |= {"fort": FortConfig, "trainer": FitOptions}
+    for key, cls in groups.items():
+        if key in defaults:
+            defaults[key] = _defaults_of(cls)
+    return defaults
+
+
+def _baseline_defaults(node: dict) -> dict:
+    from focusvit.baselines.config import baseline_schema
+
+    names = [d for d in node.get("defaults", []) if isinstance(d, str) and "schema" in d]
+    assert names, "a baseline YAML names its schema: defaults: [/baseline_<method>_schema, _self_]"
+    method = names[0].strip("/").removeprefix("baseline_").removesuffix("_schema")
+    return _defaults_of(baseline_schema(method))
+
+
+#: group -> the defaults its options are checked against
+GROUP_DEFAULTS = {
+    "backbone": lambda node: _defaults_of(BackboneSpec),
+    "episodes": lambda node: _defaults_of(EpisodeSpec),
+    "prompting": lambda node: _defaults_of(rc.PromptSpec),
+    "trainer": lambda node: _defaults_of(FitOptions),
+    "fort": lambda node: _defaults_of(FortConfig),
+    "experiment": lambda node: _command_defaults("fewshot"),  # @package _global_
+    "pretrain_model": lambda node: _command_defaults("pretrain"),  # @package _global_
+    "baseline": _baseline_defaults,  # @package _global_, on the schema it names
+}
+#: groups of `_target_` nodes: no dataclass schema, their keys are the command-line surface
+#: (Hydra needs a key in the file to override it without `+`), so they are not checked
+TARGET_GROUPS = {"data", "explainer"}
+#: values that equal a schema default on purpose, with the reason
+KEPT = {
+    ("fort/off.yaml", "fort"): "replaces the FortConfig that fort=recipe composes by null",
+}
+
+
+def restated_defaults(node: dict, defaults: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of ``node`` whose value equals the default (nested dataclasses recursed)."""
+    found = []
+    for key, value in node.items():
+        if key in ("defaults", "hydra") and not prefix:
+            continue
+        if key not in defaults:
+            continue
+        default = defaults[key]
+        if isinstance(value, dict) and isinstance(default, dict) and value and default:
+            found += restated_defaults(value, default, f"{prefix}{key}.")
+        elif value == default:
+            found.append(f"{prefix}{key}")
+    return found
+
+
+def _yaml_files() -> list[str]:
+    names = [p.name for p in CONFIGS.iterdir() if p.name.endswith(".yaml")]
+    for group in sorted(p.name for p in CONFIGS.iterdir() if p.is_dir()):
+        if group.startswith("_"):
+            continue
+        folder = CONFIGS.joinpath(group)
+        names += [f"{group}/{p.name}" for p in folder.iterdir() if p.name.endswith(".yaml")]
+    return sorted(names)
+
+
+@pytest.mark.parametrize("name", _yaml_files())
+def test_yaml_holds_only_what_differs_from_the_dataclass_defaults(name):
+    import yaml
+
+    node = yaml.safe_load(CONFIGS.joinpath(name).read_text()) or {}
+    group, _, _ = name.rpartition("/")
+    if group in TARGET_GROUPS:
+        assert "_target_" in node, f"{name}: an option of {group} instantiates a _target_"
+        return
+    if not group:
+        defaults = _command_defaults(name.removesuffix(".yaml"))
+    else:
+        assert group in GROUP_DEFAULTS, f"{name}: say which dataclass the {group} group feeds"
+        defaults = GROUP_DEFAULTS[group](node)
+    restated = [k for k in restated_defaults(node, defaults) if (name, k) not in KEPT]
+    assert not restated, (
+        f"{name} restates the dataclass default of {', '.join(restated)}; delete those keys (the "
+        "default lives in the dataclass, the Hydra schema)"
+    )
+
+
+def test_the_restated_default_check_sees_a_restated_value():
+    defaults = _defaults_of(EpisodeSpec)
+    assert restated_defaults({"n_way": 5, "episodes": 600}, defaults) == ["n_way"]
+    pretrain = _command_defaults("pretrain")
+    node = {"defaults": ["pretrain_schema"], "lr": 1.0e-3, "model_kwargs": {}, "epochs": 3}
+    assert restated_defaults(node, pretrain) == ["lr", "model_kwargs"]
+    fewshot = _command_defaults("fewshot")
+    node = {"backbone": {"num_classes": 0, "resize": None}, "report": {"dpi": 100}}
+    assert restated_defaults(node, fewshot) == ["backbone.resize", "report.dpi"]
+
+
+def test_the_baseline_configs_read_through_the_config_store():
+    from focusvit.baselines import CANConfig, CTXConfig, TrainConfig, load_config
+
+    assert load_config("can") == ("can", CANConfig(), TrainConfig())
+    assert load_config(CONFIGS.joinpath("baseline/ctx.yaml")) == ("ctx", CTXConfig(), TrainConfig())
+    method, model, train = load_config("ctx", ["model.key_dim=64", "train.episodes=7"])
+    assert (method, model, train) == ("ctx", CTXConfig(key_dim=64), TrainConfig(episodes=7))
+    with pytest.raises(rc.ConfigError, match="temprature"):
+        load_config("can", ["model.temprature=1"])
+    with pytest.raises(rc.ConfigError, match="positive integer"):
+        load_config("can", ["train.episodes=0"])
+
+
+def test_backbone_spec_carries_every_load_backbone_argument():
+    import dataclasses
+    import inspect
+
+    from focusvit.backbones import load_backbone
+
+    parameters = inspect.signature(load_backbone).parameters
+    fields = {f.name: f for f in BackboneSpec.__dataclass_fields__.values()}
+    for name, parameter in parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            assert fields["model_kwargs"].default_factory() == {}
+            continue
+        assert name in fields, f"BackboneSpec lacks load_backbone's {name}"
+        default = fields[name].default
+        expected = parameter.default
+        if expected is inspect.Parameter.empty:  # required (spec)
+            assert default is dataclasses.MISSING, name
+        else:
+            assert default == expected, name
+    cfg = _compose(
+        "fewshot",
+        ["backbone=tiny_timm_vit", "backbone.resize=letterbox", "backbone.image_size=48"],
+    )
+    spec = rc.build(cfg, "backbone")
+    assert (spec.resize, spec.image_size, spec.pretrained) == ("letterbox", 48, True)
+    adapter = spec.load()
+    assert adapter.data_config["resize"] == "letterbox"
+    assert tuple(adapter.data_config["input_size"][1:]) == (48, 48)
+    wide = BackboneSpec("tiny:timm-vit", image_size=(32, 48)).load()  # (H, W) from Python
+    assert tuple(wide.data_config["input_size"][1:]) == (32, 48)
+    with pytest.raises(rc.ConfigError, match="resize"):
+        rc.build(_compose("fewshot", ["backbone.resize=pad"]), "backbone")

@@ -193,7 +193,7 @@ def live_tensors() -> int:
 
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_explaining_many_batches_keeps_no_tensor_alive(method):
-    """DESIGN.md section 10: memory never grows from batch to batch (no record, graph or
+    """docs/benchmarks.md: memory never grows from batch to batch (no record, graph or
     gradient of an earlier batch survives in the adapter, its hooks or the explainer)."""
     adapter = tiny_adapter("timm-vit")
     batches = [small_input(adapter, batch=2) + 0.1 * i for i in range(4)]

@@ -25,8 +25,13 @@ from focusvit.backbones import FAMILIES, BackboneAdapter, model_family
 from focusvit.backbones.tiny import TINY_MODELS, build_tiny
 from focusvit.explainers import EXPLAINERS, explain
 from focusvit.finetune import applicable_tuners, apply_tuner, fit_task
-from focusvit.finetune.losses import FortConfig, swin_attention_loss, vit_attention_loss
-from focusvit.finetune.trainer import make_prompt_targets, resolve_fort
+from focusvit.finetune.attention_loss import (
+    FortConfig,
+    prompt_targets,
+    resolve_fort,
+    swin_attention_loss,
+    vit_attention_loss,
+)
 
 TINY_FAMILY = {name: entry for entry in FAMILIES for name in entry.tiny}
 ALL_TINY = list(TINY_FAMILY)
@@ -277,7 +282,7 @@ def test_attention_loss_is_finite_and_reaches_every_lora_module(name):
     x = torch.randn(3, 3, *adapter.data_config["input_size"][1:])
     labels = torch.arange(3)
     fort = resolve_fort(adapter, "lora", FortConfig(layers="all"))
-    targets = make_prompt_targets(adapter, x, labels, fort)
+    targets = prompt_targets(adapter, x, labels, fort)
     with apply_tuner(adapter, "lora"):
         lora_modules = [m for m in adapter.model.modules() if hasattr(m, "lora_A")]
         assert lora_modules, "LoRA injected nothing"

@@ -18,9 +18,8 @@ from focusvit.backbones.timm_beit import TimmBeitAdapter
 from focusvit.backbones.tiny import build_tiny
 from focusvit.explainers import EXPLAINERS, explain
 from focusvit.finetune import FortConfig, applicable_tuners, apply_tuner, fit_task
-from focusvit.finetune.lora import lora_target_names
-from focusvit.finetune.losses import vit_attention_loss
-from focusvit.finetune.trainer import make_prompt_targets, resolve_fort
+from focusvit.finetune.attention_loss import prompt_targets, resolve_fort, vit_attention_loss
+from focusvit.finetune.tuners.lora import lora_target_names
 from focusvit.prompting import make_prompts
 
 NAMES = ["hf-beit", "hf-data2vec-vision", "timm-beit"]
@@ -384,7 +383,7 @@ def test_the_attention_loss_reaches_the_lora_and_ssf_parameters(name, tuner):
     assert lora_target_names(adapter, adapter.lora_targets) == expected  # no MLP linears
     x, labels = images(batch=3, size=TIMM_SIZE), torch.arange(3)
     fort = resolve_fort(adapter, tuner, FortConfig(layers="all"))
-    targets = make_prompt_targets(adapter, x, labels, fort)
+    targets = prompt_targets(adapter, x, labels, fort)
     with apply_tuner(adapter, tuner):
         if tuner == "lora":
             for module in adapter.model.modules():

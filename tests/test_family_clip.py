@@ -33,9 +33,8 @@ from focusvit.data.episodes import sample_episode
 from focusvit.errors import ConfigError
 from focusvit.explainers import EXPLAINERS, explain
 from focusvit.finetune import FortConfig, applicable_tuners, apply_tuner, fit_task
+from focusvit.finetune.attention_loss import prompt_targets, resolve_fort, vit_attention_loss
 from focusvit.finetune.heads import text_head
-from focusvit.finetune.losses import vit_attention_loss
-from focusvit.finetune.trainer import make_prompt_targets, resolve_fort
 from focusvit.prompting import make_prompts
 from focusvit.runs import EpisodeSpec
 
@@ -287,7 +286,7 @@ def test_the_attention_loss_reaches_the_tuner_parameters(name, tuner):
     adapter = tiny(name, num_classes=3)
     x, labels = images(batch=3), torch.arange(3)
     fort = resolve_fort(adapter, tuner, FortConfig(layers="all"))
-    targets = make_prompt_targets(adapter, x, labels, fort)
+    targets = prompt_targets(adapter, x, labels, fort)
     with apply_tuner(adapter, tuner) as tuned:
         for module in adapter.model.modules():  # LoRA B starts at 0: make every path live
             for b in getattr(module, "lora_B", {}).values():

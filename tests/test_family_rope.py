@@ -25,8 +25,7 @@ from focusvit.backbones.timm_eva import TimmEvaAdapter
 from focusvit.backbones.tiny import TINY_VIT, build_tiny
 from focusvit.explainers import EXPLAINERS, explain
 from focusvit.finetune import FortConfig, applicable_tuners, apply_tuner, fit_task
-from focusvit.finetune.losses import vit_attention_loss
-from focusvit.finetune.trainer import make_prompt_targets, resolve_fort
+from focusvit.finetune.attention_loss import prompt_targets, resolve_fort, vit_attention_loss
 from focusvit.prompting import make_prompts
 
 TINY = ["hf-dinov3", "timm-eva-rope", "timm-dinov3"]
@@ -314,7 +313,7 @@ def test_attention_loss_reaches_every_lora_and_qk_ssf_parameter(name, tuner):
     adapter = tiny(name, num_classes=3)
     x, labels = images(batch=3, size=(32, 32)), torch.arange(3)
     fort = resolve_fort(adapter, "lora", FortConfig(layers="all", alpha=1.0, tau=1.0, top_k=2))
-    targets = make_prompt_targets(adapter, x, labels, fort)
+    targets = prompt_targets(adapter, x, labels, fort)
     with apply_tuner(adapter, tuner) as tuned:
         if tuner == "lora":
             for module in adapter.model.modules():

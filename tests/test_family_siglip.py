@@ -33,8 +33,7 @@ from focusvit.backbones.tiny import build_tiny
 from focusvit.errors import FocusVitError, InputSizeError, UnsupportedMethodError
 from focusvit.explainers import EXPLAINERS, explain
 from focusvit.finetune import FortConfig, applicable_tuners, apply_tuner, fit_task
-from focusvit.finetune.losses import vit_attention_loss
-from focusvit.finetune.trainer import make_prompt_targets, resolve_fort
+from focusvit.finetune.attention_loss import prompt_targets, resolve_fort, vit_attention_loss
 from focusvit.prompting import make_prompts
 
 TINY = ["hf-siglip-vision", "hf-siglip2-vision", "hf-siglip"]
@@ -277,7 +276,7 @@ def test_attention_loss_trains_the_tuner_in_every_layer(name, tuner):
     adapter = tiny(name, num_classes=3)
     x, labels = images(3, (32, 32)), torch.arange(3)
     fort = resolve_fort(adapter, tuner, FortConfig(alpha=1.0, layers="all"))
-    targets = make_prompt_targets(adapter, x, labels, fort)
+    targets = prompt_targets(adapter, x, labels, fort)
     with apply_tuner(adapter, tuner) as tuned:
         if tuner == "lora":  # B = 0 at init: give it values so that every path carries grad
             for module in adapter.model.modules():

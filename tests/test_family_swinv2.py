@@ -32,7 +32,7 @@ from focusvit.finetune import (
     fit_task,
     swin_attention_loss,
 )
-from focusvit.finetune.lora import lora_target_names
+from focusvit.finetune.tuners.lora import lora_target_names
 from focusvit.prompting import swin_window_prompts
 from focusvit.prompting.swin import grid_to_windows, window_key_scores, window_valid_mask
 

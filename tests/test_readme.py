@@ -32,20 +32,7 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 #: block id -> reason, for blocks too slow for the default run (``-m "not slow"``)
-SLOW: dict[str, str] = {
-    "few-shot-fine-tuning-with-position-prompts-2": (
-        "fine-tunes LoRA on 2 episodes twice (with and without the loss) and fits a solver: "
-        "about 30 s on 2 shared cores"
-    ),
-    "few-shot-fine-tuning-with-position-prompts-3": (
-        "selects alpha by fine-tuning 4 candidates on 2 validation episodes, then evaluates: "
-        "about 70 s on 2 shared cores"
-    ),
-    "fast-evaluation-1": (
-        "fine-tunes two LoRA methods on 2 episodes (about 12 s) and uses the `spec` of the "
-        "slow block before it"
-    ),
-}
+SLOW: dict[str, str] = {}
 
 
 def _mask_dataset(root: Path) -> None:
@@ -205,7 +192,7 @@ def test_readme_block(block: Block, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_readme_has_blocks() -> None:
     ids = [b.id for b in BLOCKS]
-    assert len(ids) >= 5, "no ```python blocks found in README.md"
+    assert len(ids) >= 2, "no ```python blocks found in README.md"
     assert len(set(ids)) == len(ids), f"duplicate block ids: {ids}"
     assert set(SLOW) <= set(ids), f"SLOW names blocks that no longer exist: {set(SLOW) - set(ids)}"
 

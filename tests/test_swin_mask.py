@@ -14,7 +14,8 @@ from conftest import input_for, tiny_adapter
 
 from focusvit.backbones import UnsupportedMethodError, adapt
 from focusvit.finetune import FortConfig, swin_attention_loss
-from focusvit.finetune.trainer import make_prompt_targets, training_step
+from focusvit.finetune.attention_loss import prompt_targets
+from focusvit.finetune.trainer import training_step
 
 SHIFTED, UNSHIFTED = [1, 3], [0, 2]  # tiny Swins: two stages of (W-MSA, SW-MSA) blocks
 
@@ -174,7 +175,7 @@ def test_trainer_loss_reads_the_masked_logits(name):
     labels = torch.arange(3)
     fort = FortConfig(alpha=1.0, tau=1.0, top_k=3)
     assert fort.shift_mask  # the authors' logits are the default
-    targets = make_prompt_targets(adapter, images, labels, fort)
+    targets = prompt_targets(adapter, images, labels, fort)
     blocks = [1, 3]  # the last block of each stage: both shifted
     with torch.no_grad(), adapter.capture_attention(blocks, "logits") as unmasked:
         adapter.logits(images)

@@ -1,4 +1,4 @@
-"""Tuners of the few-shot fine-tuning stage (DESIGN.md section 6): linear, full, LoRA, SSF, VPT."""
+"""Tuners of the few-shot fine-tuning stage (docs/recipes.md): linear, full, LoRA, SSF, VPT."""
 
 from __future__ import annotations
 
@@ -372,7 +372,7 @@ def test_vpt_layout_deep_prompts_and_attention(name):
 
 @pytest.mark.parametrize("name", ["timm-vit", "hf-vit"])
 def test_vpt_declares_its_tokens_on_the_adapter_and_resets_them_also_on_error(name, monkeypatch):
-    from focusvit.finetune.vpt import VPTTuned
+    from focusvit.finetune.tuners.vpt import VPTTuned
 
     adapter = tiny_adapter(name)
     p = adapter.num_prefix_tokens

@@ -1,5 +1,5 @@
 """Atomic checkpoints without pickle: tensors in a safetensors file, everything else as JSON in
-its metadata (DESIGN.md section 10: loading never unpickles a file).
+its metadata (docs/benchmarks.md: loading never unpickles a file).
 
 A state is any nesting of dicts (string or integer keys), lists, tuples, tensors, numpy arrays
 and JSON scalars (optimizer and scheduler ``state_dict()``, RNG states, histories). The file is written
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from focusvit.errors import CheckpointError
+from focusvit.errors import ArgumentError, CheckpointError
 
 from .records import check_output_path, replace_atomically, write_error
 
@@ -45,7 +45,7 @@ def _encode(value: Any, tensors: dict[str, Tensor]) -> Any:
         return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy scalar
         return value.item()
-    raise TypeError(
+    raise ArgumentError(
         f"cannot store a {type(value).__name__} in a checkpoint; convert it to tensors, "
         "lists, dicts or numbers first"
     )
@@ -54,7 +54,10 @@ def _encode(value: Any, tensors: dict[str, Tensor]) -> Any:
 def _key(key: Any) -> Any:
     if isinstance(key, bool | int | str):
         return key
-    raise TypeError(f"checkpoint dict keys must be str or int, got {type(key).__name__}")
+    raise ArgumentError(
+        f"checkpoint dict keys must be str or int, got {type(key).__name__}; convert the key "
+        "(e.g. str(key)) before saving"
+    )
 
 
 def _decode(value: Any, tensors: dict[str, Tensor]) -> Any:

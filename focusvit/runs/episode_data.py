@@ -1,4 +1,4 @@
-"""One episode's data, decoded and preprocessed once for every method (DESIGN.md section 10).
+"""One episode's data, decoded and preprocessed once for every method (docs/benchmarks.md).
 
 The loop builds an :class:`EpisodeData` per episode and hands it to every runner: images are
 decoded once (``dataset.load``), preprocessed once per preprocessing (a runner whose backbone

@@ -1,4 +1,4 @@
-"""The one episodic evaluation loop (DESIGN.md sections 6 and 10).
+"""The one episodic evaluation loop (docs/concepts/runs.md).
 
 Every method — a ViT tuner with or without the attention loss, a frozen-feature solver, a CNN
 baseline — is a :class:`Runner`: a record name, the settings its results depend on, and a
@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from focusvit.data.datasets import dataset_fingerprint, dataset_manifest
+from focusvit.data.datasets import check_dataset_kind, dataset_fingerprint, dataset_manifest
 from focusvit.data.episodes import sample_episode
 from focusvit.errors import ConfigError, NonFiniteError
 
@@ -32,8 +31,9 @@ from .distributed import DistContext, shard
 from .episode_data import EpisodeData
 from .records import EpisodeLog, check_episode_ids, merge_records, read_episode_file
 from .settings import check_settings, fingerprint
-from .spec import EpisodeSpec, episode_seed
+from .spec import EpisodeSpec, check_spec_kind, episode_seed
 from .stats import EvaluationResult, format_ci, is_diverged
+from .study import shard_file
 
 Prediction = tuple[Tensor, Tensor, dict]
 
@@ -145,6 +145,8 @@ def evaluate_many(
     Returns:
         ``{runner name: EvaluationResult}``.
     """
+    check_spec_kind(spec, "spec")
+    check_dataset_kind(dataset)
     spec.check_dataset(dataset)
     names = [r.name for r in runners]
     if len(set(names)) != len(names):
@@ -168,12 +170,15 @@ def evaluate_many(
     return results
 
 
-def _open_logs(runners, dataset, spec, outputs, suffix: str = "") -> dict[str, EpisodeLog | None]:
+def _open_logs(
+    runners, dataset, spec, outputs, rank: int | None = None
+) -> dict[str, EpisodeLog | None]:
+    """Episode logs of ``outputs``; with ``rank``, that process's shard files (:func:`shard_file`)."""
     logs: dict[str, EpisodeLog | None] = {}
     for runner in runners:
         path = outputs.get(runner.name) if outputs is not None else None
-        if path is not None and suffix:
-            path = Path(path).parent / "shards" / f"{Path(path).stem}{suffix}.jsonl"
+        if path is not None and rank is not None:
+            path = shard_file(path, rank)
         logs[runner.name] = (
             EpisodeLog(
                 path,
@@ -341,7 +346,7 @@ def _evaluate_sharded(
         for log in merged.values():
             log.open()
     mine = shard(ids, context.rank, context.world_size)
-    shard_logs = _open_logs(runners, dataset, spec, outputs, suffix=f".rank{context.rank}")
+    shard_logs = _open_logs(runners, dataset, spec, outputs, rank=context.rank)
     done = {}
     for name, log in shard_logs.items():
         done[name] = log.open()

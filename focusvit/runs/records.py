@@ -233,15 +233,18 @@ def _complete_length(fd: int) -> int:
 
 
 def _parse(path: Path, number: int, line: str, last: bool) -> dict | None:
-    """One JSONL line; ``None`` for a cut last line; a clear error for a damaged record."""
+    """One JSONL line; ``None`` for a cut last line (``last``: the file's final line, with no
+    ``"\n"`` after it); a clear error for a damaged record or a complete line that is no JSON
+    (e.g. notes written into the file, which a rewrite would otherwise drop)."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError:
         if last:
             return None  # cut by an interruption: that episode is redone
         raise SettingsMismatchError(
-            f"{path} line {number} is not valid JSON (the file was edited or damaged); "
-            "delete that line (the episode is then redone) or write to a new output"
+            f"{path} line {number} is not valid JSON ({line[:40]!r}): it is no episode file of "
+            "focusvit, or it was edited or damaged; write to a new output, or delete that line "
+            "(an episode on it is then redone)"
         ) from None
     if not isinstance(record, dict):
         raise SettingsMismatchError(
@@ -289,12 +292,14 @@ def read_episode_file(path: str | os.PathLike) -> tuple[dict | None, list[dict]]
         raise SettingsMismatchError(
             f"{path} is a directory, not an episode file; pass a .jsonl file path as output"
         )
-    lines = path.read_text().splitlines()
+    text = path.read_text()
+    lines = text.splitlines()
+    cut = not text.endswith("\n")  # a last line without its "\n": an interrupted write
     header, records = None, []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        record = _parse(path, number, line, last=number == len(lines))
+        record = _parse(path, number, line, last=cut and number == len(lines))
         if record is None:
             continue
         if "settings" in record and "episode" not in record:

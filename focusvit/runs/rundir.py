@@ -14,6 +14,7 @@ from focusvit.errors import ConfigError, SettingsMismatchError
 from .checkpoint import load_state, save_state
 from .records import atomic_write_text
 from .settings import check_settings, to_plain
+from .study import episode_file_name
 
 #: the settings record of a run folder
 SETTINGS_FILE = "settings.json"
@@ -121,7 +122,7 @@ class RunDir:
         atomic_write_text(self.settings_file, json.dumps(self.settings, indent=2) + "\n")
 
     def episode_file(self, method: str) -> Path:
-        return self.path / "episodes" / f"{method.replace('+', '_')}.jsonl"
+        return self.path / "episodes" / episode_file_name(method)
 
     def checkpoint_file(self, name: str) -> Path:
         return self.path / "checkpoints" / f"{name}.safetensors"

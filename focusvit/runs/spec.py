@@ -1,16 +1,16 @@
-"""What a few-shot run evaluates: episodes and the backbone to load (DESIGN.md section 6).
+"""What a few-shot run evaluates: episodes and the backbone to load (docs/concepts/runs.md).
 
 These dataclasses are the library's own settings objects; the Hydra CLI registers them as its
-schema (``focusvit.runs.schema``), so the API and the CLI share one definition and one default
-per setting.
+schema (:mod:`focusvit.runconfig`: ``backbone`` and ``episodes``), so the API and the CLI share
+one definition and one default per setting.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from focusvit.errors import ConfigError
+from focusvit.errors import ArgumentError, ConfigError
 
 #: multiplier of the per-episode torch seed (``episode_seed``); any prime larger than the
 #: number of episodes keeps the seeds of different ``seed`` values apart.
@@ -30,7 +30,7 @@ def episode_seed(seed: int, index: int) -> int:
 
 @dataclass
 class EpisodeSpec:
-    """N-way K-shot episodes with Q queries per class, sampled from ``split`` (DESIGN.md 6).
+    """N-way K-shot episodes with Q queries per class, sampled from ``split``.
 
     Attributes:
         n_way: classes per episode.
@@ -100,37 +100,81 @@ class EpisodeSpec:
         )
 
 
+def check_spec_kind(spec: Any, argument: str = "episodes") -> None:
+    """Refuse an ``argument`` that is not an :class:`EpisodeSpec` (a dict, a number), saying
+    how to build one.
+
+    Raises:
+        ArgumentError: naming the type given and the fix.
+    """
+    if not isinstance(spec, EpisodeSpec):
+        fix = (
+            f"focusvit.EpisodeSpec(**{spec!r:.60})"
+            if isinstance(spec, dict)
+            else "focusvit.EpisodeSpec(n_way=5, k_shot=1, n_query=15, episodes=600, seed=0)"
+        )
+        raise ArgumentError(
+            f"{argument} must be a focusvit.EpisodeSpec, got a {type(spec).__name__}; pass "
+            f"{argument}={fix}"
+        )
+
+
 @dataclass
 class BackboneSpec:
-    """What to load, as for :func:`focusvit.load_backbone`.
+    """What to load: every argument of :func:`focusvit.load_backbone`, with its keyword name and
+    default, checked when the spec is built (before anything loads). On the command line each is
+    ``backbone.<name>=...`` (e.g. ``backbone.resize=letterbox backbone.image_size=224``).
 
     Attributes:
         spec: ``offline:NAME``, ``timm:NAME``, ``hf:NAME_OR_DIR``, ``tiny:NAME`` or a path.
         num_classes: ``None`` keeps the pretrained head, ``0`` removes it (few-shot runs: the
-            head is built per task from the support set).
-        image_size: square input size replacing the model's own (``None`` keeps it); a multiple
-            of the patch size (e.g. 112 for the 112 px synthetic scenes at patch 14).
+            head is built per task from the support set), ``N`` builds a new head of N classes.
+        pretrained: load pretrained weights (hub download for timm / Hugging Face specs).
+        image_size: square input side replacing the model's own (``None`` keeps it), a
+            multiple of the patch size (e.g. 112 for the 112 px synthetic scenes at patch 14).
+            From Python, ``(height, width)`` works too, as for ``load_backbone``; the schema
+            types it ``int`` so that a wrong value fails while the CLI config is composed (a
+            Hydra schema cannot hold the union ``int | tuple``).
+        resize: how images are fitted to the input size: ``"crop"``, ``"stretch"`` or
+            ``"letterbox"`` (fit inside, pad); ``None`` keeps the loaded model's policy.
+        model_kwargs: extra architecture arguments of timm specs (e.g. ``{"depth": 2}``;
+            ``+backbone.model_kwargs.depth=2`` on the command line).
     """
 
-    spec: str = "offline:dinov2-s14-imgfocus"
+    spec: str  # required, as in load_backbone (the CLI's backbone group option sets it)
     num_classes: int | None = None
+    pretrained: bool = True
     image_size: int | None = None
+    resize: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.num_classes is not None and self.num_classes < 0:
+        from focusvit.backbones.loading import check_load_arguments
+        from focusvit.data.images import check_resize, parse_size
+
+        check_load_arguments(self.spec, self.num_classes, self.pretrained)
+        if self.image_size is not None:
+            parse_size(self.image_size)
+        if self.resize is not None:
+            check_resize(self.resize)
+        if not isinstance(self.model_kwargs, dict) or not all(
+            isinstance(key, str) for key in self.model_kwargs
+        ):
             raise ConfigError(
-                f"num_classes must be >= 0 or None, got {self.num_classes}; e.g. num_classes=0 "
-                "(no head) or None (the pretrained head)"
-            )
-        if self.image_size is not None and self.image_size < 1:
-            raise ConfigError(
-                f"image_size must be a positive number of pixels, got {self.image_size}"
+                f"model_kwargs must be a mapping of argument names to values, got "
+                f"{self.model_kwargs!r}; e.g. model_kwargs={{'depth': 2}} "
+                "(+backbone.model_kwargs.depth=2 on the command line)"
             )
 
     def load(self):
-        """The adapter, with ``image_size`` applied to its preprocessing."""
+        """The adapter: :func:`focusvit.load_backbone` with every field of this spec."""
         from focusvit.backbones import load_backbone
 
         return load_backbone(
-            self.spec, num_classes=self.num_classes, image_size=self.image_size or None
+            self.spec,
+            num_classes=self.num_classes,
+            pretrained=self.pretrained,
+            image_size=self.image_size,
+            resize=self.resize,
+            **self.model_kwargs,
         )

@@ -1,6 +1,6 @@
 """Summary statistics of episodic evaluation: one mean and one 95% interval formula.
 
-The interval is ``1.96 · std / √n`` (DESIGN.md section 6), the convention of few-shot papers
+The interval is ``1.96 · std / √n`` (docs/concepts/runs.md), the convention of few-shot papers
 (population std, ``ddof=0``). One episode has a half width of 0 (the single value, no spread
 measured); callers print it as "n/a" where it matters (:func:`format_ci`).
 """
@@ -21,7 +21,7 @@ from focusvit.errors import ConfigError
 def mean_and_ci(
     values: Tensor | Sequence[float], nan_policy: Literal["omit", "raise"] = "omit", ddof: int = 0
 ) -> tuple[float, float]:
-    """Mean and 95% interval half width ``1.96 · std / √n`` (DESIGN.md section 6).
+    """Mean and 95% interval half width ``1.96 · std / √n`` (docs/concepts/runs.md).
 
     Args:
         values: 1-D per-image or per-episode values.

@@ -26,17 +26,51 @@ them on removal, also when applying fails. (``TunedModel.extra_prefix_tokens`` a
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from focusvit.backbones.base import BackboneAdapter, parameter_device
-from focusvit.errors import UnsupportedMethodError
+from focusvit.errors import ConfigError, UnsupportedMethodError, UsageError
 
-from .tuners import TunedModel, TunerConfig, VPTConfig
+from .base import TunedModel, TunerConfig, TunerSpec, check_flag, check_number, register
 
-__all__ = ["VPT_CHILD", "VPTPrompts", "VPTTuned"]
+__all__ = ["VPT_CHILD", "VPTConfig", "VPTPrompts", "VPTTuned"]
+
+
+@dataclass
+class VPTConfig(TunerConfig):
+    """Visual Prompt Tuning (Jia et al., ECCV 2022), columnar ViTs only.
+
+    Attributes:
+        num_tokens: prompt tokens T per block (deep) or in total (shallow).
+        deep: ``True``: new prompts at every block, replacing the previous block's prompt
+            outputs; ``False``: prompts inserted once, before the first block.
+        init_std: ``None`` (default) initialises the prompts uniformly in ``[-v, v]`` with
+            ``v = sqrt(6 / (3·ph·pw + D))``, the Xavier-style rule of the official VPT code
+            (patch size ``ph×pw``, width D); a float draws them from ``N(0, init_std²)``.
+        dropout: dropout on the prompt tokens (official default 0).
+    """
+
+    name: ClassVar[str] = "vpt"
+    num_tokens: int = 10
+    deep: bool = True
+    init_std: float | None = None
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        n = self.num_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"VPT num_tokens must be a positive integer, got {n!r}")
+        check_flag(self.deep, "VPT deep", "deep=True (prompts at every block)")
+        if self.init_std is not None:
+            check_number(
+                self.init_std, "VPT init_std", "> 0 (or None)", lambda s: s > 0, "init_std=0.02"
+            )
+        check_number(self.dropout, "VPT dropout", "in [0, 1)", lambda p: 0 <= p < 1, "dropout=0.1")
+
 
 VPT_CHILD = "vpt"
 
@@ -97,7 +131,7 @@ class VPTTuned(TunedModel):
         backbone = self.backbone
         model = backbone.model
         if VPT_CHILD in model._modules or hasattr(model, VPT_CHILD):
-            raise RuntimeError(f"{type(model).__name__} already has an attribute {VPT_CHILD!r}")
+            raise UsageError(f"model already has {VPT_CHILD!r}; load a fresh backbone for VPT")
         blocks = backbone.blocks
         dim = backbone.embed_dim
         layers = len(blocks) if config.deep else 1
@@ -163,3 +197,6 @@ class VPTTuned(TunedModel):
         ):
             del model._modules[VPT_CHILD]
         self._prompts = None
+
+
+SPEC = register(TunerSpec(VPTConfig, VPTTuned, label="VPT", random_options=("dropout",)))

@@ -10,17 +10,58 @@ first element. γ and β live in a child module ``ssf`` of the hooked module, so
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from focusvit.backbones.base import BackboneAdapter
-from focusvit.errors import UnsupportedMethodError
+from focusvit.errors import UnsupportedMethodError, UsageError
 
-from .tuners import SSFConfig, TunedModel, TunerConfig, iter_named_modules
+from .base import (
+    SEQUENTIAL_FIX,
+    BatchedVariant,
+    BatchingUnsupportedError,
+    TaskRouting,
+    TunedModel,
+    TunerConfig,
+    TunerSpec,
+    check_targets,
+    iter_named_modules,
+    register,
+)
 
-__all__ = ["SSF_CHILD", "SSFTuned", "ScaleShift", "channel_count"]
+__all__ = [
+    "SSF_CHILD",
+    "SSFBatched",
+    "SSFConfig",
+    "SSFTuned",
+    "ScaleShift",
+    "channel_count",
+    "ssf_channels",
+]
+
+
+@dataclass
+class SSFConfig(TunerConfig):
+    """SSF (Lian et al., NeurIPS 2022): per-channel ``out · γ + β`` after every site in
+    ``backbone.ssf_targets`` (patch embedding, q/k/v, attention projection, both norms, both
+    MLP linears, final norm). γ starts at 1 and β at 0, so the model starts unchanged.
+
+    Attributes:
+        targets: full module names overriding ``backbone.ssf_targets`` (``None``: the adapter's).
+    """
+
+    name: ClassVar[str] = "ssf"
+    targets: list[str] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.targets = check_targets(
+            self.targets, "SSF targets", "targets=['blocks.0.attn.qkv', 'blocks.0.mlp.fc1']"
+        )
+
 
 SSF_CHILD = "ssf"
 
@@ -101,7 +142,7 @@ class SSFTuned(TunedModel):
         self.target_names = list(names)
         for name, module in iter_named_modules(model, names):
             if SSF_CHILD in module._modules or hasattr(module, SSF_CHILD):
-                raise RuntimeError(f"{name} already has an attribute {SSF_CHILD!r}")
+                raise UsageError(f"{name} already has {SSF_CHILD!r}; load a fresh backbone")
             ref = next(module.parameters(), None)
             dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
             scale_shift = ScaleShift(
@@ -125,3 +166,74 @@ class SSFTuned(TunedModel):
     def scale_shift_modules(self) -> list[ScaleShift]:
         """The :class:`ScaleShift` modules in ``ssf_targets`` order."""
         return [m._modules[SSF_CHILD] for m in self._sites]  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------- batched variant
+def ssf_channels(backbone: BackboneAdapter) -> int:
+    """Σ output channels over ``backbone.ssf_targets`` (0 when SSF does not apply)."""
+    total = 0
+    for name in backbone.ssf_targets:
+        try:
+            total += channel_count(backbone.model.get_submodule(name))
+        except (AttributeError, UnsupportedMethodError):
+            total += backbone.embed_dim
+    return total
+
+
+class SSFBatched(BatchedVariant):
+    """SSF for T tasks at once: on each site ``out = out · γ_t + β_t`` with stacked
+    ``γ, β (T, C)`` over the channel (last) dimension."""
+
+    def site_names(self, backbone: BackboneAdapter, config: TunerConfig) -> list[str]:
+        return list(getattr(config, "targets", None) or backbone.ssf_targets)
+
+    def site_state(self, module: nn.Module, name: str) -> tuple[tuple[Tensor, Tensor], float]:
+        """``(scale (C,), shift (C,))`` of the :class:`ScaleShift` on ``module``."""
+        ssf = module._modules.get(SSF_CHILD)
+        if not isinstance(ssf, ScaleShift) or ssf.channel_dim != -1:
+            raise BatchingUnsupportedError(
+                f"SSF site {name} does not scale the last (channel) dimension; {SEQUENTIAL_FIX}"
+            )
+        return (ssf.scale, ssf.shift), 1.0
+
+    def hook(
+        self, name: str, first: Tensor, second: Tensor, constant: float, routing: TaskRouting
+    ) -> Callable[..., Any]:
+        """``out · γ_t + β_t`` per image, ``γ = first``, ``β = second`` of shape ``(T, C)``."""
+        return _batched_ssf_hook(name, first, second, routing)
+
+    def activation_bytes(self, backbone: BackboneAdapter, tokens: int) -> int:
+        """SSF keeps one more input per site (``out · γ`` needs ``out`` for γ's gradient):
+        ``4 · tokens · Σ channels`` of ``backbone.ssf_targets``."""
+        return 4 * tokens * ssf_channels(backbone)
+
+
+def _batched_ssf_hook(
+    name: str, scale: Tensor, shift: Tensor, routing: TaskRouting
+) -> Callable[..., Any]:
+    """``out · γ_t + β_t`` per image over the channel (last) dimension, ``γ, β (T, C)``."""
+    channels = scale.shape[1]
+
+    def apply(x: Tensor) -> Tensor:
+        index = routing.current(x.shape[0], name)
+        view = [x.shape[0]] + [1] * (x.ndim - 1)
+        if x.shape[-1] == channels:
+            view[-1] = channels
+        elif x.ndim >= 3 and x.shape[1] == channels:  # what ScaleShift falls back to
+            view[1] = channels
+        else:
+            raise RuntimeError(
+                f"SSF at {name} expected {channels} channels, got an output of shape "
+                f"{tuple(x.shape)}"
+            )
+        return x * scale[index].view(view) + shift[index].view(view)
+
+    def hook(_module: nn.Module, _args: tuple, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (apply(output[0]), *output[1:])
+        return apply(output)
+
+    return hook
+
+
+SPEC = register(TunerSpec(SSFConfig, SSFTuned, label="SSF", batched=SSFBatched()))

@@ -9,14 +9,57 @@ puts the original module objects back.
 
 from __future__ import annotations
 
-from torch import nn
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
 
 from focusvit.backbones.base import BackboneAdapter
-from focusvit.errors import UnsupportedMethodError
+from focusvit.errors import ConfigError, UnsupportedMethodError
 
-from .tuners import LoraConfig, TunedModel, TunerConfig
+from .base import (
+    SEQUENTIAL_FIX,
+    BatchedVariant,
+    BatchingUnsupportedError,
+    TaskRouting,
+    TunedModel,
+    TunerConfig,
+    TunerSpec,
+    check_number,
+    check_targets,
+    register,
+)
 
-__all__ = ["LoraTuned", "lora_target_names"]
+__all__ = ["LoraBatched", "LoraConfig", "LoraTuned", "lora_target_names"]
+
+
+@dataclass
+class LoraConfig(TunerConfig):
+    """LoRA (Hu et al., ICLR 2022) through peft.
+
+    Attributes:
+        rank: rank r of the update ``B A``.
+        alpha: peft's ``lora_alpha``; the update is scaled by ``alpha / rank``.
+        dropout: dropout on the LoRA branch input.
+        targets: module-name suffixes to adapt, matched only inside the transformer blocks
+            (so ``proj`` never hits timm's ``patch_embed.proj``); ``None`` uses the adapter's
+            ``lora_targets`` (attention qkv and output projection).
+    """
+
+    name: ClassVar[str] = "lora"
+    rank: int = 4
+    alpha: float = 1.0
+    dropout: float = 0.0
+    targets: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ConfigError(f"LoRA rank must be a positive integer, got {self.rank!r}")
+        check_number(self.alpha, "LoRA alpha", "> 0", lambda a: a > 0, "alpha=1.0")
+        check_number(self.dropout, "LoRA dropout", "in [0, 1)", lambda p: 0 <= p < 1, "dropout=0.1")
+        self.targets = check_targets(self.targets, "LoRA targets", "targets=['qkv', 'proj']")
 
 
 def lora_target_names(backbone: BackboneAdapter, suffixes: list[str]) -> list[str]:
@@ -87,8 +130,6 @@ class LoraTuned(TunedModel):
         self._check_alive()
         if self._merged_saved:
             return
-        import torch
-
         base = [
             p
             for m in self._lora.model.modules()
@@ -111,8 +152,6 @@ class LoraTuned(TunedModel):
     def _unmerge(self) -> None:
         if not getattr(self, "_merged_saved", None):
             return
-        import torch
-
         self._lora.unmerge_adapter()
         with torch.no_grad():
             for p, saved in self._merged_saved:
@@ -139,3 +178,54 @@ def _strip_lora_layers(model: nn.Module) -> None:
             setattr(parent, child, module.get_base_layer())
     if "peft_config" in model.__dict__:
         del model.__dict__["peft_config"]
+
+
+# ----------------------------------------------------------------------------- batched variant
+class LoraBatched(BatchedVariant):
+    """LoRA for T tasks at once: on each targeted linear ``out += s · (x A_tᵀ) B_tᵀ`` with
+    stacked ``A (T, r, d_in)``, ``B (T, d_out, r)`` and peft's scaling ``s = alpha / r``, as two
+    batched matmuls."""
+
+    def site_names(self, backbone: BackboneAdapter, config: TunerConfig) -> list[str]:
+        suffixes = getattr(config, "targets", None) or backbone.lora_targets
+        return lora_target_names(backbone, suffixes)
+
+    def site_state(self, module: nn.Module, name: str) -> tuple[tuple[Tensor, Tensor], float]:
+        """peft's ``(A (r, d_in), B (d_out, r))`` of the one adapter on ``module`` and its
+        scaling."""
+        adapters = list(getattr(module, "lora_A", {}).keys())
+        if len(adapters) != 1:
+            raise BatchingUnsupportedError(
+                f"{name} carries LoRA adapters {adapters} (expected exactly one); {SEQUENTIAL_FIX}"
+            )
+        key = adapters[0]
+        pair = (module.lora_A[key].weight, module.lora_B[key].weight)
+        return pair, float(module.scaling[key])
+
+    def hook(
+        self, name: str, first: Tensor, second: Tensor, constant: float, routing: TaskRouting
+    ) -> Callable[..., Tensor]:
+        """``out + s · (x A_tᵀ) B_tᵀ`` per image, ``A (T, r, d_in)``, ``B (T, d_out, r)``."""
+
+        def lora_hook(_module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+            x = args[0]
+            index = routing.current(x.shape[0], name)
+            flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (B, L, d_in)
+            low = torch.bmm(flat, first[index].transpose(1, 2))  # (B, L, r)
+            delta = torch.bmm(low, second[index].transpose(1, 2))  # (B, L, d_out)
+            return output + (delta * constant).reshape(output.shape)
+
+        return lora_hook
+
+
+SPEC = register(
+    TunerSpec(
+        LoraConfig,
+        LoraTuned,
+        label="LoRA",
+        needs_peft=True,
+        random_options=("dropout",),
+        merge="fold",
+        batched=LoraBatched(),
+    )
+)
