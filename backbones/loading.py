@@ -39,6 +39,7 @@ def load_backbone(
     pretrained: bool = True,
     image_size: int | tuple[int, int] | None = None,
     resize: str | None = None,
+    crop_pct: float | None = None,
     **model_kwargs: Any,
 ) -> BackboneAdapter:
     """Load a model by spec and wrap it in its adapter.
@@ -56,22 +57,27 @@ def load_backbone(
             ``data_config["resize"]``: ``"crop"`` (resize, centre-crop: the default and the FORT
             protocol), ``"stretch"`` (resize to the input size, nothing cut) or ``"letterbox"``
             (fit inside, pad). ``None`` keeps the loaded config's policy.
+        crop_pct: with the ``"crop"`` policy, the share of the resized image the centre crop
+            keeps (``data_config["crop_pct"]``; e.g. ``1 / 1.15``: resize by 1.15, crop; ``1``:
+            no crop); ``None`` keeps the loaded config's value.
         model_kwargs: extra architecture arguments (e.g. ``depth=2`` for tiny test models).
 
     Raises:
-        ConfigError: a malformed ``spec``, ``num_classes``, ``pretrained``, ``image_size`` or
-            ``resize``, or ``model_kwargs`` for a spec that takes none (checked before loading).
+        ConfigError: a malformed ``spec``, ``num_classes``, ``pretrained``, ``image_size``,
+            ``resize`` or ``crop_pct``, or ``model_kwargs`` for a spec that takes none (checked before loading).
         InputSizeError: an ``image_size`` that does not fit the model's patch / window layout.
         CheckpointError: a checkpoint without usable metadata, or weights of another model.
     """
-    from focusvit.data.images import check_resize, parse_size
+    from focusvit.data.images import check_crop_pct, check_resize, parse_size
 
     check_load_arguments(spec, num_classes, pretrained)
     size = None if image_size is None else parse_size(image_size)
     if resize is not None:
         check_resize(resize)
+    if crop_pct is not None:
+        check_crop_pct(crop_pct)
     adapter = _load_backbone(spec, num_classes, pretrained, **model_kwargs)
-    return set_preprocessing(adapter, image_size=size, resize=resize)
+    return set_preprocessing(adapter, image_size=size, resize=resize, crop_pct=crop_pct)
 
 
 def check_load_arguments(spec: Any, num_classes: Any, pretrained: Any) -> None:
@@ -105,10 +111,12 @@ def set_preprocessing(
     adapter: BackboneAdapter,
     image_size: int | tuple[int, int] | None = None,
     resize: str | None = None,
+    crop_pct: float | None = None,
 ) -> BackboneAdapter:
-    """Set the adapter's input size and resize policy in its ``data_config`` (a new dict), as
-    for :func:`load_backbone`; ``None`` leaves a value as it is. Returns ``adapter``."""
-    from focusvit.data.images import check_resize, parse_size
+    """Set the adapter's input size, resize policy and centre-crop share in its
+    ``data_config`` (a new dict), as for :func:`load_backbone`; ``None`` leaves a value as it
+    is. Returns ``adapter``."""
+    from focusvit.data.images import check_crop_pct, check_resize, parse_size
 
     config = dict(adapter.data_config)
     if image_size is not None:
@@ -123,6 +131,8 @@ def set_preprocessing(
         config["input_size"] = (3, height, width)
     if resize is not None:
         config["resize"] = check_resize(resize)
+    if crop_pct is not None:
+        config["crop_pct"] = check_crop_pct(crop_pct)
     adapter.data_config = config
     return adapter
 

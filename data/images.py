@@ -35,6 +35,7 @@ object masks through the same geometry, so they stay aligned with the images.
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -365,6 +366,18 @@ def check_resize(resize: str) -> str:
             "('crop': centre crop, 'stretch': resize without crop, 'letterbox': fit inside and pad)"
         )
     return resize
+
+
+def check_crop_pct(crop_pct: Any) -> float:
+    """``crop_pct`` as a float if it is a real number in ``(0, 1]`` (the share of the resized
+    image the centre crop keeps: 0.875 = resize to 256, crop 224), else :class:`ConfigError`."""
+    valid = isinstance(crop_pct, numbers.Real) and not isinstance(crop_pct, bool)
+    if not valid or not 0 < float(crop_pct) <= 1:
+        raise ConfigError(
+            f"crop_pct must be a number in (0, 1] (the share of the resized image the centre "
+            f"crop keeps), got {crop_pct!r}; e.g. crop_pct=0.875, or crop_pct=1 for no crop"
+        )
+    return float(crop_pct)
 
 
 def _size_from_config(data_config: dict, size: tuple[int, int] | int | None) -> tuple[int, int]:

@@ -133,3 +133,20 @@ def test_the_check_sees_a_plain_value_error(tmp_path):
     path = tmp_path / "module.py"
     path.write_text("def f(x):\n    if x:\n        raise ValueError('bad')\n")
     assert plain_value_errors(path) == [3]
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    """A non-editable install ships only the packages pyproject lists: a new sub-package (e.g.
+    ``finetune/tuners/``) missing there imports in the tests but not for users."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {folder: name for name, folder in setuptools["package-dir"].items()}
+    missing = []
+    for folder, name in folders.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder).parts
+            package = ".".join((name, *relative))
+            if "__pycache__" not in relative and package not in setuptools["packages"]:
+                missing.append(package)
+    assert not missing, f"add {missing} to [tool.setuptools] packages in pyproject.toml"

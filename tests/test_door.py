@@ -204,3 +204,24 @@ def test_a_decompression_bomb_is_one_image_read_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over the limit
     with pytest.raises(focusvit.errors.ImageReadError, match=r"bomb\.png.*too large"):
         focusvit.load_images([path])
+
+
+@pytest.mark.parametrize("value", [0, -0.5, 1.5, "0.9", True, float("nan")])
+def test_crop_pct_is_checked_at_the_door(value):
+    with pytest.raises(ConfigError, match=r"crop_pct must be a number in \(0, 1\]"):
+        load_backbone("tiny:timm-vit", crop_pct=value)
+    with pytest.raises(ConfigError, match="crop_pct"):
+        focusvit.runs.BackboneSpec(spec="tiny:timm-vit", crop_pct=value)
+
+
+def test_crop_pct_sets_the_centre_crop_of_preprocessing():
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 64))
+    image.paste((255, 0, 0), (0, 0, 64, 8))  # a red band at the top edge
+    kept = load_backbone("tiny:timm-vit", image_size=32, crop_pct=1.0)
+    cropped = focusvit.runs.BackboneSpec(spec="tiny:timm-vit", image_size=32, crop_pct=0.5).load()
+    assert kept.data_config["crop_pct"] == 1.0 and cropped.data_config["crop_pct"] == 0.5
+    top_kept = kept.preprocess([image])[0, 0, 0, 0]
+    top_cropped = cropped.preprocess([image])[0, 0, 0, 0]
+    assert top_kept > top_cropped  # the band is inside the full image, cut by the half crop

@@ -469,3 +469,26 @@ def test_prompt_settings_do_not_depend_on_a_tuner(vit):
         prompt_settings(vit, FortConfig(layers=[5]))
     with pytest.raises(AttentionLossUnsupportedError):
         prompt_settings(load_backbone("tiny:timm-cnn"))
+
+
+def test_fewshot_focus_section_without_fort_shows_prompts_of_the_family(tmp_path):
+    """fort=off: the focus probe takes its prompt settings from prompt_settings (no tuner)."""
+    from test_cli import compose_cfg
+
+    from focusvit import cli
+
+    overrides = [
+        "backbone=tiny_timm_vit",
+        "trainer=smoke",
+        "data.images_per_class=3",
+        "episodes.episodes=1",
+        "episodes.n_query=2",
+        "progress=false",
+        "fort=off",
+        "methods=[linear]",
+        "report.focus_episodes=1",
+        "report.max_queries=1",
+    ]
+    result = cli.run_fewshot(compose_cfg("fewshot", overrides), tmp_path / "run")
+    assert math.isfinite(result["results"]["linear"].mean)
+    assert "Attention focus" in (tmp_path / "run" / "report.html").read_text()

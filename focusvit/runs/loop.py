@@ -140,7 +140,9 @@ def evaluate_many(
         runners: the methods (distinct names).
         outputs: ``{runner name: .jsonl path}``; every runner needs one when any has one.
         on_episode: ``{runner name: callback}`` called with each record in episode order.
-        others: as :func:`evaluate`.
+
+    ``dataset``, ``spec``, ``progress``, ``episode_ids`` and ``context`` are as in
+    :func:`evaluate`.
 
     Returns:
         ``{runner name: EvaluationResult}``.

@@ -137,6 +137,8 @@ class BackboneSpec:
             Hydra schema cannot hold the union ``int | tuple``).
         resize: how images are fitted to the input size: ``"crop"``, ``"stretch"`` or
             ``"letterbox"`` (fit inside, pad); ``None`` keeps the loaded model's policy.
+        crop_pct: with ``"crop"``, the share of the resized image the centre crop keeps
+            (``1`` no crop, ``1 / 1.15`` the FORT protocol); ``None`` keeps the model's value.
         model_kwargs: extra architecture arguments of timm specs (e.g. ``{"depth": 2}``;
             ``+backbone.model_kwargs.depth=2`` on the command line).
     """
@@ -146,17 +148,20 @@ class BackboneSpec:
     pretrained: bool = True
     image_size: int | None = None
     resize: str | None = None
+    crop_pct: float | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from focusvit.backbones.loading import check_load_arguments
-        from focusvit.data.images import check_resize, parse_size
+        from focusvit.data.images import check_crop_pct, check_resize, parse_size
 
         check_load_arguments(self.spec, self.num_classes, self.pretrained)
         if self.image_size is not None:
             parse_size(self.image_size)
         if self.resize is not None:
             check_resize(self.resize)
+        if self.crop_pct is not None:
+            check_crop_pct(self.crop_pct)
         if not isinstance(self.model_kwargs, dict) or not all(
             isinstance(key, str) for key in self.model_kwargs
         ):
@@ -176,5 +181,6 @@ class BackboneSpec:
             pretrained=self.pretrained,
             image_size=self.image_size,
             resize=self.resize,
+            crop_pct=self.crop_pct,
             **self.model_kwargs,
         )

@@ -96,18 +96,13 @@ def ensure_pretrained(path: str | os.PathLike, option: str = "dinov2_s14_cpu") -
 
 def load_study_backbone(spec: str, image_size: int, num_classes: int | None = None):
     """A backbone at a square ``image_size`` whose preprocessing resizes the whole image to it
-    (no centre crop: ``crop_pct`` 1), as every study cell records it.
-
-    Loaded through :class:`~focusvit.runs.BackboneSpec` (``load_backbone``'s ``spec``,
-    ``num_classes``, ``image_size``). ``load_backbone`` has no ``crop_pct`` argument; the study
-    records (their ``backbone`` settings) hold ``crop_pct: 1.0`` with the default ``crop``
-    policy, so it is set here, in this one place, to keep them resumable."""
+    (no centre crop: ``crop_pct=1``), as every study cell records it; loaded through
+    :class:`~focusvit.runs.BackboneSpec`."""
     from .spec import BackboneSpec
 
-    backbone = BackboneSpec(spec=spec, num_classes=num_classes, image_size=image_size).load()
-    if backbone.data_config.get("crop_pct") != 1.0:
-        backbone.data_config = {**backbone.data_config, "crop_pct": 1.0}
-    return backbone
+    return BackboneSpec(
+        spec=spec, num_classes=num_classes, image_size=image_size, crop_pct=1.0
+    ).load()
 
 
 # ----------------------------------------------------------------------------- pairing
