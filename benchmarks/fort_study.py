@@ -4,13 +4,13 @@ A configuration of the study layer (:mod:`focusvit.runs.study`, ``docs/study.md`
 (backbone × scenes × setting × tuner, a :class:`~focusvit.runs.Cell` in
 ``--out``/BACKBONE/SCENES/SETTING/TUNER): α chosen by :func:`focusvit.select_alpha` on validation
 classes (seed :func:`~focusvit.runs.validation_seed`; 0, the recipe α and ``--alpha-multiples``
-of it; ties to 0), then ``plain`` (α = 0), ``authors`` (recipe α) and ``validated`` on the same
-novel-class episodes, paired against ``plain``, and the attention focus probe after each row.
+of it; ``--alpha-rule``), then ``plain`` (α = 0), ``authors`` (recipe α) and ``validated`` on the
+same novel-class episodes, paired against ``plain``, and the attention focus probe after each row.
 Backbones ``pretrained`` (the offline DINOv2-S/14 fine-tuned on the synthetic base classes by
 ``focusvit-pretrain``, trained here when missing) and ``dinov2``, at 112 px; scenes ``shipped``
 and ``premise``; ``--prompts oracle``: ground-truth prompts (``FortConfig(prompts=
 "ground_truth")``; cells ``TUNER-oracle``). Resumable, extendable (``--episodes``), shared out
-under ``torchrun``; ``--report-only`` re-prints the stored cells without loading a model.
+under ``torchrun``; ``--report-only`` re-prints the stored cells (recorded α) without a model.
 
     python benchmarks/fort_study.py --backbones pretrained --scenes premise --settings 5w1s
     OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node=2 benchmarks/fort_study.py ...
@@ -30,7 +30,7 @@ import torch
 from focusvit import FortConfig, SyntheticScenes
 from focusvit.data import SceneConfig
 from focusvit.errors import FocusVitError
-from focusvit.finetune import RECIPES, make_runner, resolve_fort, select_alpha
+from focusvit.finetune import RECIPES, make_runner, read_selection, resolve_fort, select_alpha
 from focusvit.runs import Cell, DistContext, EpisodeSpec, FocusProbe, ProbeCache, paired, study
 from focusvit.runs.records import read_episode_file
 from focusvit.runs.stats import mean_and_ci
@@ -42,6 +42,7 @@ SCENES = {"shipped": 0, "premise": 2}  # class-independent objects per image
 BACKBONES = {"dinov2": "offline:dinov2-s14-imgfocus", "tiny": "tiny:timm-vit"}
 GOAL_POINTS = 2.0  # issue 13: a paired gain of at least 2 points, interval above zero
 AXES = ("backbones", "scenes", "settings", "tuners")
+KEYS = ("backbone", "scenes", "setting", "tuner")  # of a cell, one per axis
 OPTIONS = [  # flag, default, type, help (``--prompts``, ``--report-only``: in parse_args)
     ("--backbones", "pretrained,dinov2", str, f"pretrained, {', '.join(BACKBONES)}"),
     ("--scenes", "premise,shipped", str, ", ".join(SCENES)),
@@ -51,12 +52,8 @@ OPTIONS = [  # flag, default, type, help (``--prompts``, ``--report-only``: in p
     ("--val-episodes", 20, int, "validation episodes"),
     ("--n-query", 10, int, "queries per class"),
     ("--alpha-multiples", "0.1,1", str, "validation candidates: multiples of the recipe α (and 0)"),
-    (
-        "--pretrained",
-        "outputs/pretrain/dinov2_s14_cpu/model.safetensors",
-        str,
-        "trained if missing",
-    ),
+    ("--alpha-rule", "paired", str, "paired (default), or best_mean (the committed cells' rule)"),
+    ("--pretrained", "outputs/pretrain/dinov2_s14_cpu/model.safetensors", str, "trained if absent"),
     ("--device", None, str, "default: cuda when available"),
     ("--seed", 0, int, "seed of the test episodes (validation: focusvit.runs.validation_seed)"),
     ("--out", str(HERE / "results" / "fort_study"), str, "per-episode records (committed)"),
@@ -117,21 +114,24 @@ def recipe_alpha(backbone, tuner: str) -> float:
 
 
 def select(backbone, where: dict, args, folder: Path, context) -> float:
-    """α chosen on validation episodes (cached in ``selection.json``)."""
+    """α chosen on validation episodes by ``--alpha-rule`` (cached in ``selection.json`` with the
+    rule, ``best_mean`` where none is recorded); test rows of another rule's α are refused."""
     path, base = folder / "selection.json", recipe_alpha(backbone, where["tuner"])
     candidates = sorted({round(base * float(m), 6) for m in args.alpha_multiples.split(",") if m})
-    key = {"candidates": candidates, "val_episodes": args.val_episodes, "n_query": args.n_query}
-    stored = json.loads(path.read_text()) if path.exists() else {}
+    key = {"candidates": candidates, "val_episodes": args.val_episodes, "n_query": args.n_query,
+           "rule": args.alpha_rule}  # fmt: skip
+    stored = {"rule": "best_mean", **(json.loads(path.read_text()) if path.exists() else {})}
     if {k: stored.get(k) for k in key} == key:
         return float(stored["alpha"])
     spec = episodes(where["setting"], args.val_episodes, args, "val")
     chosen = select_alpha(
         backbone, scenes("val", where["scenes"], spec.k_shot + args.n_query), where["tuner"],
         candidates, spec, fort(args), device=args.device, output_dir=folder / "validation",
-        progress=True, context=context,
+        progress=True, context=context, rule=args.alpha_rule,
     )  # fmt: skip
-    stored = {**key, "alpha": chosen.alpha,
-              "validation": {f"{a:g}": [r.mean, r.ci95] for a, r in chosen.results.items()}}  # fmt: skip
+    if chosen.alpha != stored.get("alpha", chosen.alpha) and (folder / "plain.jsonl").exists():
+        raise SystemExit(f"{folder}: its test rows follow α = {stored['alpha']:g} of the {stored['rule']} rule, never mixed with another: pass --alpha-rule {stored['rule']} or another --out")  # fmt: skip
+    stored = {**key, **chosen.record()}
     if context.is_main:
         folder.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(stored, indent=1))
@@ -179,10 +179,10 @@ def stored(folder: Path) -> dict | None:
         return None
     path = c.episode_file("authors")
     header = read_episode_file(path)[0] if path.exists() else None
-    alpha = float(json.loads(selection.read_text())["alpha"])
-    return {"alpha": alpha,
+    recorded = {"rule": "best_mean", **json.loads(selection.read_text())}  # unrecorded: before #31
+    return {"alpha": float(recorded["alpha"]), "alpha_rule": recorded["rule"],
             "authors_alpha": float(header["settings"]["runner"]["fort"]["alpha"]) if header else float("nan"),
-            "accuracies": with_validated(accuracies, alpha),
+            "accuracies": with_validated(accuracies, float(recorded["alpha"])),
             "focus": [{"numbers": v} for v in ProbeCache(folder / "focus.json").load().values()]}  # fmt: skip
 
 
@@ -193,7 +193,7 @@ def focus_table(name: str, runs: list[dict]) -> None:
         print("\n".join(study.focus_table(runs)))
 
 
-def report(cells: list[dict]) -> None:
+def report(cells: list[dict], args) -> None:
     print("\nattention loss, paired on the same novel-class episodes (row − plain, points; "
           "95% interval; wins/ties/losses); α of `validated` chosen on validation classes")  # fmt: skip
     print(f"{'backbone':<11}{'scenes':<9}{'set':<6}{'tuner':<12}{'eps':>5}{'plain %':>14}"
@@ -210,6 +210,12 @@ def report(cells: list[dict]) -> None:
             f"{a.wtl:>13}{c['alpha']:>8g}{f'{100 * v.mean:+.1f} ± {100 * v.ci95:.1f}':>19}"
             f"{v.wtl:>13}"
         )
+    if any(c["alpha_rule"] != "best_mean" for c in cells):  # unlabelled: best_mean
+        print("val α rule: " + "; ".join(f"{name_of(c)} {c['alpha_rule']}" for c in cells))
+    for c in (c for c in cells if c["alpha_rule"] != args.alpha_rule):  # the table: recorded α
+        new = read_selection(Path(args.out, *(c[k] for k in KEYS)), args.alpha_rule).alpha
+        if new != c["alpha"]:
+            print(f"re-check, {args.alpha_rule} rule: {name_of(c)}: val α {new:g}, not the recorded {c['alpha']:g} ({c['alpha_rule']} rule)")  # fmt: skip
 
 
 def name_of(c: dict) -> str:
@@ -246,7 +252,7 @@ def run_cells(args: argparse.Namespace, context: DistContext) -> None:
     out, cells, start, loaded = Path(args.out), [], time.perf_counter(), {}
     suffix = "-oracle" if args.prompts == "oracle" else ""
     for values in itertools.product(*(getattr(args, a).split(",") for a in AXES)):
-        where = dict(zip(("backbone", "scenes", "setting", "tuner"), values, strict=True))
+        where = dict(zip(KEYS, values, strict=True))
         folder = out.joinpath(*values[:3], f"{where['tuner']}{suffix}")
         if args.report_only:
             found = stored(folder)
@@ -264,10 +270,10 @@ def run_cells(args: argparse.Namespace, context: DistContext) -> None:
         results = cell(loaded[key], where, alpha, args, folder, args.episodes).run(context)
         accuracies = with_validated({r: list(v.accuracies) for r, v in results.items()}, alpha)
         cells.append({**where, "tuner": f"{where['tuner']}{suffix}", "alpha": alpha,
-                      "authors_alpha": recipe_alpha(loaded[key], where["tuner"]),
+                      "alpha_rule": args.alpha_rule, "authors_alpha": recipe_alpha(loaded[key], where["tuner"]),
                       "accuracies": accuracies})  # fmt: skip
         if context.is_main:
-            report(cells)
+            report(cells, args)
         if args.focus_episodes > 0:
             cells[-1]["focus"] = measure(loaded[key], where, alpha, args, folder, context)
             if context.is_main:
@@ -277,13 +283,13 @@ def run_cells(args: argparse.Namespace, context: DistContext) -> None:
         say(f"\n{(time.perf_counter() - start) / 60:.1f} min this run; device {args.device}, "
             f"{torch.get_num_threads()} threads{processes}")  # fmt: skip
         return
-    report(cells)
+    report(cells, args)
     for c in cells:
         focus_table(name_of(c), c["focus"])
     if not cells:
         print(f"no stored cells under {out} for these options; run without --report-only")
         return
-    study.merge_summary(out / "results.json", cells, ("backbone", "scenes", "setting", "tuner"))
+    study.merge_summary(out / "results.json", cells, KEYS)
     if args.figure:
         forest_figure(cells, Path(args.figure))
         print(f"\nfigure of the paired differences: {args.figure}")

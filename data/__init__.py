@@ -1,5 +1,7 @@
-"""focusvit.data: images, few-shot datasets (folders, tensors, synthetic scenes) and episodes."""
+"""focusvit.data: images, few-shot datasets (folders, tensors, synthetic scenes, Hugging Face and
+torchvision datasets, the standard benchmarks) and episodes."""
 
+from .benchmarks import BENCHMARKS, CROSS_DOMAIN, benchmark_dataset, standard_splits
 from .datasets import (
     ContentWatch,
     FewShotDataset,
@@ -12,6 +14,7 @@ from .datasets import (
     read_split,
 )
 from .episodes import Episode, EpisodeError, check_episode_spec, sample_episode, sample_episodes
+from .hf import HFImageDataset
 from .images import (
     RESIZE_POLICIES,
     load_images,
@@ -21,17 +24,23 @@ from .images import (
     sample_photos,
 )
 from .synthetic import SceneConfig, SyntheticScenes, class_splits
+from .torchvision_ds import TorchvisionDataset
 
 __all__ = [
+    "BENCHMARKS",
+    "CROSS_DOMAIN",
     "RESIZE_POLICIES",
     "ContentWatch",
     "Episode",
     "EpisodeError",
     "FewShotDataset",
+    "HFImageDataset",
     "ImageFolderDataset",
     "SceneConfig",
     "SyntheticScenes",
     "TensorDataset",
+    "TorchvisionDataset",
+    "benchmark_dataset",
     "check_dataset_kind",
     "check_episode_spec",
     "class_splits",
@@ -46,4 +55,5 @@ __all__ = [
     "sample_episode",
     "sample_episodes",
     "sample_photos",
+    "standard_splits",
 ]

@@ -17,7 +17,7 @@ from .evaluate import (
 )
 from .heads import SOLVERS, init_head, solve
 from .recipes import HEAD_INITS, RECIPES, FitOptions, Recipe, recipe_for
-from .selection import AlphaSelection, select_alpha
+from .selection import AlphaSelection, read_selection, select_alpha
 from .trainer import TaskModel, fit_task, support_features
 from .tuners import (
     TUNERS,
@@ -70,6 +70,7 @@ __all__ = [
     "make_runner",
     "make_tuner",
     "parse_method",
+    "read_selection",
     "recipe_for",
     "resolve_fort",
     "select_alpha",

@@ -304,8 +304,8 @@ def validate_fewshot(cfg: DictConfig) -> FewshotPlan:
     check_methods_apply(methods, backbone)
     if OmegaConf.is_missing(cfg.data, "path"):  # (`"path" in cfg.data` is False when missing)
         raise ConfigError(
-            "data.path is required for data=imagefolder: give the dataset root holding one "
-            "folder per class, e.g. data.path=/data/cub"
+            "data.path is required: give the dataset root holding one folder per class, e.g. "
+            "data.path=/data/cub (data=hf: a hub name or a save_to_disk folder)"
         )
     check_device(cfg.device)
     dataset = instantiate(cfg.data, "data")
@@ -401,6 +401,10 @@ def check_plan_fits(cfg: DictConfig, plan: FewshotPlan, backbone) -> None:
             "select_alpha.alphas chooses the attention-loss weight, but fort is off; select "
             "fort=recipe, or set select_alpha.alphas=[]"
         )
+    if alphas:
+        from focusvit.finetune.selection import check_rule
+
+        check_rule(str(cfg.select_alpha.rule))
     for method in plan.methods:
         choice = parse_method(method)
         if choice.solver is not None:
@@ -525,14 +529,23 @@ def choose_alpha(
         backbone, validation, plan.tuner, [float(a) for a in selection.alphas], spec,
         fort=plan.fort, options=plan.options, device=device,
         output_dir=folder.path / "validation", progress=bool(cfg.progress), context=context,
+        rule=str(selection.rule),
     )  # fmt: skip
     if context.is_main:
         for line in chosen.table().splitlines():
             _say(f"focusvit-fewshot: {line}")
+    from focusvit.finetune.selection import RULE_TEXT
+
+    gains = "; ".join(
+        f"{a:g}: " + ("skipped" if p is None else f"{100 * p.mean:+.1f} ± {100 * p.ci95:.1f}, "
+                      f"w/t/l {p.wtl}")
+        for a, p in chosen.paired.items()
+    )  # fmt: skip
     note = (
         f"α of the attention loss chosen on {spec.describe()}: {chosen.alpha:g} "
-        f"(candidates 0, {', '.join(f'{a:g}' for a in selection.alphas)}; α = 0 wins ties"
-        + (", so +fort trains exactly as without the loss)" if chosen.alpha == 0 else ")")
+        f"(candidates 0, {', '.join(f'{a:g}' for a in selection.alphas)}; rule {chosen.rule}: "
+        f"{RULE_TEXT[chosen.rule]}; paired gain over α = 0 in points: {gains}"
+        + ("; so +fort trains exactly as without the loss)" if chosen.alpha == 0 else ")")
     )
     return replace(plan.fort, alpha=chosen.alpha), [note]
 

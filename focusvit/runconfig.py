@@ -158,14 +158,19 @@ class AlphaSelectionConf:
     test episodes (docs/concepts/loss.md; :func:`focusvit.finetune.select_alpha`).
 
     The tuner is evaluated without the loss and with each candidate α on ``episodes`` episodes
-    of the dataset's ``split`` (validation classes; the same data group with another split);
-    α = 0 wins ties. Every ``+fort`` method then uses the chosen α (α = 0 trains exactly as
-    without the loss). ``alphas: []`` turns the selection off (the fort group's α is used).
+    of the dataset's ``split`` (validation classes; the same data group with another split).
+    ``rule: paired`` (default): an α > 0 is chosen only when its paired gain over α = 0 on those
+    episodes has a 95% interval above zero (the largest such gain wins), else α = 0;
+    ``rule: best_mean``: the highest mean, α = 0 winning ties (the earlier rule). The rule is in
+    the run's ``settings.json``, so a run folder never mixes the two. Every ``+fort`` method
+    then uses the chosen α (α = 0 trains exactly as without the loss). ``alphas: []`` turns the
+    selection off (the fort group's α is used).
     """
 
     alphas: list[float] = field(default_factory=list)
     episodes: int = 20
     split: str = "val"
+    rule: str = "paired"
 
 
 @dataclass

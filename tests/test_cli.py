@@ -230,8 +230,11 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
 
 def test_fewshot_chooses_alpha_on_validation_classes(tmp_path, capsys):
-    """select_alpha.alphas: α is chosen on validation episodes (α = 0 included, ties to 0) and
-    every +fort method is evaluated with it; the choice is in the report notes."""
+    """select_alpha.alphas: α is chosen on validation episodes (α = 0 included; α > 0 only on a
+    paired gain whose 95% interval is above zero) and every +fort method is evaluated with it;
+    the choice and its rule are in the report notes and the run's settings."""
+    import numpy as np
+
     from focusvit.runs import flatten
 
     out = tmp_path / "run"
@@ -243,18 +246,22 @@ def test_fewshot_chooses_alpha_on_validation_classes(tmp_path, capsys):
         "select_alpha.episodes=2",
     ]
     cli.run_fewshot(compose_cfg("fewshot", overrides), out)
-    means = {}
+    by_episode = {}
     for alpha in ("0", "0.5"):
         header, records = read_episode_file(out / "validation" / f"alpha={alpha}.jsonl")
         assert header["settings"]["dataset"]["split"] == "val" and len(records) == 2
-        means[float(alpha)] = sum(r["accuracy"] for r in records) / len(records)
-    chosen = 0.0 if means[0.0] >= means[0.5] else 0.5
+        by_episode[float(alpha)] = {r["episode"]: r["accuracy"] for r in records}
+    diff = np.array([by_episode[0.5][e] - by_episode[0.0][e] for e in sorted(by_episode[0.0])])
+    chosen = 0.5 if diff.mean() - 1.96 * diff.std() / np.sqrt(len(diff)) > 1e-6 else 0.0
     header, _ = read_episode_file(out / "episodes" / "lora_fort.jsonl")
     fort_alpha = [v for k, v in flatten(header).items() if k.endswith("fort.alpha")]
     assert fort_alpha == [chosen]
-    assert "chosen on 5-way" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "chosen on 5-way" in report and "rule paired" in report
+    assert json.loads((out / "settings.json").read_text())["select_alpha"]["rule"] == "paired"
     printed = capsys.readouterr().out
     assert re.search(rf"alpha {chosen:g} .*<- chosen", printed)
+    assert re.search(r"alpha 0\.5 .* points vs α = 0, w/t/l \d+/\d+/\d+", printed)
 
 
 @pytest.mark.parametrize(
