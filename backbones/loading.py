@@ -498,8 +498,8 @@ def save_backbone(adapter: BackboneAdapter, path: str | os.PathLike, spec: dict)
             device / FIFO (:func:`focusvit.runs.check_output_path`).
         OutputWriteError: the write failed (e.g. disk full); a previous file is kept.
     """
-    from focusvit.runs.checkpoint import _save_file
-    from focusvit.runs.records import check_output_path, replace_atomically, write_error
+    from focusvit.runs.checkpoint import write_safetensors
+    from focusvit.runs.records import check_output_path
 
     if not isinstance(spec, dict):
         raise ConfigError(
@@ -515,13 +515,7 @@ def save_backbone(adapter: BackboneAdapter, path: str | os.PathLike, spec: dict)
             f"save_backbone spec {spec!r} cannot be stored as JSON ({error}); use only strings, "
             "numbers, lists and dicts in it"
         ) from error
-    existed = path.exists()
-    try:
-        replace_atomically(path, lambda tmp: _save_file(state, tmp, meta))
-    except OSError as error:
-        kept = "the previous file is unchanged" if existed else "nothing was written"
-        raise write_error(path, error, kept) from error
-    return path
+    return write_safetensors(path, state, meta)
 
 
 def _checkpoint_info(path: Path) -> dict:

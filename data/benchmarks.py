@@ -35,7 +35,7 @@ from PIL import Image
 
 from focusvit.errors import ConfigError, ImageReadError
 
-from .datasets import ImageFolderDataset, _check_split, _digest, read_split
+from .datasets import ImageFolderDataset, _check_split, _digest, file_stamp, read_split
 from .images import read_image
 from .torchvision_ds import TorchvisionDataset
 
@@ -145,14 +145,7 @@ class ImageListDataset:
 
     def file_stamp(self, index: int) -> tuple[int, int]:
         """``(size, modification time ns)`` of image file ``index`` now."""
-        try:
-            info = self.files[index].stat()
-        except OSError as error:
-            raise ImageReadError(
-                f"cannot read image file {self.files[index]} ({error}); was the dataset moved? "
-                "build the dataset again"
-            ) from error
-        return info.st_size, info.st_mtime_ns
+        return file_stamp(self.files[index])
 
     def content_manifest(self) -> dict[str, list[int]]:
         return {

@@ -117,6 +117,19 @@ class ContentWatch:
         return changed
 
 
+def file_stamp(path: Path) -> tuple[int, int]:
+    """``(size in bytes, modification time in ns)`` of the image file ``path`` now (one stat);
+    a file edited or replaced since gives another stamp."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        raise ImageReadError(
+            f"cannot read image file {path} ({error}); was the dataset moved? "
+            "build the dataset again"
+        ) from error
+    return info.st_size, info.st_mtime_ns
+
+
 def dataset_manifest(dataset: Any) -> dict[str, list[int]] | None:
     """``dataset.content_manifest()`` (``{file: [size, mtime ns]}``) for datasets read from
     files, else ``None`` (tensor and generated datasets: their fingerprint is all there is)."""
@@ -254,14 +267,7 @@ class ImageFolderDataset:
     def file_stamp(self, index: int) -> tuple[int, int]:
         """``(size in bytes, modification time in ns)`` of image file ``index`` now (one stat);
         a file edited or replaced since gives another stamp."""
-        try:
-            info = self.files[index].stat()
-        except OSError as error:
-            raise ImageReadError(
-                f"cannot read image file {self.files[index]} ({error}); was the dataset moved? "
-                "build the dataset again"
-            ) from error
-        return info.st_size, info.st_mtime_ns
+        return file_stamp(self.files[index])
 
     def content_fingerprint(self) -> str:
         """A short hash of what this dataset is: its split, class names and every image (and

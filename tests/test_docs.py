@@ -39,6 +39,10 @@ SLOW: dict[str, str] = {
     "concepts/runs.md::fast-evaluation-1": (
         "fine-tunes two LoRA methods and a solver on 2 episodes: about 15 s on 2 shared cores"
     ),
+    "getting-started.md::fine-tune-on-one-few-shot-task-1": (
+        "the README's few-shot block again (LoRA with the loss on the offline DINOv2, which the "
+        "default run already covers): about 40 s on 2 shared cores"
+    ),
     "baselines.md::training-and-evaluating-1": (
         "trains CAN for 10 episodes and evaluates transductively: about 10 s on 2 shared cores"
     ),

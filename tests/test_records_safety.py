@@ -244,7 +244,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypa
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     with pytest.raises(OutputWriteError, match=r"focus.safetensors: the disk is full") as caught:
         save_state(path, {"w": torch.zeros(2), "step": 2})
-    assert "previous checkpoint is unchanged" in str(caught.value)
+    assert "previous file is unchanged" in str(caught.value)
     assert load_state(path)["step"] == 1 and _leftovers(tmp_path) == []
 
 

@@ -92,11 +92,25 @@ def save_state(path: str | os.PathLike, state: Any) -> Path:
     skeleton = _encode(state, tensors)
     tensors = {k: v.clone() if _shares_storage(v, tensors) else v for k, v in tensors.items()}
     metadata = {"format": _FORMAT, "state": json.dumps(skeleton)}
+    return write_safetensors(path, tensors, metadata)
+
+
+def write_safetensors(
+    path: str | os.PathLike, tensors: dict[str, Tensor], metadata: dict[str, str]
+) -> Path:
+    """Write ``tensors`` with string ``metadata`` to the ``.safetensors`` file ``path``
+    atomically (a synced temporary file renamed over it); returns the path.
+
+    Raises:
+        ConfigError: ``path`` is a symbolic link, a directory or a device file.
+        OutputWriteError: the write failed (e.g. disk full); a previous file is kept.
+    """
+    path = check_output_path(path)
     existed = path.exists()
     try:
         replace_atomically(path, lambda tmp: _save_file(tensors, tmp, metadata))
     except OSError as error:
-        kept = "the previous checkpoint is unchanged" if existed else "nothing was written"
+        kept = "the previous file is unchanged" if existed else "nothing was written"
         raise write_error(path, error, kept) from error
     return path
 
