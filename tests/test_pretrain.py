@@ -150,7 +150,9 @@ def test_bad_config_values_raise_clear_errors(change, message):
 
 
 def test_too_many_classes_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"num_classes=10000 is more than the \d+ classes of the 'base' split"):
+    with pytest.raises(
+        ValueError, match=r"num_classes=10000 is more than the \d+ classes of the 'base' split"
+    ):
         pretrain(replace(TINY, num_classes=10_000), tmp_path, progress=False)
 
 
