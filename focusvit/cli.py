@@ -273,15 +273,46 @@ class FewshotPlan:
     fort: Any
     options: Any
     methods: list[str]
+    tasks_per_batch: Any = 1  # an int >= 1 or "auto" (resolved by resolve_tasks_per_batch)
+    validated_fort: Any = None  # the fort setting of the @validated rows, α chosen on validation
+
+
+#: method-name suffix of a ``+fort`` row that uses the α chosen by ``select_alpha`` while the
+#: same method without it keeps the fort group's (the recipe's, the authors') α
+VALIDATED = "@validated"
+#: ``tasks_per_batch: auto``: episodes fine-tuned together on CUDA (1 elsewhere)
+AUTO_TASKS_PER_BATCH_CUDA = 8
+
+
+def base_method(method: str) -> str:
+    """``method`` without its :data:`VALIDATED` suffix (``lora+fort@validated`` -> ``lora+fort``)."""
+    return method[: -len(VALIDATED)] if method.endswith(VALIDATED) else method
 
 
 def fewshot_methods(cfg: DictConfig, tuner, fort) -> list[str]:
-    """``methods``, or the tuner (and ``tuner+fort`` when ``fort`` is set)."""
+    """``methods``, or the tuner (and ``tuner+fort`` when ``fort`` is set). A ``+fort`` method
+    may be listed twice, as ``lora+fort`` (the fort group's α) and ``lora+fort@validated`` (the
+    α chosen by ``select_alpha``), to show both side by side."""
     from focusvit.finetune import check_method_names
 
     methods = list(cfg.methods) or ([tuner.name, f"{tuner.name}+fort"] if fort else [tuner.name])
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"methods lists a method twice: {methods}")
+    for method in methods:
+        if method.endswith(VALIDATED) and not base_method(method).endswith("+fort"):
+            raise ConfigError(
+                f"{method!r}: {VALIDATED} applies to a +fort method (the α of the attention "
+                f"loss chosen on validation classes), e.g. {base_method(method)}+fort{VALIDATED}"
+            )
+    validated = [m for m in methods if m.endswith(VALIDATED)]
+    if validated and not list(cfg.select_alpha.alphas or []):
+        raise ConfigError(
+            f"{validated[0]} uses the α chosen on validation classes: give the candidates, "
+            "e.g. select_alpha.alphas=[0.05,0.5]"
+        )
     try:
-        check_method_names(methods)
+        check_method_names([m for m in methods if not m.endswith(VALIDATED)])
+        check_method_names([base_method(m) for m in validated])
     except ConfigError as error:
         raise ConfigError(f"{error} (on the command line: fort=off turns the loss off)") from None
     if any(m.endswith("+fort") for m in methods) and fort is None:
@@ -308,31 +339,70 @@ def validate_fewshot(cfg: DictConfig) -> FewshotPlan:
             "data.path=/data/cub (data=hf: a hub name or a save_to_disk folder)"
         )
     check_device(cfg.device)
+    tasks = check_tasks_per_batch(cfg.tasks_per_batch)
     dataset = instantiate(cfg.data, "data")
     try:
         episodes.check_dataset(dataset)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    return FewshotPlan(backbone, dataset, episodes, tuner, fort, options, methods)
+    return FewshotPlan(backbone, dataset, episodes, tuner, fort, options, methods, tasks)
+
+
+def check_tasks_per_batch(value: Any) -> int | str:
+    """``tasks_per_batch``: a whole number >= 1, or ``"auto"``; else :class:`ConfigError`."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"tasks_per_batch must be a whole number >= 1 or 'auto' ({AUTO_TASKS_PER_BATCH_CUDA} "
+            f"on CUDA, 1 elsewhere), got {value!r}"
+        )
+    return value
+
+
+def resolve_tasks_per_batch(plan: FewshotPlan, backbone, device, tuner) -> int:
+    """Episodes fine-tuned together by ``tuner``: ``tasks_per_batch``, where ``auto`` is
+    :data:`AUTO_TASKS_PER_BATCH_CUDA` on CUDA for a tuner the batched path takes (LoRA, SSF on
+    a columnar ViT), else 1."""
+    if plan.tasks_per_batch != "auto":
+        return int(plan.tasks_per_batch)
+    if getattr(device, "type", str(device)) != "cuda":
+        return 1
+    from focusvit.finetune.batched import BatchingUnsupportedError, check_batchable
+    from focusvit.finetune.evaluate import _tuner_config
+
+    try:
+        check_batchable(backbone, _tuner_config(tuner, None))
+    except BatchingUnsupportedError:
+        return 1
+    return AUTO_TASKS_PER_BATCH_CUDA
 
 
 def make_runners(plan: FewshotPlan, backbone, device) -> dict[str, Any]:
     """One runner per method; the tuner group's options apply to its own tuner, other tuners
     named in ``methods`` use their defaults."""
+    from dataclasses import replace
+
     from focusvit.finetune import make_runner, parse_method
 
     runners = {}
     for method in plan.methods:
-        choice = parse_method(method)
+        choice = parse_method(base_method(method))
         if choice.solver is not None:
             runners[method] = make_runner(backbone, solver=choice.solver, device=device)
             continue
         check_method_fits(choice.tuner, backbone, plan)
         tuner = plan.tuner if choice.tuner == plan.tuner.name else choice.tuner
         fort = plan.fort if choice.fort else None
-        runners[method] = make_runner(
-            backbone, tuner=tuner, fort=fort, options=plan.options, device=device
-        )
+        if method.endswith(VALIDATED):
+            fort = plan.validated_fort
+        runner = make_runner(
+            backbone, tuner=tuner, fort=fort, options=plan.options, device=device,
+            tasks_per_batch=resolve_tasks_per_batch(plan, backbone, device, tuner),
+        )  # fmt: skip
+        runners[method] = runner if runner.name == method else replace(runner, label=method)
     return runners
 
 
@@ -348,7 +418,7 @@ def check_methods_apply(methods: list[str], spec: BackboneSpec) -> None:
     if family is None:
         return
     for method in methods:
-        choice = parse_method(method)
+        choice = parse_method(base_method(method))
         if choice.tuner is not None:
             check_tuner_family(choice.tuner, family, spec.spec)
         refuse_fort(choice.tuner, choice.solver, choice.fort, family)
@@ -406,7 +476,7 @@ def check_plan_fits(cfg: DictConfig, plan: FewshotPlan, backbone) -> None:
 
         check_rule(str(cfg.select_alpha.rule))
     for method in plan.methods:
-        choice = parse_method(method)
+        choice = parse_method(base_method(method))
         if choice.solver is not None:
             continue
         check_method_fits(choice.tuner, backbone, plan)
@@ -442,8 +512,23 @@ def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str,
             if resumed:
                 _say(f"focusvit-fewshot: resuming {out}")
         selection_notes = []
-        if cfg.select_alpha.alphas:
-            plan.fort, selection_notes = choose_alpha(cfg, plan, backbone, folder, device, context)
+        side_by_side = any(m.endswith(VALIDATED) for m in plan.methods)
+        if cfg.select_alpha.alphas and side_by_side and not has_validation_split(cfg):
+            note = (
+                f"{', '.join(m for m in plan.methods if m.endswith(VALIDATED))} skipped: "
+                f"data.split={cfg.data.get('split')} uses every class, so there are no "
+                "validation classes to choose α on (the +fort rows use the recipe's α)"
+            )
+            if context.is_main:
+                _say(f"focusvit-fewshot: {note}")
+            plan.methods = [m for m in plan.methods if not m.endswith(VALIDATED)]
+            selection_notes = [note]
+        elif cfg.select_alpha.alphas:
+            fort, selection_notes = choose_alpha(cfg, plan, backbone, folder, device, context)
+            if side_by_side:  # lora+fort keeps the recipe's α, lora+fort@validated the chosen
+                plan.validated_fort = fort
+            else:
+                plan.fort = fort
         runners = make_runners(plan, backbone, device)
         backbone.to(next(iter(runners.values())).device)
         results = evaluate_many(  # every episode decoded and preprocessed once for all methods
@@ -453,6 +538,9 @@ def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str,
             outputs={method: folder.episode_file(method) for method in runners},
             progress=bool(cfg.progress) and context.is_main,
             context=context,
+            on_estimate=(lambda line: _say(f"focusvit-fewshot: {line}"))
+            if context.is_main
+            else None,
         )
         if context.is_main:
             for result in results.values():
@@ -484,6 +572,12 @@ def run_fewshot(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str,
         context.close()
 
 
+def has_validation_split(cfg: DictConfig) -> bool:
+    """Whether the data group keeps one class split (so other classes can validate α): not
+    for a dataset without splits or ``data.split`` ``all`` / null (every class)."""
+    return "split" in cfg.data and cfg.data.split not in (None, "all")
+
+
 def validation_data(cfg: DictConfig, split: str):
     """The data group with ``split`` instead of the test split (for :func:`choose_alpha`)."""
     if "split" not in cfg.data:
@@ -491,6 +585,11 @@ def validation_data(cfg: DictConfig, split: str):
             "select_alpha needs a dataset with class splits (e.g. data=synthetic or "
             "data=imagefolder with data.split_file=...), to choose α on validation classes; "
             "or turn the selection off with select_alpha.alphas=[]"
+        )
+    if cfg.data.split in (None, "all"):
+        raise ConfigError(
+            f"select_alpha needs validation classes, but data.split={cfg.data.split} uses every "
+            "class; set data.split=novel (test classes) or select_alpha.alphas=[]"
         )
     if split == cfg.data.split or split in ("novel", "test"):
         raise ConfigError(

@@ -196,6 +196,9 @@ class FewshotConf:
     trainer: FitOptions = field(default_factory=FitOptions)
     device: str | None = None  # cuda / cpu / cuda:1 (default: CUDA when available)
     methods: list[str] = field(default_factory=list)  # [] = the tuner, and tuner+fort if on
+    # episodes fine-tuned together (LoRA / SSF on a columnar ViT): a whole number >= 1, or
+    # "auto" = 8 on CUDA (where the tuner can be batched) and 1 elsewhere
+    tasks_per_batch: Any = 1
     progress: bool = True
     out: str = "outputs/fewshot"
     report: FewshotReportConf = field(default_factory=FewshotReportConf)

@@ -57,6 +57,21 @@ def image_folder(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def cub_tree(tmp_path_factory):
+    """A miniature CUB_200_2011/images tree (3 of the official class folders), for data=cub."""
+    from focusvit.data import standard_splits
+
+    root = tmp_path_factory.mktemp("cub")
+    for c, name in enumerate(standard_splits("cub")["all"][:3]):
+        (root / "images" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (80 * c, 20 * i, 90)).save(
+                root / "images" / name / f"{i}.png"
+            )
+    return root
+
+
 def test_the_tree_has_every_group_of_the_issue():
     groups = {g for g, _ in OPTIONS}
     assert {"backbone", "explainer", "prompting", "tuner", "fort", "data", "episodes"} <= groups
@@ -83,7 +98,8 @@ def test_the_tree_has_every_group_of_the_issue():
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}/{o}" for g, o in OPTIONS])
-def test_every_config_composes_and_instantiates(group, option, image_folder):
+@pytest.mark.filterwarnings("ignore:.* of the 200 all classes of cub:UserWarning")
+def test_every_config_composes_and_instantiates(group, option, image_folder, cub_tree):
     if group in OTHER_GROUPS:
         pytest.skip(f"configs/{group}/ belongs to another entry point and is tested there")
     if group in EXPLAIN_GROUPS:
@@ -104,6 +120,8 @@ def test_every_config_composes_and_instantiates(group, option, image_folder):
         "fort_official",
     ):
         overrides.append(f"data.path={image_folder}")
+    if (group, option) == ("experiment", "fort_paper"):  # data=cub, every class
+        overrides.append(f"data.root={cub_tree}")
     cfg = _compose("fewshot", overrides)
     built = {
         name: rc.build(cfg, name) for name in ("backbone", "episodes", "tuner", "fort", "trainer")

@@ -15,7 +15,9 @@ form.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -133,6 +135,7 @@ def evaluate_many(
     on_episode: Mapping[str, Callable[[dict], None]] | None = None,
     episode_ids: Sequence[int] | None = None,
     context: DistContext | None = None,
+    on_estimate: Callable[[str], None] | None = None,
 ) -> dict[str, EvaluationResult]:
     """Evaluate several runners on the same episodes, doing each episode's shared work once.
 
@@ -140,6 +143,10 @@ def evaluate_many(
         runners: the methods (distinct names).
         outputs: ``{runner name: .jsonl path}``; every runner needs one when any has one.
         on_episode: ``{runner name: callback}`` called with each record in episode order.
+        on_estimate: called once with ``"expected time: ~H:MM for N episodes (X episodes/s)"``
+            after the first episodes run here (the first chunk is the warm-up, then
+            :data:`ESTIMATE_AFTER` more; with fewer to run, after the last), N the episodes
+            this call runs (not those resumed). Single-process runs only.
 
     ``dataset``, ``spec``, ``progress``, ``episode_ids`` and ``context`` are as in
     :func:`evaluate`.
@@ -165,7 +172,9 @@ def evaluate_many(
                                  context)  # fmt: skip
     logs = _open_logs(runners, dataset, spec, outputs)
     done = {name: (log.open() if log is not None else {}) for name, log in logs.items()}
-    results = _loop(runners, dataset, spec, ids, done, logs, progress, on_episode or {})
+    results = _loop(
+        runners, dataset, spec, ids, done, logs, progress, on_episode or {}, on_estimate
+    )
     for name, log in logs.items():
         if log is not None:
             log.rewrite({**done[name], **{r["episode"]: r for r in results[name].records}}.values())
@@ -203,6 +212,7 @@ def _loop(
     logs: dict[str, EpisodeLog | None],
     progress: bool,
     on_episode: Mapping[str, Callable[[dict], None]],
+    on_estimate: Callable[[str], None] | None = None,
 ) -> dict[str, EvaluationResult]:
     """Episodes in chunks of the largest ``tasks_per_batch``; in each chunk every runner runs
     the episodes it has not finished (batched runners all at once), sharing each episode's
@@ -211,8 +221,11 @@ def _loop(
     chunk = max([int(getattr(r, "tasks_per_batch", 1) or 1) for r in runners] + [1])
     label = runners[0].name if len(runners) == 1 else f"{len(runners)} methods"
     bar = tqdm(total=len(ids), desc=label, disable=not progress, unit="episode")
+    todo = {i for i in ids if any(i not in done[r.name] for r in runners)}
+    clock = _Estimate(len(todo), on_estimate)
     for start in range(0, len(ids), chunk):
         datas = [_episode_data(dataset, spec, index) for index in ids[start : start + chunk]]
+        clock.start()
         for runner in runners:
             records = _run_chunk(runner, spec, datas, done[runner.name], logs[runner.name])
             result = results[runner.name]
@@ -222,10 +235,51 @@ def _loop(
                 result.records.append(record)
                 if runner.name in on_episode:
                     on_episode[runner.name](record)
+        clock.done(sum(1 for i in ids[start : start + chunk] if i in todo))
         bar.update(len(datas))
         bar.set_postfix(_progress_postfix(results[runners[0].name]))
     bar.close()
     return results
+
+
+#: episodes timed after the warm-up chunk before the expected time is reported
+ESTIMATE_AFTER = 3
+
+
+class _Estimate:
+    """The expected time of a loop of ``total`` episodes: the first chunk that runs episodes
+    is the warm-up (model on the device, first kernels), then the rate over the next
+    :data:`ESTIMATE_AFTER` episodes (or all that remain, when fewer)."""
+
+    def __init__(self, total: int, report: Callable[[str], None] | None):
+        self.total, self.report = total, report
+        self.ran = 0  # episodes run, warm-up included
+        self.warmup = None  # (episodes, seconds) of the warm-up chunk
+        self.began = self.timed_from = 0.0
+
+    def start(self) -> None:
+        if not self.ran:
+            self.began = time.perf_counter()
+
+    def done(self, count: int) -> None:
+        if self.report is None or not count:
+            return
+        now = time.perf_counter()
+        self.ran += count
+        if self.warmup is None:
+            self.warmup, self.timed_from = (self.ran, now - self.began), now
+            return
+        timed = self.ran - self.warmup[0]
+        if timed < min(ESTIMATE_AFTER, self.total - self.warmup[0]):
+            return
+        rate = timed / max(now - self.timed_from, 1e-9)
+        seconds = self.warmup[1] + (self.total - self.warmup[0]) / rate
+        minutes = max(1, math.ceil(seconds / 60))
+        self.report(
+            f"expected time: ~{minutes // 60}:{minutes % 60:02d} for {self.total} episodes "
+            f"({rate:.2f} episodes/s)"
+        )
+        self.report = None
 
 
 def _progress_postfix(result: EvaluationResult) -> dict[str, str]:
