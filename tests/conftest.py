@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -26,23 +28,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="module")
-def fort_study():
-    """``benchmarks/fort_study.py`` as a module (``benchmarks`` is not a package; the script
-    imports only the library, :mod:`focusvit.runs.study`)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fort_study.py"
-    spec = importlib.util.spec_from_file_location("fort_study", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def fewshot_bench():
-    """``benchmarks/fewshot.py`` as a module (``benchmarks`` is not a package; registered in
-    ``sys.modules`` while used, as its dataclasses need)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fewshot.py"
-    spec = importlib.util.spec_from_file_location("fewshot_bench", path)
+def benchmark_script(file: str, module_name: str) -> Iterator[ModuleType]:
+    """``benchmarks/<file>`` as a module (``benchmarks`` is not a package), registered in
+    ``sys.modules`` while used (the dataclasses of a script need it); for module fixtures."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / file
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     try:
@@ -50,6 +40,18 @@ def fewshot_bench():
         yield module
     finally:
         sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def fort_study():
+    """``benchmarks/fort_study.py`` as a module (it imports only the library)."""
+    yield from benchmark_script("fort_study.py", "fort_study")
+
+
+@pytest.fixture(scope="module")
+def fewshot_bench():
+    """``benchmarks/fewshot.py`` as a module."""
+    yield from benchmark_script("fewshot.py", "fewshot_bench")
 
 
 @pytest.fixture(autouse=True)

@@ -3,11 +3,10 @@ hostile API inputs are refused cleanly (the whole sweep is a benchmark: run it b
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import benchmark_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "hostile.py"
 
@@ -24,16 +23,8 @@ REFUSED = [
 
 @pytest.fixture(scope="module")
 def hostile():
-    """``benchmarks/hostile.py`` as a module (registered in ``sys.modules`` while used, as its
-    dataclasses need)."""
-    spec = importlib.util.spec_from_file_location("hostile_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    """``benchmarks/hostile.py`` as a module."""
+    yield from benchmark_script("hostile.py", "hostile_sweep")
 
 
 def test_list_prints_every_case_once(hostile, capsys):
