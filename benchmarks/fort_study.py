@@ -36,7 +36,7 @@ from focusvit.runs.records import read_episode_file
 from focusvit.runs.stats import mean_and_ci
 
 HERE = Path(__file__).resolve().parent
-SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5)}
+SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1)}
 SCENES = {"shipped": 0, "premise": 2}  # class-independent objects per image
 #: ``tiny`` is a random tiny ViT that smoke-tests the command in seconds (its numbers mean nothing)
 BACKBONES = {"dinov2": "offline:dinov2-s14-imgfocus", "tiny": "tiny:timm-vit"}
