@@ -275,6 +275,14 @@ class ImageFolderDataset:
         file, no decoding). Editing, replacing or renaming a file, or renaming a class, changes
         it; copying the dataset elsewhere with its modification times (``cp -p``, ``rsync -a``)
         does not."""
+        files, masks = self._stamps()
+        return _digest(
+            ["ImageFolderDataset", self.split, self.class_names, self.labels, files, masks]
+        )
+
+    def _stamps(self) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]] | None]:
+        """``(path, size, mtime ns)`` of every image file (relative to the root) and, with
+        masks, of every mask file (relative to ``mask_root``; ``None`` without masks)."""
         files = [
             (path.relative_to(self.root).as_posix(), *self.file_stamp(i))
             for i, path in enumerate(self.files)
@@ -282,23 +290,16 @@ class ImageFolderDataset:
         masks = None
         if self.mask_files is not None and self.mask_root is not None:
             masks = [_mask_stamp(path, self.mask_root) for path in self.mask_files]
-        return _digest(
-            ["ImageFolderDataset", self.split, self.class_names, self.labels, files, masks]
-        )
+        return files, masks
 
     def content_manifest(self) -> dict[str, list[int]]:
         """``{path: [size, modification time ns]}`` of every image file (relative to the root)
         and mask file (``"mask:<path relative to mask_root>"``): what
         :meth:`content_fingerprint` hashes, kept beside an episode file so that a refused
         resume can name the files that changed (:func:`manifest_changes`)."""
-        manifest = {
-            path.relative_to(self.root).as_posix(): list(self.file_stamp(i))
-            for i, path in enumerate(self.files)
-        }
-        if self.mask_files is not None and self.mask_root is not None:
-            for path in self.mask_files:
-                name, size, mtime = _mask_stamp(path, self.mask_root)
-                manifest[f"mask:{name}"] = [size, mtime]
+        files, masks = self._stamps()
+        manifest = {name: [size, mtime] for name, size, mtime in files}
+        manifest.update({f"mask:{name}": [size, mtime] for name, size, mtime in masks or []})
         return manifest
 
     def _find_masks(self, mask_root: Path) -> list[Path]:
