@@ -15,8 +15,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import tomllib
 from mkdocs.plugins import event_priority
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the 'tomli' package (dev extra)
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,6 +11,7 @@ functions, ``TYPE_CHECKING`` blocks and ``importlib.import_module("timm...")`` c
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,8 +139,7 @@ def test_the_check_sees_a_plain_value_error(tmp_path):
 def test_every_package_folder_is_listed_in_pyproject():
     """A non-editable install ships only the packages pyproject lists: a new sub-package (e.g.
     ``finetune/tuners/``) missing there imports in the tests but not for users."""
-    import tomllib
-
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     folders = {folder: name for name, folder in setuptools["package-dir"].items()}
     missing = []
