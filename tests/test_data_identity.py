@@ -354,3 +354,31 @@ def test_a_stale_manifest_is_replaced_when_the_episode_file_starts_again(tmp_pat
     manifest = json.loads(output.with_name("proto.jsonl.files.json").read_text())
     assert manifest == ImageFolderDataset(root).content_manifest()
     assert manifest_changes(manifest, ImageFolderDataset(root).content_manifest()) == []
+
+
+def test_opening_episode_files_stats_each_image_twice_whatever_the_runner_count(
+    tmp_path, monkeypatch
+):
+    """One pass for the settings fingerprint and one for the manifest, shared by all runners
+    (was two passes per runner: slow on a 60 000-image benchmark folder)."""
+    from focusvit.finetune import make_runner
+    from focusvit.runs import evaluate_many
+
+    backbone = tiny_adapter("timm-vit", num_classes=0)
+    data = ImageFolderDataset(_folder(tmp_path / "data"))
+    runners = [
+        make_runner(backbone, solver=solver, cache_features=False)
+        for solver in ("prototype", "knn", "ridge")
+    ]
+    stamps = []
+    original = ImageFolderDataset.file_stamp
+    monkeypatch.setattr(
+        ImageFolderDataset,
+        "file_stamp",
+        lambda self, index: stamps.append(index) or original(self, index),
+    )
+    outputs = {runner.name: tmp_path / "out" / f"{runner.name}.jsonl" for runner in runners}
+    assert len(outputs) == 3
+    evaluate_many(runners, data, SPEC, outputs=outputs, progress=False)
+    assert all(path.with_name(path.name + ".files.json").is_file() for path in outputs.values())
+    assert len(stamps) == 2 * len(data)

@@ -15,6 +15,7 @@ form.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -78,13 +79,17 @@ def dataset_settings(dataset) -> dict[str, Any]:
     }
 
 
-def run_settings(runner: Runner, dataset, spec: EpisodeSpec) -> dict[str, Any]:
-    """The settings record of ``runner`` on ``dataset`` episodes of ``spec``."""
+def run_settings(
+    runner: Runner, dataset, spec: EpisodeSpec, dataset_part: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The settings record of ``runner`` on ``dataset`` episodes of ``spec``; ``dataset_part``:
+    :func:`dataset_settings` of ``dataset`` when already computed (one pass over its files for
+    all runners)."""
     return {
         "method": runner.name,
         "runner": runner.settings(),
         "episodes": spec.settings(),
-        "dataset": dataset_settings(dataset),
+        "dataset": dataset_settings(dataset) if dataset_part is None else dataset_part,
     }
 
 
@@ -186,6 +191,8 @@ def _open_logs(
 ) -> dict[str, EpisodeLog | None]:
     """Episode logs of ``outputs``; with ``rank``, that process's shard files (:func:`shard_file`)."""
     logs: dict[str, EpisodeLog | None] = {}
+    dataset_part = dataset_settings(dataset) if outputs else None
+    manifest = functools.cache(lambda: dataset_manifest(dataset))  # one pass for all runners
     for runner in runners:
         path = outputs.get(runner.name) if outputs is not None else None
         if path is not None and rank is not None:
@@ -194,8 +201,8 @@ def _open_logs(
             EpisodeLog(
                 path,
                 runner.name,
-                run_settings(runner, dataset, spec),
-                lambda: dataset_manifest(dataset),
+                run_settings(runner, dataset, spec, dataset_part),
+                manifest,
             )
             if path
             else None
