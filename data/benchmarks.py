@@ -37,7 +37,7 @@ from focusvit.errors import ConfigError, ImageReadError
 
 from .datasets import ImageFolderDataset, _check_split, _digest, file_stamp, read_split
 from .images import read_image
-from .torchvision_ds import TorchvisionDataset
+from .torchvision_ds import TorchvisionDataset, listed_files, read_labels
 
 __all__ = [
     "BENCHMARKS",
@@ -413,6 +413,9 @@ def _pets(key, root, split, kept, classes, download):
     return TorchvisionDataset(_ClassSubset(parts, None), split=kept)
 
 
+_ARCHIVES = {"CIFAR100": "CIFAR-100", "FGVCAircraft": "FGVC-Aircraft", "OxfordIIITPet": "Pets"}
+
+
 class _ClassSubset:
     """The items of torchvision datasets with the same ``classes`` (e.g. the train and test
     parts of CIFAR-100) whose class is in ``keep`` (``None``: all), relabelled ``0..N-1`` in
@@ -424,7 +427,12 @@ class _ClassSubset:
         keep = list(keep) if keep is not None else names
         missing = sorted(set(keep) - set(names))
         if missing:
-            raise ImageReadError(f"classes {missing[:5]} are not in {type(parts[0]).__name__}")
+            raise ImageReadError(
+                f"{len(missing)} classes of the split ({', '.join(missing[:5])}"
+                f"{', ...' if len(missing) > 5 else ''}) are not in the "
+                f"{_ARCHIVES.get(type(parts[0]).__name__, type(parts[0]).__name__)} copy under "
+                f"{parts[0].root}; unpack the complete archive there (or pass download=True)"
+            )
         code = {names.index(name): new for new, name in enumerate(keep)}
         self.parts = parts
         self.classes = keep
@@ -432,14 +440,12 @@ class _ClassSubset:
         self.items: list[tuple[int, int]] = []
         self.targets: list[int] = []
         for p, part in enumerate(parts):
-            labels = next(getattr(part, a) for a in ("targets", "_labels") if hasattr(part, a))
+            labels = read_labels(part)
             for i, label in enumerate(labels):
                 if int(label) in code:
                     self.items.append((p, i))
                     self.targets.append(code[int(label)])
-        files = [
-            getattr(part, "_image_files", None) or getattr(part, "_images", None) for part in parts
-        ]
+        files = [listed_files(part) for part in parts]
         if all(isinstance(f, list) for f in files):
             self._image_files = [files[p][i] for p, i in self.items]
         arrays = [getattr(part, "data", None) for part in parts]

@@ -61,7 +61,7 @@ class TorchvisionDataset:
             )
         self.dataset = dataset
         self.split = _check_split(split)
-        self.labels: list[int] = _check_tensor_labels(_read_labels(dataset))
+        self.labels: list[int] = _check_tensor_labels(read_labels(dataset))
         count = max(self.labels) + 1 if self.labels else 0
         names = class_names if class_names is not None else getattr(dataset, "classes", None)
         if names is None:
@@ -126,12 +126,22 @@ class TorchvisionDataset:
         return _digest(parts)
 
 
-def _read_labels(dataset: Any) -> Any:
-    """The labels from a label attribute, else by reading every item once."""
+def read_labels(dataset: Any) -> Any:
+    """The labels from a label attribute (``targets``, ``_labels``, ...), else from its
+    ``(path, label)`` sample list (``samples``, Stanford Cars' ``_samples``), else by reading
+    every item once."""
     for name in LABEL_ATTRIBUTES:
         labels = getattr(dataset, name, None)
         if labels is not None and not callable(labels) and len(labels) == len(dataset):
             return labels
+    for name in ("samples", "_samples"):
+        pairs = getattr(dataset, name, None)
+        if (
+            isinstance(pairs, list)
+            and len(pairs) == len(dataset)
+            and all(isinstance(pair, tuple | list) and len(pair) == 2 for pair in pairs)
+        ):
+            return [label for _, label in pairs]
     items = range(len(dataset))
     if len(dataset) >= PROGRESS_FROM:
         from tqdm.auto import tqdm
@@ -150,18 +160,24 @@ def _read_labels(dataset: Any) -> Any:
     return labels
 
 
-def _file_stamps(dataset: Any) -> list[Any] | None:
-    """``[relative path, size, mtime ns]`` of each image file the dataset lists, if any."""
+def listed_files(dataset: Any) -> list[Path] | None:
+    """The image file of each item, where the dataset lists them (``_image_files``, ``_images``,
+    ``imgs``, ``samples`` or ``_samples``; pairs give their path), else ``None``."""
     for name in FILE_ATTRIBUTES:
         files = getattr(dataset, name, None)
         if isinstance(files, list) and files:
-            break
-    else:
+            return [Path(entry[0] if isinstance(entry, tuple | list) else entry) for entry in files]
+    return None
+
+
+def _file_stamps(dataset: Any) -> list[Any] | None:
+    """``[relative path, size, mtime ns]`` of each image file the dataset lists, if any."""
+    files = listed_files(dataset)
+    if files is None:
         return None
     root = getattr(dataset, "root", None)
     stamps = []
-    for entry in files:
-        path = Path(entry[0] if isinstance(entry, tuple | list) else entry)
+    for path in files:
         try:
             info = path.stat()
             stamp = [info.st_size, info.st_mtime_ns]

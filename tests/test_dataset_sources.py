@@ -5,6 +5,7 @@ giving episodes through the API and the CLI; missing data names the layout."""
 from __future__ import annotations
 
 import csv
+import pickle
 import sys
 import warnings
 from pathlib import Path
@@ -339,3 +340,137 @@ def test_fewshot_cli_runs_on_a_saved_hf_dataset(tmp_path, monkeypatch):
     cli.fewshot_main()
     assert (out / "results.json").exists()
     assert "HFImageDataset" in (out / "report.html").read_text()
+
+
+# ----------------------------------------------------------------------------- torchvision layouts
+def test_pets_in_the_torchvision_layout(tmp_path, backbone):
+    base = tmp_path / "oxford-iiit-pet"
+    (base / "images").mkdir(parents=True)
+    (base / "annotations").mkdir()
+    breeds = ["Abyssinian", "basset_hound", "Bengal"]
+    for part, offset in (("trainval", 0), ("test", 5)):
+        lines = []
+        for c, breed in enumerate(breeds):
+            for i in range(2):
+                name = f"{breed}_{offset + i}"
+                _image(100 * c + offset + i).save(base / "images" / f"{name}.jpg")
+                lines.append(f"{name} {c + 1} {1 if c == 0 else 2} 1")
+        (base / "annotations" / f"{part}.txt").write_text("\n".join(lines) + "\n")
+    pets = benchmark_dataset("pets", tmp_path)
+    assert pets.class_names == ["Abyssinian", "Basset Hound", "Bengal"]
+    assert len(pets) == 12 and pets.split == "novel"
+    assert sorted(pets.labels) == [0] * 4 + [1] * 4 + [2] * 4
+    _episodes_run(pets, backbone)
+
+
+def _pickle(path: Path, entry: dict) -> None:
+    path.write_bytes(pickle.dumps(entry))
+
+
+def test_cifar_fs_and_fc100_in_the_torchvision_cifar100_layout(tmp_path, backbone, monkeypatch):
+    """CIFAR-100 as torchvision unpacks it (``cifar-100-python/{train,test,meta}``): each
+    benchmark keeps the classes of its split, relabelled in the split's order, from both parts
+    (the archive's checksums are switched off: the files are miniatures)."""
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
+    novel = standard_splits("cifar_fs")["novel"]
+    names = sorted(name for names in standard_splits("cifar_fs").values() for name in names)
+    assert len(names) == 100
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    _pickle(folder / "meta", {"fine_label_names": names})
+    rng = np.random.default_rng(0)
+    for part in ("train", "test"):
+        labels = list(range(len(names)))  # one image per class and part
+        pixels = rng.integers(0, 256, (len(labels), 3 * 32 * 32), dtype=np.uint8)
+        _pickle(folder / part, {"data": pixels, "fine_labels": labels})
+    cifar_fs = benchmark_dataset("cifar_fs", tmp_path, "novel")
+    assert cifar_fs.class_names == novel and cifar_fs.split == "novel"
+    assert len(cifar_fs) == 40 and sorted(cifar_fs.labels) == sorted(list(range(20)) * 2)
+    first = min(names.index(name) for name in novel)  # the first kept item of the train part
+    assert cifar_fs.labels[0] == novel.index(names[first])  # relabelled in the split's order
+    train = pickle.loads((folder / "train").read_bytes())["data"][first]
+    assert np.array_equal(np.asarray(cifar_fs.load(0)), train.reshape(3, 32, 32).transpose(1, 2, 0))
+    _episodes_run(cifar_fs, backbone)
+    fc100 = benchmark_dataset("fc100", tmp_path, "base")
+    assert fc100.class_names == standard_splits("fc100")["base"] and len(fc100) == 120
+    assert fc100.content_fingerprint() != cifar_fs.content_fingerprint()
+    (folder / "meta").unlink()
+    _pickle(folder / "meta", {"fine_label_names": [f"class{i}" for i in range(100)]})
+    with pytest.raises(ImageReadError, match=r"classes .* are not in the CIFAR-100 copy under"):
+        benchmark_dataset("cifar_fs", tmp_path, "novel")
+
+
+def test_cars_in_the_torchvision_layout(tmp_path, backbone):
+    sio = pytest.importorskip("scipy.io")
+    base = tmp_path / "stanford_cars"
+    (base / "devkit").mkdir(parents=True)
+    models = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Audi R8 Coupe 2012"]
+    sio.savemat(base / "devkit" / "cars_meta.mat", {"class_names": np.array(models, dtype=object)})
+    for part, annotation_file in (
+        ("train", base / "devkit" / "cars_train_annos.mat"),
+        ("test", base / "cars_test_annos_withlabels.mat"),
+    ):
+        (base / f"cars_{part}").mkdir()
+        records = np.zeros((6,), dtype=[("fname", "O"), ("class", "O")])
+        for i in range(6):
+            name = f"{part}_{i:05d}.jpg"
+            _image(i + (50 if part == "test" else 0)).save(base / f"cars_{part}" / name)
+            records[i] = (name, np.uint8(i % 3 + 1))
+        sio.savemat(annotation_file, {"annotations": records})
+    cars = benchmark_dataset("cars", tmp_path)
+    assert cars.class_names == models and len(cars) == 12
+    assert sorted(cars.labels) == [0] * 4 + [1] * 4 + [2] * 4
+    _episodes_run(cars, backbone)
+
+
+@pytest.mark.parametrize(
+    ("name", "torchvision_class"),
+    [("cifar_fs", "CIFAR100"), ("aircraft", "FGVCAircraft"), ("pets", "OxfordIIITPet")],
+)
+def test_download_is_passed_to_torchvision_and_its_failure_is_one_error(
+    tmp_path, monkeypatch, name, torchvision_class
+):
+    """``download=True`` reaches torchvision's class (network-free: the class is replaced by
+    one that records its arguments and fails as an unreachable server does)."""
+    import torchvision.datasets
+
+    calls = []
+
+    class Offline:
+        def __init__(self, root, *args, download=False, **kwargs):
+            calls.append((root, download))
+            raise RuntimeError("cannot reach the download server")
+
+    monkeypatch.setattr(torchvision.datasets, torchvision_class, Offline)
+    split = "novel" if name == "cifar_fs" else "all"
+    with pytest.raises(ImageReadError, match=r"cannot read .* under .*cannot reach"):
+        benchmark_dataset(name, tmp_path / "data", split, download=True)
+    assert calls and calls[0] == (str(tmp_path / "data"), True)
+    with pytest.raises(ImageReadError, match="or pass download=True"):
+        benchmark_dataset(name, tmp_path / "data", split)
+
+
+# ----------------------------------------------------------------------------- Hugging Face hub
+def test_a_hub_name_is_read_with_load_dataset(monkeypatch, backbone):
+    """A hub name goes to ``datasets.load_dataset`` with ``hf_split`` (network-free: the loader is
+    replaced); a DatasetDict from the hub asks for ``hf_split``; a loader failure is one error
+    naming the dataset and the save_to_disk alternative."""
+    calls = []
+
+    def load_dataset(name, split=None):
+        calls.append((name, split))
+        if name == "nobody/missing":
+            raise FileNotFoundError("Dataset 'nobody/missing' doesn't exist on the Hub")
+        return _hf_dataset(splits=split is None) if split is None else _hf_dataset()
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    data = focusvit.HFImageDataset("someone/pets", hf_split="train")
+    assert calls[-1] == ("someone/pets", "train")
+    assert data.class_names == ["cat", "dog", "fox", "owl"] and len(data) == 12
+    _episodes_run(data, backbone)
+    with pytest.raises(ConfigError, match="pick one with hf_split"):
+        focusvit.HFImageDataset("someone/pets")
+    with pytest.raises(ImageReadError, match=r"cannot load the hub dataset 'nobody/missing' .*"):
+        focusvit.HFImageDataset("nobody/missing")
