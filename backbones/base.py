@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from focusvit.checks import is_whole_number
 from focusvit.errors import (
     ConfigError,
     InputSizeError,
@@ -380,7 +381,7 @@ class BackboneAdapter(nn.Module):
         Raises:
             UnsupportedMethodError: ``count > 0`` on a family without a token sequence.
         """
-        if not is_whole_number(count):
+        if not is_whole_number(count, 0):
             raise ConfigError(f"inserted token count must be an int >= 0, got {count!r}")
         if count and self.family != "vit":
             raise UnsupportedMethodError(
@@ -664,14 +665,9 @@ def _check_raw_images(images: Any) -> Any:
     return images if single else items
 
 
-def is_whole_number(value: Any, minimum: int = 0) -> bool:
-    """True for an ``int`` (not a ``bool``) of at least ``minimum``."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
 def check_num_classes(num_classes: Any) -> None:
     """Refuse a head size that is no whole number >= 0 (0: no head)."""
-    if not is_whole_number(num_classes):
+    if not is_whole_number(num_classes, 0):
         raise ConfigError(f"num_classes must be a whole number >= 0, got {num_classes!r}")
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from focusvit.checks import is_whole_number
 from focusvit.errors import ConfigError
 
 
@@ -44,7 +45,7 @@ class TokenLayout:
     def __post_init__(self) -> None:
         for name in ("cls", "distillation", "registers", "inserted"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if not is_whole_number(value, 0):
                 raise ConfigError(f"TokenLayout.{name} must be an int >= 0, got {value!r}")
         if self.cls > 1 or self.distillation > 1:
             raise ConfigError("TokenLayout: at most one CLS and one distillation token")

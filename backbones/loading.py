@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from focusvit.checks import is_whole_number
 from focusvit.errors import (
     CheckpointError,
     ConfigError,
@@ -28,7 +29,7 @@ from focusvit.errors import (
     UnsupportedFamilyError,
 )
 
-from .base import BackboneAdapter, default_data_config, is_whole_number, nearest_fitting_size
+from .base import BackboneAdapter, default_data_config, nearest_fitting_size
 from .catalog import suggest_model_names
 from .registry import _data_config_of, _unwrap, adapt, family_of
 
@@ -88,7 +89,7 @@ def check_load_arguments(spec: Any, num_classes: Any, pretrained: Any) -> None:
             f"model spec must be a non-empty string or path, got {spec!r}; pass e.g. "
             "'timm:vit_small_patch16_224', 'hf:facebook/dinov2-small' or a .safetensors path"
         )
-    if num_classes is not None and not is_whole_number(num_classes):
+    if num_classes is not None and not is_whole_number(num_classes, 0):
         raise ConfigError(
             f"num_classes must be a whole number >= 0 or None, got {num_classes!r}; pass e.g. "
             "num_classes=5 (a new head), 0 (no head) or None (the pretrained head)"
@@ -569,7 +570,7 @@ def _check_info(path: Path, info: Any) -> dict:
     num_classes = info.get("num_classes")
     kwargs = info.get("model_kwargs", {})
     config = info.get("data_config", {})
-    bad_classes = num_classes is not None and not is_whole_number(num_classes)
+    bad_classes = num_classes is not None and not is_whole_number(num_classes, 0)
     if bad_classes or not isinstance(kwargs, dict) or not isinstance(config, dict):
         raise CheckpointError(
             f"{path}: focusvit metadata is malformed (num_classes {num_classes!r}, model_kwargs "

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from focusvit.checks import is_number
 from focusvit.errors import ConfigError
 from focusvit.explainers.base import Explanation
 
@@ -73,7 +74,7 @@ class CANConfig(EncoderConfig):
         _positive("reduction", self.reduction, integer=True)
         _positive("temperature", self.temperature)
         _positive("scale", self.scale)
-        if isinstance(self.nearest_weight, bool) or not self.nearest_weight >= 0:
+        if not is_number(self.nearest_weight) or not self.nearest_weight >= 0:
             raise ConfigError(f"nearest_weight must be >= 0, got {self.nearest_weight!r}")
         self.transductive_counts = [int(c) for c in self.transductive_counts]
         if any(c < 1 for c in self.transductive_counts):

@@ -3,7 +3,6 @@ the checkpoint format and its errors."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from focusvit.checks import is_finite_number, is_number, is_whole_number
 from focusvit.errors import CheckpointError, ConfigError, UnsupportedMethodError
 from focusvit.runs import load_state
 
@@ -106,32 +106,22 @@ class EncoderConfig:
 def _positive(name: str, value: Any, integer: bool = False) -> None:
     """Refuse a ``value`` that is no number > 0 (a bool, a string, NaN, inf), or with
     ``integer`` no whole number >= 1 (``2.5``)."""
-    kind = int if integer else (int, float)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, kind)
-        or not value > 0
-        or not math.isfinite(value)
-    ):
+    ok = is_whole_number(value, 1) if integer else is_finite_number(value) and value > 0
+    if not ok:
         what = "a positive integer" if integer else "a finite number > 0"
         raise ConfigError(f"{name} must be {what}, got {value!r}")
 
 
 def _non_negative(name: str, value: Any) -> None:
     """Refuse a ``value`` that is no finite number >= 0 (a bool, a string, NaN, inf, -1)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not value >= 0
-        or not math.isfinite(value)
-    ):
+    if not is_finite_number(value) or not value >= 0:
         raise ConfigError(
             f"{name} must be a finite number >= 0, got {value!r}; pass e.g. {name}=0 (off)"
         )
 
 
 def _fraction(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    if not is_number(value) or not 0 <= value <= 1:
         raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from focusvit.checks import is_whole_number
 from focusvit.data.episodes import Episode, check_episode_spec, sample_episode
 from focusvit.errors import ConfigError, NonFiniteError
 from focusvit.runs import EpisodeSpec, check_settings, episode_seed, save_state
@@ -87,7 +88,7 @@ class TrainConfig:
             _positive(name, getattr(self, name), integer=True)
         for name in ("validate_every", "checkpoint_every"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if not is_whole_number(value, 0):
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
@@ -107,7 +108,7 @@ class TrainConfig:
         _non_negative("grad_clip", self.grad_clip)
         for name in ("seed", "val_seed"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_SEED:
+            if not is_whole_number(value, 0) or not value < MAX_SEED:
                 raise ConfigError(
                     f"{name} must be a whole number in 0..{MAX_SEED - 1}, got {value!r}; pass "
                     f"e.g. {name}=0"

@@ -35,7 +35,6 @@ object masks through the same geometry, so they stay aligned with the images.
 
 from __future__ import annotations
 
-import numbers
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -49,6 +48,7 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from focusvit.checks import is_number, is_whole_number
 from focusvit.errors import ConfigError, ImageReadError, InputSizeError, NonFiniteError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -343,7 +343,7 @@ def parse_size(size: int | Sequence[int], what: str = "image_size") -> tuple[int
     Raises:
         ConfigError: naming ``what`` and the accepted forms.
     """
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+    if is_whole_number(size):
         pair: tuple[Any, ...] = (int(size), int(size))
     elif isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2:
         pair = tuple(size)
@@ -351,7 +351,7 @@ def parse_size(size: int | Sequence[int], what: str = "image_size") -> tuple[int
         raise ConfigError(
             f"{what}={size!r} is not a size: pass an int (square) or (height, width) of ints"
         )
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair):
+    if not all(is_whole_number(v) for v in pair):
         raise ConfigError(f"{what}={size!r} must hold whole pixel counts, e.g. 224 or (224, 160)")
     if min(pair) < 1:
         raise ConfigError(f"{what}={size!r} must be positive, e.g. 224 or (224, 160)")
@@ -371,8 +371,7 @@ def check_resize(resize: str) -> str:
 def check_crop_pct(crop_pct: Any) -> float:
     """``crop_pct`` as a float if it is a real number in ``(0, 1]`` (the share of the resized
     image the centre crop keeps: 0.875 = resize to 256, crop 224), else :class:`ConfigError`."""
-    valid = isinstance(crop_pct, numbers.Real) and not isinstance(crop_pct, bool)
-    if not valid or not 0 < float(crop_pct) <= 1:
+    if not is_number(crop_pct) or not 0 < float(crop_pct) <= 1:
         raise ConfigError(
             f"crop_pct must be a number in (0, 1] (the share of the resized image the centre "
             f"crop keeps), got {crop_pct!r}; e.g. crop_pct=0.875, or crop_pct=1 for no crop"

@@ -18,7 +18,6 @@ patch tokens. Every shape problem raises ``ValueError`` saying which shape was e
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from focusvit.backbones import BackboneAdapter, UnsupportedMethodError
+from focusvit.checks import is_whole_number
 from focusvit.errors import ConfigError
 from focusvit.prompting.prompts import (
     PositionPrompt,
@@ -261,9 +261,7 @@ def causal_curve(
             "this batch"
         )
     num_patches = h * w
-    if steps is not None and (
-        isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1
-    ):
+    if steps is not None and not is_whole_number(steps, 1):
         raise ConfigError(
             f"steps must be a whole number >= 1 (or None: one patch per step), got {steps!r}; "
             f"pass e.g. steps={num_patches}"

@@ -11,13 +11,13 @@ maps) and independent across different images; a different seed gives different 
 from __future__ import annotations
 
 import hashlib
-import operator
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter
+from focusvit.checks import is_whole_number
 from focusvit.errors import ConfigError
 
 from .attention import image_size_of
@@ -54,16 +54,12 @@ def random_patch_scores(images: Tensor, grid: tuple[int, int], seed: int = 0) ->
 
 def check_seed(seed: object) -> int:
     """``seed`` as a non-negative int (below 2**63); ``ValueError`` naming the fix otherwise."""
-    try:
-        value = operator.index(seed)  # int, numpy integers; not floats or strings
-    except TypeError:
-        value = None
-    if value is None or isinstance(seed, bool) or not 0 <= value < 2**63:
+    if not is_whole_number(seed, 0) or not seed < 2**63:  # int, numpy integers
         raise ConfigError(
             f"seed={seed!r} must be an integer in [0, 2**63), e.g. seed=0; different seeds give "
             "different random maps, the same seed the same maps"
         )
-    return int(value)
+    return int(seed)
 
 
 @register_explainer

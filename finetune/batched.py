@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from focusvit.backbones import BackboneAdapter
+from focusvit.checks import is_number
 from focusvit.errors import ConfigError, NonFiniteError, UsageError
 
 from .attention_loss import FortConfig, compute_loss, loss_capture, loss_layers
@@ -101,8 +102,7 @@ def _stochastic_layers(model: nn.Module) -> list[str]:
                 (
                     float(value)
                     for attr in ("drop_prob", "dropout_prob", "attention_dropout")
-                    if isinstance(value := getattr(module, attr, None), (int, float))
-                    and not isinstance(value, bool)
+                    if is_number(value := getattr(module, attr, None))
                 ),
                 default=0.0,
             )

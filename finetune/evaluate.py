@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from focusvit.backbones import BackboneAdapter
+from focusvit.checks import is_whole_number
 from focusvit.data.datasets import check_dataset_kind
 from focusvit.data.episodes import Episode
 from focusvit.errors import ArgumentError, ConfigError
@@ -390,11 +391,7 @@ def make_runner(
             "feature_transform and feature_cache_dir apply to the frozen solvers (their features "
             "are fixed); a tuner changes its features every step: drop them"
         )
-    if (
-        isinstance(tasks_per_batch, bool)
-        or not isinstance(tasks_per_batch, int)
-        or tasks_per_batch < 1
-    ):
+    if not is_whole_number(tasks_per_batch, 1):
         raise ConfigError(f"tasks_per_batch must be a whole number >= 1, got {tasks_per_batch!r}")
     if options is not None:
         options = checked_fit_options(options, {}, caller="make_runner")

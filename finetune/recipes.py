@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
-from numbers import Real
 from typing import Any
 
+from focusvit.checks import is_finite_number, is_number
 from focusvit.errors import ArgumentError, ConfigError
 
 #: ViT prompts are 14 of 196 patches (~7%), as a fraction so other grids scale: the one value
@@ -116,16 +115,13 @@ class FitOptions:
     head_init: str = "svm"
 
     def __post_init__(self) -> None:
-        if self.lr is not None and not (_is_number(self.lr) and 0 < self.lr < math.inf):
+        if self.lr is not None and not (is_finite_number(self.lr) and self.lr > 0):
             raise ConfigError(
                 f"lr must be > 0 and finite, got {self.lr!r} (0 does not train, inf and nan "
                 "diverge); e.g. lr=5e-3, or None for the recipe"
             )
         if self.steps is not None and (
-            not _is_number(self.steps)
-            or not math.isfinite(self.steps)
-            or self.steps % 1
-            or self.steps < 0
+            not is_finite_number(self.steps) or self.steps % 1 or self.steps < 0
         ):
             raise ConfigError(f"steps must be a whole number >= 0, got {self.steps!r}")
         if self.steps is not None:
@@ -135,12 +131,12 @@ class FitOptions:
                 f"optimizer must be 'adamw' or 'sgd' (or None), got {self.optimizer!r}"
             )
         if self.weight_decay is not None and not (
-            _is_number(self.weight_decay) and 0 <= self.weight_decay < math.inf
+            is_finite_number(self.weight_decay) and self.weight_decay >= 0
         ):
             raise ConfigError(
                 f"weight_decay must be >= 0 and finite, got {self.weight_decay!r}; e.g. 0.01"
             )
-        if self.momentum is not None and not (_is_number(self.momentum) and 0 <= self.momentum < 1):
+        if self.momentum is not None and not (is_number(self.momentum) and 0 <= self.momentum < 1):
             raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum!r}; e.g. 0.9")
         if self.head_init not in HEAD_INITS:
             raise ConfigError(
@@ -174,11 +170,6 @@ def fit_options(
         )
     base = asdict(options) if options is not None else {}
     return FitOptions(**{**base, **overrides})
-
-
-def _is_number(value: Any) -> bool:
-    """True for a real number that is not a bool (``True`` is no learning rate)."""
-    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 #: head initialisations: those of :func:`~focusvit.finetune.heads.init_head` and ``text``

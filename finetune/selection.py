@@ -22,16 +22,15 @@ never mixed. The novel classes are then evaluated once with the chosen setting.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from numbers import Real
 from pathlib import Path
 
 import torch
 
 from focusvit.backbones import BackboneAdapter
+from focusvit.checks import is_finite_number
 from focusvit.data.datasets import check_dataset_kind
 from focusvit.errors import ConfigError, NonFiniteError
 from focusvit.runs import (
@@ -259,12 +258,7 @@ def check_alphas(alphas: Sequence[float]) -> list[float]:
             f"{alphas!r:.60}; {example}"
         )
     for alpha in alphas:
-        if (
-            not isinstance(alpha, Real)
-            or isinstance(alpha, bool)
-            or not math.isfinite(alpha)
-            or alpha < 0
-        ):
+        if not is_finite_number(alpha) or alpha < 0:
             raise ConfigError(
                 f"alphas must be finite numbers >= 0, got {alpha!r} in {list(alphas)!r:.60}; "
                 f"{example}"

@@ -29,6 +29,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from focusvit.checks import is_whole_number
 from focusvit.errors import ConfigError, UnsupportedMethodError
 from focusvit.runconfig import (
     CONFIG_PATH,
@@ -123,8 +124,7 @@ def check_ranges(node: Any, prefix: str, ranges: dict[str, tuple]) -> None:
         if key not in node:
             continue
         value = node[key]
-        whole = isinstance(value, int) and not isinstance(value, bool)
-        if not whole or value < low or (high is not None and value > high):
+        if not is_whole_number(value, low) or (high is not None and value > high):
             bound = f">= {low}" if high is None else f"in {low}..{high}"
             raise ConfigError(
                 f"{prefix}.{key} must be a whole number {bound}, got {value!r}; e.g. "
@@ -354,7 +354,7 @@ def check_tasks_per_batch(value: Any) -> int | str:
         return "auto"
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_whole_number(value, 1):
         raise ConfigError(
             f"tasks_per_batch must be a whole number >= 1 or 'auto' ({AUTO_TASKS_PER_BATCH_CUDA} "
             f"on CUDA, 1 elsewhere), got {value!r}"

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from focusvit.checks import is_finite_number, is_whole_number
 from focusvit.errors import ConfigError
 from focusvit.runs import check_settings, load_state, save_state
 
@@ -109,11 +110,9 @@ class PretrainConfig:
         positive = ("image_size", "images_per_class", "epochs", "batch_size")
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_whole_number(value, 1):
                 raise ConfigError(f"pretrain {name} must be an integer >= 1, got {value!r}")
-        if self.num_classes is not None and (
-            not isinstance(self.num_classes, int) or self.num_classes < 2
-        ):
+        if self.num_classes is not None and not is_whole_number(self.num_classes, 2):
             raise ConfigError(
                 f"pretrain num_classes must be >= 2 (or None for every base class), "
                 f"got {self.num_classes!r}"
@@ -126,7 +125,7 @@ class PretrainConfig:
                 f"pretrain crop_padding ({self.crop_padding}) must be < image_size / 2 "
                 f"({self.image_size / 2:g})"
             )
-        if not self.lr > 0 or not math.isfinite(self.lr):
+        if not is_finite_number(self.lr) or not self.lr > 0:
             raise ConfigError(f"pretrain lr must be a finite number > 0, got {self.lr!r}")
         if self.weight_decay < 0:
             raise ConfigError(f"pretrain weight_decay must be >= 0, got {self.weight_decay!r}")

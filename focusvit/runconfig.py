@@ -27,6 +27,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from focusvit.checks import is_number
 from focusvit.errors import ConfigError
 from focusvit.finetune import TUNERS, FitOptions, FortConfig
 from focusvit.prompting.prompts import check_prompt_size
@@ -56,7 +57,7 @@ def check_fraction(value: Any, name: str, example: float) -> None:
     """Refuse a fraction outside ``(0, 1]`` (NaN included); ``None`` is unset."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+    if not is_number(value) or not 0 < value <= 1:
         raise ConfigError(
             f"{name} must be a fraction in (0, 1], got {value!r}; e.g. {name}={example}"
         )

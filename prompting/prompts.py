@@ -24,15 +24,14 @@ Everything is a pure tensor function: no model, no gradient.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Real
 from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from focusvit.checks import is_finite_number, is_number
 from focusvit.errors import ConfigError, NonFiniteError
 
 if TYPE_CHECKING:
@@ -128,9 +127,7 @@ VIT_TOP_FRACTION = DEFAULT_TOP_K / 196
 
 def _whole_number(value: object) -> bool:
     """True for a whole number (``3`` or ``3.0``, not ``True``)."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        return False
-    return math.isfinite(float(value)) and int(value) == value
+    return is_finite_number(value) and int(value) == value
 
 
 def check_prompt_size(
@@ -167,9 +164,7 @@ def check_prompt_size(
             f"the patches), not both (got top_k={top_k}, top_fraction={top_fraction})"
         )
     if top_fraction is not None and not (
-        isinstance(top_fraction, Real)
-        and not isinstance(top_fraction, bool)
-        and 0.0 < float(top_fraction) <= 1.0
+        is_number(top_fraction) and 0.0 < float(top_fraction) <= 1.0
     ):
         raise ConfigError(
             f"{option}top_fraction must be a fraction of the patches in (0, 1], got "
@@ -264,7 +259,7 @@ def mass_distribution(scores: Tensor) -> Tensor:
 
 
 def check_fraction(fraction: float, name: str = "fraction") -> float:
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+    if not is_number(fraction):
         raise ConfigError(f"{name} must be a float in (0, 1], got {fraction!r}")
     if not 0.0 < float(fraction) <= 1.0:
         raise ConfigError(f"{name} must lie in (0, 1] (e.g. 0.95), got {fraction}")

@@ -8,11 +8,10 @@ the loss and its settings.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import Any
 
+from focusvit.checks import is_finite_number, is_whole_number
 from focusvit.errors import ConfigError
 from focusvit.prompting.prompts import check_prompt_size
 
@@ -21,11 +20,6 @@ TARGET_SUMS = ("prompt_size", "one")
 
 #: where the position prompts come from (:attr:`FortConfig.prompts`)
 PROMPT_SOURCES = ("explainer", "ground_truth")
-
-
-def _is_number(value: Any) -> bool:
-    """True for a real number that is not a bool."""
-    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 @dataclass
@@ -108,7 +102,7 @@ class FortConfig:
                 raise ConfigError(
                     f"layers must be 'last', 'all' or a list of block indices, got {self.layers!r}"
                 ) from None
-            bad = [i for i in entries if not isinstance(i, Integral) or isinstance(i, bool)]
+            bad = [i for i in entries if not is_whole_number(i)]
             if bad:
                 raise ConfigError(
                     f"layers must be whole block indices, got {bad[0]!r} in {entries!r:.60}; "
@@ -125,12 +119,12 @@ class FortConfig:
 
     def _check_alpha_tau(self) -> None:
         """Refuse an α or τ that can only diverge (NaN, inf) or make no sense (negative)."""
-        if self.alpha is not None and not (_is_number(self.alpha) and 0 <= self.alpha < math.inf):
+        if self.alpha is not None and not (is_finite_number(self.alpha) and self.alpha >= 0):
             raise ConfigError(
                 f"alpha must be >= 0 and finite (0 trains as without the loss), got "
                 f"{self.alpha!r}; e.g. alpha=0.1, or None for the recipe's"
             )
-        if self.tau is not None and not (_is_number(self.tau) and 0 < self.tau < math.inf):
+        if self.tau is not None and not (is_finite_number(self.tau) and self.tau > 0):
             raise ConfigError(
                 f"tau must be > 0 and finite, got {self.tau!r}; e.g. tau=1.0, or None for the "
                 "recipe's"

@@ -11,16 +11,15 @@ tasks can be trained together, its :class:`BatchedVariant`; the module registers
 from __future__ import annotations
 
 import importlib.util
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from numbers import Real
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from focusvit.backbones.base import BackboneAdapter
+from focusvit.checks import check_number
 from focusvit.errors import ArgumentError, ConfigError, UnsupportedMethodError, UsageError
 
 __all__ = [
@@ -51,23 +50,6 @@ class TunerConfig:
     """Base of the tuner configs. ``name`` is the registry key of the tuner."""
 
     name: ClassVar[str] = ""
-
-
-def check_number(
-    value: Any, what: str, rule: str, ok: Callable[[float], bool], example: str
-) -> None:
-    """Refuse ``value`` unless it is a finite real number (not a bool) for which ``ok`` holds.
-
-    Raises:
-        ConfigError: ``"{what} must be a finite number {rule}, got ...; e.g. {example}"``.
-    """
-    if not (
-        isinstance(value, Real)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and ok(value)
-    ):
-        raise ConfigError(f"{what} must be a finite number {rule}, got {value!r}; e.g. {example}")
 
 
 def check_flag(value: Any, what: str, example: str) -> None:

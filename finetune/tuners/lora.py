@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from focusvit.backbones.base import BackboneAdapter
+from focusvit.checks import is_whole_number
 from focusvit.errors import ConfigError, UnsupportedMethodError
 
 from .base import (
@@ -55,7 +56,7 @@ class LoraConfig(TunerConfig):
     targets: list[str] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+        if not is_whole_number(self.rank, 1):
             raise ConfigError(f"LoRA rank must be a positive integer, got {self.rank!r}")
         check_number(self.alpha, "LoRA alpha", "> 0", lambda a: a > 0, "alpha=1.0")
         check_number(self.dropout, "LoRA dropout", "in [0, 1)", lambda p: 0 <= p < 1, "dropout=0.1")

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from focusvit.backbones.base import BackboneAdapter, parameter_device
+from focusvit.checks import is_whole_number
 from focusvit.errors import ConfigError, UnsupportedMethodError, UsageError
 
 from .base import TunedModel, TunerConfig, TunerSpec, check_flag, check_number, register
@@ -62,7 +63,7 @@ class VPTConfig(TunerConfig):
 
     def __post_init__(self) -> None:
         n = self.num_tokens
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not is_whole_number(n, 1):
             raise ConfigError(f"VPT num_tokens must be a positive integer, got {n!r}")
         check_flag(self.deep, "VPT deep", "deep=True (prompts at every block)")
         if self.init_std is not None:

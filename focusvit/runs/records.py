@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import json
-import numbers
 import os
 import secrets
 import warnings
@@ -28,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from focusvit.checks import is_whole_number
 from focusvit.data import manifest_changes
 from focusvit.errors import ConfigError, FocusVitError, SettingsMismatchError
 
@@ -91,7 +91,7 @@ def check_episode_ids(episode_ids: Iterable[int] | None, episodes: int) -> list[
             "episode_ids is empty, so there is nothing to evaluate; pass ids in "
             f"0..{episodes - 1}, or leave episode_ids unset for all {episodes} episodes"
         )
-    wrong = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral) or i < 0]
+    wrong = [i for i in ids if not is_whole_number(i, 0)]
     if wrong:
         raise ConfigError(
             f"episode_ids holds {', '.join(map(repr, wrong[:5]))}, not episode ids; pass "

@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from focusvit.errors import SettingsMismatchError
@@ -16,7 +17,8 @@ from focusvit.errors import SettingsMismatchError
 
 def to_plain(value: Any) -> Any:
     """JSON-comparable form of a settings value: dataclasses become dicts (with their class
-    name under ``"type"``), tuples lists, OmegaConf containers plain containers."""
+    name under ``"type"``), tuples lists, OmegaConf containers plain containers, numpy
+    scalars Python numbers."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         plain = {"type": type(value).__name__}
         plain.update({f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)})
@@ -29,6 +31,8 @@ def to_plain(value: Any) -> Any:
         from omegaconf import OmegaConf
 
         return to_plain(OmegaConf.to_container(value, resolve=True))
+    if isinstance(value, np.generic):  # numpy scalars (np.int64(5)) are the plain 5
+        return to_plain(value.item())
     if isinstance(value, float) and value.is_integer():
         return value  # 1.0 and 1 compare equal in JSON round trips either way
     return value

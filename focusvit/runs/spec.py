@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from focusvit.checks import is_whole_number
 from focusvit.errors import ArgumentError, ConfigError
 
 #: multiplier of the per-episode torch seed (``episode_seed``); any prime larger than the
@@ -53,7 +54,7 @@ class EpisodeSpec:
     def __post_init__(self) -> None:
         for name in ("n_way", "k_shot", "n_query", "episodes"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_whole_number(value, 1):
                 raise ConfigError(
                     f"EpisodeSpec.{name} must be a whole number >= 1, got {value!r}; e.g. "
                     "EpisodeSpec(n_way=5, k_shot=1, n_query=15, episodes=600)"
@@ -63,11 +64,13 @@ class EpisodeSpec:
                 f"EpisodeSpec.n_way must be >= 2 (a task of one class is trivial), got {self.n_way}"
             )
         seed = self.seed
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        if not is_whole_number(seed, 0) or not seed < MAX_SEED:
             raise ConfigError(
                 f"EpisodeSpec.seed must be a whole number in 0..{MAX_SEED - 1} (the episode seeds "
                 f"{_SEED_STRIDE}·seed + index must fit torch's 64-bit seed), got {seed!r}"
             )
+        for name in ("n_way", "k_shot", "n_query", "episodes", "seed"):
+            object.__setattr__(self, name, int(getattr(self, name)))  # numpy ints: plain ints
         if self.split is not None and not isinstance(self.split, str):
             raise ConfigError(f"EpisodeSpec.split must be a split name or None, got {self.split!r}")
 

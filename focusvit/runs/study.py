@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from focusvit.checks import is_whole_number
 from focusvit.errors import ConfigError
 
 from .distributed import DistContext, shard
@@ -49,7 +50,7 @@ def validation_seed(seed: int) -> int:
     validation episodes are drawn with ``seed + 1000``, so they are never the test episodes'
     sampling stream (validation classes differ anyway; the offset also keeps the per-episode
     torch seeds apart, :func:`~focusvit.runs.episode_seed`)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if not is_whole_number(seed, 0):
         raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}; e.g. seed=0")
     return seed + VALIDATION_SEED_OFFSET
 
