@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from focusvit.checks import is_whole_number
 from focusvit.errors import FocusVitError
 
 
@@ -56,7 +57,7 @@ class Episode:
 def _check_counts(**values: object) -> None:
     """Refuse a value that is not a whole number (``bool`` and ``2.5`` included)."""
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        if not is_whole_number(value):
             raise EpisodeError(
                 f"{name} must be a whole number, got {value!r}; e.g. n_way=5, k_shot=1, "
                 "n_query=15, episodes=600, seed=0"
@@ -79,7 +80,7 @@ def _check_label_list(labels: object) -> None:
             raise EpisodeError(f"labels must be integers, got dtype {labels.dtype}; {fix}")
         return
     for label in labels:
-        if isinstance(label, bool) or not isinstance(label, int | np.integer):
+        if not is_whole_number(label):
             raise EpisodeError(
                 f"labels must be whole numbers, got {label!r} ({type(label).__name__}); {fix}"
             )

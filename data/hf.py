@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image
 
+from focusvit.checks import is_whole_number
 from focusvit.errors import ConfigError, ImageReadError
 
 from .datasets import _check_split, _digest, read_split
@@ -273,7 +274,7 @@ def _plain_labels(values: Iterable[Any], column: str) -> tuple[list[str], list[i
     """Class names and codes of a label column that is no ``ClassLabel`` (ints or strings)."""
     values = list(values)
     present = [v for v in values if v is not None]
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+    if all(is_whole_number(v) for v in present):
         count = max(present, default=-1) + 1
         return [str(i) for i in range(count)], [
             None if v is None or v < 0 else int(v) for v in values

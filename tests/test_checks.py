@@ -112,12 +112,6 @@ TWIN = re.compile(
 #: twins left on purpose: path -> (at most how many, why)
 ALLOWED = {
     "focusvit/checks.py": (2, "the one definition"),
-    "data/episodes.py": (2, "owned by a concurrent change to the dataset sources; not migrated"),
-    "data/hf.py": (
-        1,
-        "plain-int test of a label column read from a dataset (owned by a concurrent change); "
-        "not an argument check",
-    ),
 }
 
 
