@@ -170,8 +170,9 @@ def test_cross_domain_trees_use_every_class(tmp_path, backbone):
         benchmark_dataset("places", tmp_path / "places", "base")
 
 
-def test_aircraft_in_the_torchvision_layout(tmp_path, backbone):
-    data = tmp_path / "fgvc-aircraft-2013b" / "data"
+def _aircraft_archive(root: Path) -> list[str]:
+    """A miniature of FGVC-Aircraft as torchvision unpacks it; returns its variants."""
+    data = root / "fgvc-aircraft-2013b" / "data"
     (data / "images").mkdir(parents=True)
     variants = ["707-320", "A320", "Cessna 172"]
     (data / "variants.txt").write_text("\n".join(variants) + "\n")
@@ -183,6 +184,11 @@ def test_aircraft_in_the_torchvision_layout(tmp_path, backbone):
                 _image(offset + 10 * c + i).save(data / "images" / f"{name}.jpg")
                 lines.append(f"{name} {variant}")
         (data / f"images_variant_{part}.txt").write_text("\n".join(lines) + "\n")
+    return variants
+
+
+def test_aircraft_in_the_torchvision_layout(tmp_path, backbone):
+    variants = _aircraft_archive(tmp_path)
     aircraft = benchmark_dataset("aircraft", tmp_path)
     assert aircraft.class_names == variants and len(aircraft) == 12
     _episodes_run(aircraft, backbone)
@@ -343,8 +349,9 @@ def test_fewshot_cli_runs_on_a_saved_hf_dataset(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- torchvision layouts
-def test_pets_in_the_torchvision_layout(tmp_path, backbone):
-    base = tmp_path / "oxford-iiit-pet"
+def _pets_archive(root: Path) -> None:
+    """A miniature of Oxford-IIIT Pets as torchvision unpacks it (3 breeds, 4 images each)."""
+    base = root / "oxford-iiit-pet"
     (base / "images").mkdir(parents=True)
     (base / "annotations").mkdir()
     breeds = ["Abyssinian", "basset_hound", "Bengal"]
@@ -356,6 +363,10 @@ def test_pets_in_the_torchvision_layout(tmp_path, backbone):
                 _image(100 * c + offset + i).save(base / "images" / f"{name}.jpg")
                 lines.append(f"{name} {c + 1} {1 if c == 0 else 2} 1")
         (base / "annotations" / f"{part}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_pets_in_the_torchvision_layout(tmp_path, backbone):
+    _pets_archive(tmp_path)
     pets = benchmark_dataset("pets", tmp_path)
     assert pets.class_names == ["Abyssinian", "Basset Hound", "Bengal"]
     assert len(pets) == 12 and pets.split == "novel"
@@ -402,9 +413,11 @@ def test_cifar_fs_and_fc100_in_the_torchvision_cifar100_layout(tmp_path, backbon
         benchmark_dataset("cifar_fs", tmp_path, "novel")
 
 
-def test_cars_in_the_torchvision_layout(tmp_path, backbone):
+def _cars_archive(root: Path) -> list[str]:
+    """A miniature of Stanford Cars as torchvision reads it (``.mat`` annotations); returns the
+    class names."""
     sio = pytest.importorskip("scipy.io")
-    base = tmp_path / "stanford_cars"
+    base = root / "stanford_cars"
     (base / "devkit").mkdir(parents=True)
     models = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Audi R8 Coupe 2012"]
     sio.savemat(base / "devkit" / "cars_meta.mat", {"class_names": np.array(models, dtype=object)})
@@ -419,6 +432,11 @@ def test_cars_in_the_torchvision_layout(tmp_path, backbone):
             _image(i + (50 if part == "test" else 0)).save(base / f"cars_{part}" / name)
             records[i] = (name, np.uint8(i % 3 + 1))
         sio.savemat(annotation_file, {"annotations": records})
+    return models
+
+
+def test_cars_in_the_torchvision_layout(tmp_path, backbone):
+    models = _cars_archive(tmp_path)
     cars = benchmark_dataset("cars", tmp_path)
     assert cars.class_names == models and len(cars) == 12
     assert sorted(cars.labels) == [0] * 4 + [1] * 4 + [2] * 4
@@ -474,3 +492,32 @@ def test_a_hub_name_is_read_with_load_dataset(monkeypatch, backbone):
         focusvit.HFImageDataset("someone/pets")
     with pytest.raises(ImageReadError, match=r"cannot load the hub dataset 'nobody/missing' .*"):
         focusvit.HFImageDataset("nobody/missing")
+
+
+def _miniature(name: str, root: Path) -> str:
+    """A miniature copy of benchmark ``name`` under ``root`` in one of its layouts (two classes
+    of the split where the benchmark has one); returns the split to ask for."""
+    if name in PUBLISHED:
+        split = "val"
+        folder = {"mini_imagenet": root / "val", "tiered_imagenet": root / "val"}.get(name)
+        folder = folder or (root / "CUB_200_2011" / "images" if name == "cub" else root / "data")
+        _tree(folder, standard_splits(name)[split][:2])
+        return split
+    {"aircraft": _aircraft_archive, "pets": _pets_archive, "cars": _cars_archive}.get(
+        name, lambda r: _tree(r / ("Plantae" if name == "plantae" else ""), ["c1", "c2", "c3"])
+    )(root)
+    return "all"
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_every_benchmark_group_reads_its_miniature_like_the_api(tmp_path, name, backbone):
+    """``data=<name> data.root=...`` builds the same dataset as ``benchmark_dataset`` (same
+    classes, images and fingerprint), and it gives episodes."""
+    split = _miniature(name, tmp_path)
+    cfg = _compose([f"data={name}", f"data.root={tmp_path}", f"data.split={split}"])
+    from_cli = _quiet(rc.instantiate, cfg.data, "data")
+    from_api = _quiet(benchmark_dataset, name, tmp_path, split)
+    assert from_cli.class_names == from_api.class_names and len(from_cli.class_names) >= 2
+    assert from_cli.content_fingerprint() == from_api.content_fingerprint()
+    assert from_cli.split == ("novel" if split == "all" else split)
+    _episodes_run(from_cli, backbone)
