@@ -117,8 +117,15 @@ class PromptSpec:
         return make_prompts(explanation, coverage=self.coverage, weighting=self.weighting, **sizes)
 
 
-def image_folder(path: str, split: str | None = None, split_file: str | None = None):
-    """``focusvit.ImageFolderDataset`` from a config (``path`` = the dataset root)."""
+def image_folder(
+    path: str,
+    split: str | None = None,
+    split_file: str | None = None,
+    mask_root: str | None = None,
+):
+    """``focusvit.ImageFolderDataset`` from a config (``path`` = the dataset root; ``mask_root``
+    = a parallel folder of object masks, for the attention-on-object report and
+    ``fort.prompts=ground_truth``)."""
     from focusvit.data import ImageFolderDataset
 
     if split is not None and not split_file:
@@ -128,7 +135,7 @@ def image_folder(path: str, split: str | None = None, split_file: str | None = N
             "data.split to use every class folder"
         )
 
-    return ImageFolderDataset(path, split=split, split_file=split_file)
+    return ImageFolderDataset(path, split=split, split_file=split_file, mask_root=mask_root)
 
 
 # ----------------------------------------------------------------------------- run-level schema

@@ -275,3 +275,46 @@ def test_alpha_selection_refuses_what_would_not_be_validation(tmp_path, extra, m
     overrides = [*FAST_FEWSHOT, "report.focus_episodes=0", "select_alpha.alphas=[0.5]", *extra]
     with pytest.raises(rc.ConfigError, match=message):
         cli.run_fewshot(compose_cfg("fewshot", overrides), tmp_path / "run")
+
+
+def _folder_with_masks(root: Path) -> tuple[Path, Path]:
+    """images/<class>/<i>.png, each a bright square on grey, and masks/<class>/<i>.png."""
+    import numpy as np
+
+    images, masks = root / "images", root / "masks"
+    for c, name in enumerate(("cat", "dog", "owl")):
+        (images / name).mkdir(parents=True)
+        (masks / name).mkdir(parents=True)
+        for i in range(2):
+            pixels = np.full((32, 32, 3), 60, np.uint8)
+            mask = np.zeros((32, 32), np.uint8)
+            top = 4 + 8 * i
+            pixels[top : top + 12, 4 + 6 * c : 16 + 6 * c] = (255, 80 * c, 40)
+            mask[top : top + 12, 4 + 6 * c : 16 + 6 * c] = 1
+            Image.fromarray(pixels).save(images / name / f"{i}.png")
+            Image.fromarray(mask).save(masks / name / f"{i}.png")
+    return images, masks
+
+
+def test_ground_truth_prompts_on_an_image_folder_with_masks(tmp_path, monkeypatch):
+    """``data=imagefolder data.mask_root=...`` gives the CLI object masks, so
+    ``fort.prompts=ground_truth`` runs on a user's own data; without masks it is refused."""
+    images, masks = _folder_with_masks(tmp_path)
+    argv = [
+        *[a for a in FAST_FEWSHOT if not a.startswith(("data.", "episodes.n_query"))],
+        "data=imagefolder",
+        f"data.path={images}",
+        "episodes.n_way=2",
+        "episodes.n_query=1",
+        "methods=[lora+fort]",
+        "fort.prompts=ground_truth",
+        "report.focus_episodes=0",
+    ]
+    out = tmp_path / "with_masks"
+    run_entry_point(cli.fewshot_main, [*argv, f"data.mask_root={masks}", f"out={out}"], monkeypatch)
+    settings, records = read_episode_file(out / "episodes" / "lora_fort.jsonl")
+    assert settings["settings"]["runner"]["fort"]["prompts"] == "ground_truth"
+    assert len(records) == 2
+    monkeypatch.setattr(sys, "argv", ["focusvit", *argv, f"out={tmp_path / 'no_masks'}"])
+    with pytest.raises(SystemExit, match="mask"):
+        cli.fewshot_main()
