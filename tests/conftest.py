@@ -14,6 +14,21 @@ import torch
 from focusvit.backbones import adapt
 from focusvit.backbones.tiny import TINY_MODELS, build_tiny
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _library_folders() -> tuple[str, ...]:
+    """The repository folders holding the package's Python code, as pyproject maps them
+    (``package-dir``; the YAML-only ``configs`` left out), ``focusvit`` first."""
+    toml = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    table = toml.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    folders = table["tool"]["setuptools"]["package-dir"].values()
+    return tuple(folder for folder in folders if folder != "configs")
+
+
+#: every folder of library code, for the tests that scan the source (architecture rules)
+LIBRARY_FOLDERS = _library_folders()
+
 TRANSFORMER_MODELS = [name for name in TINY_MODELS if name != "timm-cnn"]
 VIT_MODELS = [name for name in TRANSFORMER_MODELS if "swin" not in name]
 SWIN_MODELS = [name for name in TRANSFORMER_MODELS if "swin" in name]

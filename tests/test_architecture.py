@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import LIBRARY_FOLDERS
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = ("explainers", "prompting", "finetune", "baselines", "data", "reports", "focusvit")
+SCANNED = tuple(folder for folder in LIBRARY_FOLDERS if folder != "backbones")
 FORBIDDEN = ("timm", "transformers")
 
 
@@ -102,7 +103,7 @@ def test_the_scan_finds_every_import_form(tmp_path, source, expected):
 
 
 # ----------------------------------------------------------------------------- deliberate errors
-LIBRARY = ("backbones", *SCANNED)
+LIBRARY = LIBRARY_FOLDERS
 
 
 def plain_value_errors(path: Path) -> list[int]:

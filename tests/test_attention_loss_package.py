@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_adapter
+from conftest import LIBRARY_FOLDERS, tiny_adapter
 
 import focusvit
 from focusvit.data import TensorDataset
@@ -302,8 +302,7 @@ def test_records_written_before_the_prompt_source_existed_still_match():
 
 
 # ----------------------------------------------------------------------------- architecture
-SCANNED = ("finetune", "focusvit", "prompting", "explainers", "reports", "baselines", "data",
-           "benchmarks", "tests")  # fmt: skip
+SCANNED = (*(folder for folder in LIBRARY_FOLDERS if folder != "backbones"), "benchmarks", "tests")
 
 #: phrases of the refusals; only the package may raise them
 REFUSALS = (

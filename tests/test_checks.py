@@ -9,21 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LIBRARY_FOLDERS
 
 from focusvit.checks import check_number, is_finite_number, is_number, is_whole_number
 from focusvit.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = (
-    "focusvit",
-    "finetune",
-    "data",
-    "baselines",
-    "backbones",
-    "explainers",
-    "prompting",
-    "reports",
-)
+SCANNED = LIBRARY_FOLDERS
 
 NAN, INF = math.nan, math.inf
 

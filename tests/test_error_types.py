@@ -16,20 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import LIBRARY_FOLDERS
 
 from focusvit import errors
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARY = (
-    "focusvit",
-    "backbones",
-    "explainers",
-    "prompting",
-    "finetune",
-    "baselines",
-    "data",
-    "reports",
-)
+LIBRARY = LIBRARY_FOLDERS
 BUILTINS = ("ValueError", "TypeError", "RuntimeError", "KeyError", "IndexError")
 
 #: ``(builtin, fragment of the raise statement) -> where, and why it is no user's mistake``
