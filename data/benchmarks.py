@@ -386,34 +386,35 @@ def _plantae(key, root, split, kept, classes, download):
 
 
 def _aircraft(key, root, split, kept, classes, download):
-    if not download and not (root / "fgvc-aircraft-2013b").is_dir():
-        raise _missing(key, root, download)
-    from torchvision.datasets import FGVCAircraft
-
-    try:
-        parts = [FGVCAircraft(str(root), split=s, download=download) for s in ("trainval", "test")]
-    except (RuntimeError, OSError) as error:
-        raise ImageReadError(
-            f"cannot read FGVC-Aircraft under {root} ({error}); expected {LAYOUTS['aircraft']}"
-        ) from error
-    return TorchvisionDataset(_ClassSubset(parts, None), split=kept)
+    return _archive(key, root, kept, download, "fgvc-aircraft-2013b", "FGVCAircraft", "trainval")
 
 
 def _pets(key, root, split, kept, classes, download):
-    if not download and not (root / "oxford-iiit-pet").is_dir():
-        raise _missing(key, root, download)
-    from torchvision.datasets import OxfordIIITPet
+    return _archive(key, root, kept, download, "oxford-iiit-pet", "OxfordIIITPet", "trainval")
 
+
+def _archive(key, root, kept, download, folder, class_name, first_part):
+    """Every class of a torchvision dataset whose parts are ``first_part`` and ``"test"``, read
+    from ``root/folder`` (or downloaded there with ``download``)."""
+    if not download and not (root / folder).is_dir():
+        raise _missing(key, root, download)
+    import torchvision.datasets
+
+    make = getattr(torchvision.datasets, class_name)
     try:
-        parts = [OxfordIIITPet(str(root), split=s, download=download) for s in ("trainval", "test")]
+        parts = [make(str(root), split=s, download=download) for s in (first_part, "test")]
     except (RuntimeError, OSError) as error:
         raise ImageReadError(
-            f"cannot read Oxford-IIIT Pets under {root} ({error}); expected {LAYOUTS['pets']}"
+            f"cannot read {_ARCHIVES[class_name]} under {root} ({error}); expected {LAYOUTS[key]}"
         ) from error
     return TorchvisionDataset(_ClassSubset(parts, None), split=kept)
 
 
-_ARCHIVES = {"CIFAR100": "CIFAR-100", "FGVCAircraft": "FGVC-Aircraft", "OxfordIIITPet": "Pets"}
+_ARCHIVES = {
+    "CIFAR100": "CIFAR-100",
+    "FGVCAircraft": "FGVC-Aircraft",
+    "OxfordIIITPet": "Oxford-IIIT Pets",
+}
 
 
 class _ClassSubset:
